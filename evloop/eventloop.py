@@ -1,0 +1,320 @@
+"""The event loop: one thread, one selector, timers and callbacks.
+
+Theory of operation. Every registered file object carries, in
+``SelectorKey.data``, the object whose ``handle_read()`` / ``handle_write()``
+the loop calls when it is ready (a listener, a client handler, the waker).
+One pass of the loop has a fixed order of phases (CPython's
+``base_events._run_once``, Redis's ``aeProcessEvents``):
+
+1. compute the timeout: 0 if callbacks are ready, else until the next timer;
+2. select;
+3. dispatch I/O, re-checking that an object is still open before firing its
+   second callback in the same pass (a read may have closed it, as in ae.c);
+4. move due timers to the ready queue;
+5. run only the callbacks that were ready when this phase began, so a
+   callback that schedules another cannot starve I/O;
+6. flush the output that handlers queued during the pass: one ``send`` per
+   handler, however many replies it produced (Redis's
+   ``handleClientsWithPendingWrites``).
+
+Every I/O callback's exceptions are sorted in one place: ``KeyboardInterrupt``
+and ``SystemExit`` propagate, anything else goes to that object's
+``handle_error()`` (which logs with the peer's address and closes that one
+connection), and the loop goes on serving everyone else.
+
+``stop()`` and ``call_soon_threadsafe()`` may be called from any thread or a
+signal handler: they append to a deque and write one byte to a socketpair the
+selector watches, so a sleeping loop wakes at once; nothing polls.
+"""
+
+import collections
+import logging
+import selectors
+import socket
+import threading
+import time
+from typing import Any, Callable, Deque, Optional, Set, Union
+
+from .multiplexer import make_selector
+from .timers import Handle, TimerHandle, TimerQueue
+
+__all__ = ["EventLoop", "EVENT_READ", "EVENT_WRITE"]
+
+logger = logging.getLogger("evloop")
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+
+class _Waker:
+    """The read end of a socketpair in the selector; a byte on it wakes the loop."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def wake(self) -> None:
+        try:
+            self._writer.send(b"\0")
+        except OSError:
+            # Full (a wake-up is already pending) or closed (loop closed): either
+            # way there is nothing more to do.
+            pass
+
+    def handle_read(self) -> None:
+        try:
+            while self._reader.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def handle_write(self) -> None:  # never registered for writing
+        pass
+
+    def handle_error(self, exc: BaseException) -> None:
+        logger.error("evloop waker failed", exc_info=exc)
+
+    def close(self) -> None:
+        self.closed = True
+        self._reader.close()
+        self._writer.close()
+
+
+class EventLoop:
+    """A single-threaded loop serving any number of servers.
+
+    ``selector`` is a ``selectors`` selector, or its name (``"select"``,
+    ``"poll"``, ``"epoll"``, ...), or None for the best this platform has.
+    ``clock`` returns the loop's time in seconds (default ``time.monotonic``);
+    tests pass :class:`evloop.testing.FakeClock` to drive timers by hand.
+    """
+
+    def __init__(self, selector: Optional[Union[str, selectors.BaseSelector]] = None,
+                 *, clock: Optional[Callable[[], float]] = None) -> None:
+        self._selector = make_selector(selector)
+        self.time: Callable[[], float] = clock if clock is not None else time.monotonic
+        self._ready: Deque[Handle] = collections.deque()
+        self._timers = TimerQueue()
+        self._stopping = False
+        self._running_thread: Optional[int] = None
+        self._closed = False
+        self._servers: list = []
+        # Open client handlers, for shutdown and statistics.
+        self.handlers: Set[Any] = set()
+        # Handlers with output queued this pass; flushed once at its end.
+        self._dirty: list = []
+        self._waker = _Waker()
+        self._selector.register(self._waker._reader, EVENT_READ, self._waker)
+
+    # -- what the loop is built on ------------------------------------------
+
+    @property
+    def selector(self) -> selectors.BaseSelector:
+        return self._selector
+
+    @property
+    def servers(self) -> list:
+        """The servers this loop serves, in the order they were added."""
+        return list(self._servers)
+
+    def is_running(self) -> bool:
+        return self._running_thread is not None
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    # -- servers ------------------------------------------------------------
+
+    def add_server(self, server: Any, handler_class: Any) -> None:
+        """Serve ``server`` on this loop, one ``handler_class`` per client."""
+        self._check_open()
+        server._start_serving(self, handler_class)
+        self._servers.append(server)
+
+    def remove_server(self, server: Any) -> None:
+        """Stop accepting on ``server`` and close its listener; its open
+        connections are left to finish."""
+        if server in self._servers:
+            self._servers.remove(server)
+            server.close()
+
+    # -- registration, for the I/O objects ----------------------------------
+
+    def set_events(self, fileobj: Any, old: int, new: int, target: Any) -> None:
+        """Change what the selector watches ``fileobj`` for, from ``old`` to
+        ``new`` (0 = not registered); ``target`` gets the callbacks."""
+        if old == new:
+            return
+        if not old:
+            self._selector.register(fileobj, new, target)
+        elif not new:
+            self._selector.unregister(fileobj)
+        else:
+            self._selector.modify(fileobj, new, target)
+
+    # -- callbacks and timers -----------------------------------------------
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Run ``callback(*args)`` on the next pass. Not thread-safe."""
+        handle = Handle(callback, args)
+        self._ready.append(handle)
+        return handle
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Like :meth:`call_soon`, from any thread; wakes the loop."""
+        handle = Handle(callback, args)
+        self._ready.append(handle)  # deque.append is atomic
+        self._waker.wake()
+        return handle
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run ``callback(*args)`` once the loop's time reaches ``when``.
+        Returns a handle whose ``cancel()`` stops it. Not thread-safe."""
+        return self._timers.push(when, callback, args)
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run ``callback(*args)`` after ``delay`` seconds of loop time."""
+        return self._timers.push(self.time() + delay, callback, args)
+
+    # -- running --------------------------------------------------------------
+
+    def run(self, max_wait: Optional[float] = None) -> None:
+        """Serve until :meth:`stop` is called. Exceptions from handlers never
+        end it; ``KeyboardInterrupt`` and ``SystemExit`` do, and propagate.
+        ``max_wait`` bounds how long one select may sleep (None: as long as
+        nothing is due)."""
+        self._check_open()
+        if self._running_thread is not None:
+            raise RuntimeError("this loop is already running")
+        self._running_thread = threading.get_ident()
+        try:
+            while not self._stopping:
+                self._run_pass(max_wait)
+        finally:
+            self._stopping = False
+            self._running_thread = None
+
+    def run_once(self, timeout: Optional[float] = 0.0) -> None:
+        """Do one pass: wait at most ``timeout`` seconds for I/O (None: until
+        something happens), handle what is ready, run due timers and ready
+        callbacks. For a program that drives its own main loop."""
+        self._check_open()
+        if self._running_thread is not None:
+            raise RuntimeError("this loop is already running")
+        self._running_thread = threading.get_ident()
+        try:
+            self._run_pass(timeout)
+        finally:
+            self._stopping = False
+            self._running_thread = None
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the current pass. Safe from any
+        thread and from a signal handler; wakes a sleeping loop at once."""
+        self._stopping = True
+        self._waker.wake()
+
+    def _run_pass(self, timeout: Optional[float]) -> None:
+        ready = self._ready
+        # Phase 1: how long select may sleep.
+        if ready or self._dirty or self._stopping:
+            wait: Optional[float] = 0.0
+        else:
+            deadline = self._timers.next_deadline()
+            if deadline is None:
+                wait = timeout
+            else:
+                wait = max(0.0, deadline - self.time())
+                if timeout is not None and timeout < wait:
+                    wait = timeout
+        # Phase 2: select.
+        events = self._selector.select(wait)
+        # Phase 3: dispatch I/O.
+        for key, mask in events:
+            target = key.data
+            try:
+                if mask & EVENT_READ:
+                    target.handle_read()
+                if mask & EVENT_WRITE and not target.closed:
+                    target.handle_write()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                self._report_error(target, exc)
+        # Phase 4: due timers become ready.
+        if self._timers._heap:
+            ready.extend(self._timers.pop_due(self.time()))
+        # Phase 5: run what was ready when this phase began.
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if handle.cancelled:
+                continue
+            try:
+                handle.callback(*handle.args)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:
+                logger.exception("exception in callback %r", handle.callback)
+        # Phase 6: send what handlers queued during this pass, one send each.
+        if self._dirty:
+            self._flush_dirty()
+
+    def _flush_dirty(self) -> None:
+        # An error reply queued by handle_error() during a flush is sent by a
+        # second round, in the same pass.
+        for _ in range(3):
+            dirty = self._dirty
+            if not dirty:
+                return
+            self._dirty = []
+            for handler in dirty:
+                try:
+                    handler.flush()
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:
+                    self._report_error(handler, exc)
+
+    def _report_error(self, target: Any, exc: BaseException) -> None:
+        try:
+            target.handle_error(exc)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            logger.exception("handle_error of %r failed; closing it", target)
+            try:
+                target.close()
+            except Exception:
+                logger.exception("closing %r failed", target)
+
+    # -- closing ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every server and connection on this loop, then the loop.
+        Queued callbacks and timers are dropped. Idempotent."""
+        if self._closed:
+            return
+        if self._running_thread is not None:
+            raise RuntimeError("cannot close a running loop; stop() it first")
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        for handler in list(self.handlers):
+            handler.close()
+        self._closed = True
+        self._ready.clear()
+        self._waker.close()
+        self._selector.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this loop is closed")
+
+    def __enter__(self) -> "EventLoop":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -1,0 +1,354 @@
+"""One ``ClientHandler`` per connected client: buffer input, find requests,
+queue responses.
+
+Theory of operation. The loop calls :meth:`ClientHandler.handle_read` when the
+socket is readable. The bytes go to :meth:`data_received`, whose default is
+the classic recipe: append to ``self.incoming``, ask :meth:`request_complete`
+whether a request is there, call :meth:`make_response`, consume the request's
+bytes and go round again, so pipelined requests are all answered, in order.
+``request_complete()`` returns a false value (not yet), True (the whole of
+``incoming`` is the request, the recipe's rule) or the number of bytes the
+request used (the rest stays in ``incoming`` for the next request).
+
+Output never goes to the socket from inside a handler. :meth:`send` queues a
+response and marks the handler dirty; at the end of each loop pass the loop
+flushes every dirty handler once (Redis's ``handleClientsWithPendingWrites``),
+so all the replies produced from one read leave in one ``send`` call. What the
+socket does not take waits in an :class:`~evloop.output.OutputQueue`, and only
+then is the socket watched for writability.
+
+End of stream: when the peer shuts down its write side, :meth:`eof_received`
+runs, reading stops, the replies still pending are delivered, then the
+connection closes. ``close_when_done`` (default True, as in the recipe)
+closes the connection once the first response has been sent.
+"""
+
+import errno
+import logging
+import socket
+from typing import Any, List, Optional, Union
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .eventloop import EVENT_READ, EVENT_WRITE
+from .output import EMPTY, WANT_WRITE, OutputQueue
+
+__all__ = ["ClientHandler", "format_address"]
+
+logger = logging.getLogger("evloop")
+
+# Bytes left unread in the kernel when a socket closes turn its FIN into a
+# RST, which can make the peer discard our last reply; this much is drained.
+_LINGER_DRAIN = 256 * 1024
+
+
+def format_address(address: Any) -> str:
+    """A peer address for a log line: ``host:port``, ``[v6]:port`` or a path."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if isinstance(address, bytes):
+        address = address.decode("utf-8", "replace")
+    return str(address) if address else "<unnamed>"
+
+
+class ClientHandler:
+    """Serves one client. Subclass it and override :meth:`request_complete`
+    and :meth:`make_response` (the recipe's way), or :meth:`data_received`
+    for full control of the bytes.
+
+    Class attributes a subclass may change:
+
+    - ``close_when_done``: close after the first response is sent (True) or
+      keep the connection for the next request (False).
+    - ``blocksize``: bytes read at a time from a file that cannot go out with
+      ``os.sendfile``.
+    - ``recv_size``: most bytes asked of one ``recv()``.
+    - ``write_high_water``: stop reading from this client while more than
+      this many bytes of its replies wait unsent (they pile up when a client
+      sends requests and never reads); reading resumes once they have gone.
+    """
+
+    close_when_done = True
+    blocksize = 64 * 1024
+    recv_size = 256 * 1024
+    write_high_water = 1024 * 1024
+
+    __slots__ = ("server", "loop", "client_socket", "client_address", "incoming",
+                 "closed", "_events", "_reading", "_closing", "_batch", "_output",
+                 "_dirty", "__dict__", "__weakref__")
+
+    def __init__(self, server: Any, client_socket: socket.socket, client_address: Any) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.client_socket = client_socket
+        self.client_address = client_address
+        self.incoming = bytearray()
+        self.closed = False
+        self._events = 0
+        self._reading = True
+        self._closing = False
+        self._batch: Optional[List[bytes]] = None
+        self._output: Optional[OutputQueue] = None
+        self._dirty = False
+
+    # -- hooks for subclasses -----------------------------------------------
+
+    def setup(self) -> None:
+        """Called once the connection is being served (socketserver's ``setup``)."""
+
+    def finish(self) -> None:
+        """Called once when the connection has closed, for whatever reason
+        (socketserver's ``finish``)."""
+
+    def request_complete(self) -> Union[bool, int]:
+        """Say whether ``self.incoming`` holds a whole request: False (wait
+        for more bytes), True (all of ``incoming`` is the request) or the
+        number of bytes at the start of ``incoming`` that the request used."""
+        return True
+
+    def make_response(self) -> Any:
+        """Return the response to the request just completed: bytes, str, a
+        file object, an iterable of those, a Future or None."""
+        raise NotImplementedError(f"{type(self).__name__} must override make_response()")
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes arrived. The default buffers them in ``incoming`` and answers
+        every complete request in it, in order."""
+        incoming = self.incoming
+        if type(incoming) is not bytearray:  # a recipe handler may assign b"" or ""
+            if isinstance(incoming, str):
+                incoming = incoming.encode("latin-1")
+            incoming = self.incoming = bytearray(incoming)
+        incoming += data
+        while not self._closing:
+            used = self.request_complete()
+            if not used:
+                return
+            response = self.make_response()
+            incoming = self.incoming
+            if used is True:
+                del incoming[:]
+            else:
+                if used > len(incoming):
+                    raise LocalProtocolError(
+                        f"request_complete() said {used!r} bytes were used, "
+                        f"but only {len(incoming)} are buffered")
+                del incoming[:used]
+            self.send(response)
+            if self.close_when_done:
+                self.close_when_sent()
+                return
+            if not incoming:
+                return
+
+    def eof_received(self) -> None:
+        """The peer shut down its write side; no more bytes will come.
+        Pending replies are still delivered, then the connection closes."""
+        if self.incoming:
+            logger.debug("%s: end of stream with %d bytes of an incomplete request",
+                         self.peer, len(self.incoming))
+
+    def handle_error(self, exc: BaseException) -> None:
+        """Something went wrong while serving this client. The default: a
+        peer that broke the protocol gets a warning line, its error reply if
+        the protocol has one and a close once pending replies are out; a
+        vanished peer, a debug line and a close; anything else, the
+        traceback with the peer's address, and a close."""
+        if isinstance(exc, RemoteProtocolError):
+            logger.warning("%s: %s; closing the connection", self.peer, exc.message)
+            if exc.reply:
+                self.send(exc.reply)
+            self.close_when_sent()
+        elif isinstance(exc, OSError) and _is_disconnect(exc):
+            logger.debug("%s: connection lost: %s", self.peer, exc)
+            self.close()
+        else:
+            logger.error("%s: error in %s; closing the connection",
+                         self.peer, type(self).__name__, exc_info=exc)
+            self.close()
+
+    # -- what a handler calls -----------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        """The client's address, formatted for a log line."""
+        return format_address(self.client_address)
+
+    def send(self, response: Any) -> None:
+        """Queue ``response`` (bytes, str, a file, an iterable of those, a
+        Future or None) after everything already queued. It goes out when the
+        current loop pass ends. Ignored once the connection is closed."""
+        if self.closed or response is None:
+            return
+        kind = type(response)
+        if kind is not bytes:
+            if kind is str:
+                response = response.encode("utf-8")
+            elif kind is list and all(type(piece) is bytes for piece in response):
+                if not response:
+                    return
+                response = b"".join(response) if len(response) > 1 else response[0]
+            else:
+                self._queue_stream(response)
+                return
+        batch = self._batch
+        if batch is None:
+            self._batch = [response]
+        else:
+            batch.append(response)
+        if not self._dirty:
+            self._dirty = True
+            self.loop._dirty.append(self)
+
+    def close_when_sent(self) -> None:
+        """Stop taking requests and close once every queued response is out."""
+        if self.closed:
+            return
+        self._closing = True
+        if not self._dirty:
+            self._dirty = True
+            self.loop._dirty.append(self)
+
+    def close(self) -> None:
+        """Close the connection now, dropping unsent output. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        sock = self.client_socket
+        if self._events:
+            try:
+                self.loop.set_events(sock, self._events, 0, self)
+            except (KeyError, ValueError, OSError):
+                pass
+            self._events = 0
+        if self._output is not None:
+            self._output.close()
+            self._output = None
+        self._batch = None
+        try:
+            sock.close()
+        except OSError:
+            pass
+        self.loop.handlers.discard(self)
+        try:
+            self.finish()
+        except Exception:
+            logger.exception("%s: error in finish()", self.peer)
+
+    # -- what the loop calls ------------------------------------------------
+
+    def start(self) -> None:
+        """Begin serving: register for reading and run :meth:`setup`."""
+        self.loop.handlers.add(self)
+        self._events = EVENT_READ
+        self.loop.set_events(self.client_socket, 0, EVENT_READ, self)
+        self.setup()
+
+    def handle_read(self) -> None:
+        try:
+            data = self.client_socket.recv(self.recv_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        if data:
+            self.data_received(data)
+        else:
+            self._reading = False
+            self.eof_received()
+            self.close_when_sent()
+
+    def handle_write(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what is queued, as far as the socket takes it, and watch the
+        socket for what it needs next. The loop calls this once a pass for a
+        handler that has queued output."""
+        self._dirty = False
+        if self.closed:
+            return
+        sock = self.client_socket
+        output = self._output
+        batch = self._batch
+        if batch is not None:
+            self._batch = None
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            if output is None:
+                try:
+                    sent = sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                if sent == len(data):
+                    state = EMPTY
+                else:
+                    output = self._output = OutputQueue(self.blocksize, self._future_done)
+                    output.add(memoryview(data)[sent:])
+            else:
+                output.add(data)
+        if output is not None:
+            state = output.send_to(sock)
+            if state == EMPTY:
+                self._output = output = None
+        elif batch is None:
+            state = EMPTY
+        if self._closing and state == EMPTY:
+            self._close_gracefully()
+            return
+        events = 0
+        if self._reading and not self._closing and (
+                output is None or output.buffered <= self.write_high_water):
+            events = EVENT_READ
+        if state == WANT_WRITE:
+            events |= EVENT_WRITE
+        if events != self._events:
+            self.loop.set_events(sock, self._events, events, self)
+            self._events = events
+
+    # -- internals ------------------------------------------------------------
+
+    def _queue_stream(self, response: Any) -> None:
+        """Queue a response that is not plain bytes, keeping the order."""
+        output = self._output
+        if output is None:
+            output = self._output = OutputQueue(self.blocksize, self._future_done)
+        batch = self._batch
+        if batch is not None:
+            self._batch = None
+            output.add(batch)
+        output.add(response)
+        if not self._dirty:
+            self._dirty = True
+            self.loop._dirty.append(self)
+
+    def _future_done(self, future: Any) -> None:
+        # May run in a worker thread: hop back onto the loop.
+        self.loop.call_soon_threadsafe(self._resume_after_future)
+
+    def _resume_after_future(self) -> None:
+        if not self.closed and not self._dirty:
+            self._dirty = True
+            self.loop._dirty.append(self)
+
+    def _close_gracefully(self) -> None:
+        sock = self.client_socket
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            if self._reading:
+                drained = 0
+                while drained < _LINGER_DRAIN:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+        except OSError:
+            pass
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<{type(self).__name__} {self.peer} {state}>"
+
+
+def _is_disconnect(exc: OSError) -> bool:
+    return isinstance(exc, (ConnectionError, TimeoutError)) or exc.errno in (
+        errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN)
+

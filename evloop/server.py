@@ -1,0 +1,174 @@
+"""Listening sockets: bind, accept, hand each client to a handler.
+
+A :class:`Server` owns one non-blocking listening socket. Added to a loop, it
+is the selector's target for that socket: on readability it accepts as many
+clients as are waiting (up to ``accepts_per_wakeup``, so a connect flood
+cannot starve established clients) and gives each its own handler. Accept
+errors that mean "out of descriptors or memory" pause accepting for a moment
+instead of spinning; errors that concern one client skip that client.
+"""
+
+import errno
+import logging
+import socket
+from typing import Any, Optional, Tuple
+
+from .eventloop import EVENT_READ
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("evloop")
+
+# accept() errors about one client that gave up already: skip it.
+_ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET}
+# accept() errors about this process or machine: pause, do not spin.
+_ACCEPT_PAUSE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Server:
+    """A non-blocking TCP listener.
+
+    ``host`` may be a name, an IPv4 or an IPv6 address. ``"localhost"`` (the
+    default) means the loopback interface; a name that resolves to both
+    families binds the IPv4 address first, as a client would try it. ``""``
+    or ``"0.0.0.0"`` listens on every IPv4 interface, ``"::"`` on every
+    interface of both families. ``port=0`` lets the system pick a free port;
+    :attr:`address` and :attr:`port` tell which. ``sock`` serves an already
+    bound listening socket instead.
+    """
+
+    accepts_per_wakeup = 128
+    accept_pause = 0.1  # seconds accepting rests after EMFILE and friends
+
+    def __init__(self, host: str = "localhost", port: int = 0, *, family: int = 0,
+                 backlog: int = 1024, reuse_port: bool = False,
+                 sock: Optional[socket.socket] = None) -> None:
+        if sock is None:
+            sock = _bind_tcp(host, port, family, backlog, reuse_port)
+        sock.setblocking(False)
+        self.socket = sock
+        self.address: Tuple[Any, ...] = sock.getsockname()
+        self.loop: Any = None
+        self.handler_class: Any = None
+        self.closed = False
+        self._listening = False
+        self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+
+    @property
+    def host(self) -> str:
+        return str(self.address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self.address[1])
+
+    # -- what the loop calls ------------------------------------------------
+
+    def _start_serving(self, loop: Any, handler_class: Any) -> None:
+        if self.loop is not None:
+            raise RuntimeError("this server is already served by a loop")
+        self.loop = loop
+        self.handler_class = handler_class
+        self._resume_accepting()
+
+    def _resume_accepting(self) -> None:
+        if not self.closed and not self._listening:
+            self.loop.set_events(self.socket, 0, EVENT_READ, self)
+            self._listening = True
+
+    def _pause_accepting(self, seconds: float) -> None:
+        if self._listening:
+            self.loop.set_events(self.socket, EVENT_READ, 0, self)
+            self._listening = False
+        self.loop.call_later(seconds, self._resume_accepting)
+
+    def handle_read(self) -> None:
+        listener = self.socket
+        for _ in range(self.accepts_per_wakeup):
+            try:
+                client, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _ACCEPT_SKIP:
+                    continue
+                if exc.errno in _ACCEPT_PAUSE:
+                    logger.error("%s: accept failed (%s); pausing for %.2fs",
+                                 self, exc.strerror, self.accept_pause)
+                    self._pause_accepting(self.accept_pause)
+                    return
+                raise
+            self.connection_made(client, address)
+
+    def connection_made(self, client: socket.socket, address: Any) -> None:
+        """Make a handler for a freshly accepted client and start it."""
+        client.setblocking(False)
+        if self._tcp:
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            handler = self.handler_class(self, client, address)
+        except Exception:
+            logger.exception("%s: could not create %s for %s", self,
+                             getattr(self.handler_class, "__name__", self.handler_class), address)
+            client.close()
+            return
+        try:
+            handler.start()
+        except Exception as exc:
+            self.loop._report_error(handler, exc)
+
+    def handle_write(self) -> None:  # a listener is never registered for writing
+        pass
+
+    def handle_error(self, exc: BaseException) -> None:
+        logger.error("%s: accept failed; still listening", self, exc_info=exc)
+
+    # -- closing ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop listening. Connections already accepted are not touched."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._listening:
+            self.loop.set_events(self.socket, EVENT_READ, 0, self)
+            self._listening = False
+        self.socket.close()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        from .handler import format_address
+        return f"<{type(self).__name__} {format_address(self.address)}>"
+
+
+def _bind_tcp(host: str, port: int, family: int, backlog: int, reuse_port: bool) -> socket.socket:
+    if host is None:
+        host = "localhost"
+    infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    # Prefer IPv4 where a name has both, so "localhost" is 127.0.0.1 as
+    # clients (and the recipe's users) expect; "::" is asked for explicitly.
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    error: Optional[OSError] = None
+    for af, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(af, kind, proto)
+        try:
+            if hasattr(socket, "SO_REUSEADDR"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if af == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                # "::" serves IPv4 too; a specific IPv6 address only itself.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if sockaddr[0] == "::" else 1)
+            sock.bind(sockaddr)
+            sock.listen(backlog)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    assert error is not None
+    raise error

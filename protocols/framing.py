@@ -1,0 +1,136 @@
+"""The framer contract, and the handler that plugs any framer into the loop.
+
+A framer is sans-I/O (h11's ``receive_data`` / ``next_event``): it is fed
+bytes and hands back whole requests, and knows nothing of sockets or
+selectors, so it can be tested on its own, in any chunking.
+
+- ``feed(data)`` appends bytes; ``feed_eof()`` says no more will come.
+- ``next_request()`` returns the next whole request, or :data:`NEED_DATA`
+  when more bytes are needed. It raises
+  :class:`~evloop.RemoteProtocolError` when the bytes break the protocol
+  (including a stream that ended inside a request), and keeps raising it.
+- ``encode(message)`` returns the bytes that carry ``message`` the other way.
+- ``max_size`` bounds the bytes one request may buffer; a length prefix is
+  checked against it before it is trusted.
+
+:class:`FramedHandler` is the glue: it feeds what the loop reads to its
+framer and answers each request with ``make_response()``, the same hook the
+recipe's handlers override.
+"""
+
+from typing import Any, Optional
+
+from evloop import ClientHandler, RemoteProtocolError
+
+__all__ = ["NEED_DATA", "Framer", "FramedHandler"]
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+    def __reduce__(self) -> str:
+        return "NEED_DATA"
+
+
+#: What ``next_request()`` returns while no whole request is buffered.
+NEED_DATA: Any = _NeedData()
+
+
+class Framer:
+    """Base of the framers: a receive buffer, the end-of-stream flag and the
+    size limit. Subclasses implement :meth:`next_request` and :meth:`encode`."""
+
+    #: Default bound on the bytes of one request.
+    default_max_size = 1024 * 1024
+
+    __slots__ = ("_buffer", "_eof", "max_size", "_error")
+
+    def __init__(self, max_size: Optional[int] = None) -> None:
+        self._buffer = bytearray()
+        self._eof = False
+        self.max_size = self.default_max_size if max_size is None else max_size
+        self._error: Optional[RemoteProtocolError] = None
+
+    def feed(self, data: bytes) -> None:
+        """Append bytes received from the peer."""
+        if self._eof:
+            raise RuntimeError("feed() after feed_eof()")
+        self._buffer += data
+
+    def feed_eof(self) -> None:
+        """The peer will send nothing more."""
+        self._eof = True
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed out as a request."""
+        return len(self._buffer)
+
+    def next_request(self) -> Any:
+        """The next whole request, or NEED_DATA. Raises RemoteProtocolError."""
+        raise NotImplementedError
+
+    def encode(self, message: Any) -> bytes:
+        """The bytes that carry ``message`` to the peer."""
+        raise NotImplementedError
+
+    def _fail(self, message: str, reply: Optional[bytes] = None) -> RemoteProtocolError:
+        """Remember the first violation so the framer keeps refusing."""
+        error = RemoteProtocolError(message, reply=reply)
+        self._error = error
+        self._buffer.clear()
+        return error
+
+    def _truncated(self) -> RemoteProtocolError:
+        return self._fail(f"the stream ended inside a request ({len(self._buffer)} bytes buffered)")
+
+
+class FramedHandler(ClientHandler):
+    """A handler whose requests come from a framer.
+
+    Set ``framer_class`` (or override :meth:`make_framer`); override
+    :meth:`make_response`, which finds the current request in
+    ``self.request``. (socketserver users: the socket is
+    ``self.client_socket``.) ``max_size`` is handed to the framer. Persistent
+    by default: ``close_when_done = False``.
+    """
+
+    close_when_done = False
+    framer_class: Any = None
+    max_size: Optional[int] = None
+
+    __slots__ = ("framer", "request")
+
+    def __init__(self, server: Any, client_socket: Any, client_address: Any) -> None:
+        super().__init__(server, client_socket, client_address)
+        self.framer = self.make_framer()
+        self.request: Any = None
+
+    def make_framer(self) -> Framer:
+        """The framer for this connection."""
+        framer: Framer = self.framer_class(self.max_size)
+        return framer
+
+    def data_received(self, data: bytes) -> None:
+        self.framer.feed(data)
+        self.answer_requests()
+
+    def eof_received(self) -> None:
+        self.framer.feed_eof()
+        self.answer_requests()
+
+    def answer_requests(self) -> None:
+        """Answer every whole request the framer holds, in order."""
+        next_request = self.framer.next_request
+        while not self._closing:
+            request = next_request()
+            if request is NEED_DATA:
+                return
+            self.request = request
+            self.send(self.make_response())
+            if self.close_when_done:
+                self.close_when_sent()
+                return

@@ -1,0 +1,63 @@
+"""The one chunking helper every framer's tests use.
+
+Handlers go through :mod:`evloop.testing` (no socket); bare framers are fed
+directly. Either way the same input is tried whole, one byte at a time, in
+chunks of 2 to 9 and split at every point, with trailing bytes that must stay
+untouched, and must give the same result every time.
+"""
+
+from evloop import RemoteProtocolError
+from evloop.testing import every_split, run_in_chunks
+
+from protocols import NEED_DATA
+
+
+def framer_results(make_framer, chunks, eof=False):
+    """Feed chunks to a fresh framer; return (requests, error or None, framer)."""
+    framer = make_framer()
+    requests = []
+    try:
+        for chunk in chunks:
+            framer.feed(chunk)
+            while True:
+                request = framer.next_request()
+                if request is NEED_DATA:
+                    break
+                requests.append(request)
+        if eof:
+            framer.feed_eof()
+            while True:
+                request = framer.next_request()
+                if request is NEED_DATA:
+                    break
+                requests.append(request)
+    except RemoteProtocolError as exc:
+        return requests, exc, framer
+    return requests, None, framer
+
+
+def assert_framer_every_split(make_framer, data, expected, *, error=None, eof=False,
+                              leftover=None):
+    """Every chunking of ``data`` yields ``expected`` requests, then raises a
+    RemoteProtocolError whose message contains ``error`` (if given), and
+    leaves exactly ``leftover`` bytes buffered (if given)."""
+    for label, chunks in every_split(data):
+        requests, exc, framer = framer_results(make_framer, chunks, eof)
+        assert requests == expected, label
+        if error is None:
+            assert exc is None, f"{label}: {exc}"
+        else:
+            assert exc is not None, f"{label}: no error raised"
+            assert error in exc.message, f"{label}: {exc.message}"
+        if leftover is not None:
+            assert framer.buffered == leftover, label
+
+
+def assert_handler_every_split(handler_class, data, expected_output, *, closed=None, eof=False):
+    """Every chunking of ``data`` makes ``handler_class`` send exactly
+    ``expected_output`` (and close, or not, as ``closed`` says)."""
+    for label, chunks in every_split(data):
+        output, was_closed = run_in_chunks(handler_class, chunks, eof=eof)
+        assert output == expected_output, label
+        if closed is not None:
+            assert was_closed == closed, label
