@@ -1,0 +1,350 @@
+"""The engine over real sockets on 127.0.0.1, against every selector backend."""
+
+import logging
+import os
+import resource
+import selectors
+import socket
+import threading
+import time
+
+import pytest
+
+from evloop import ClientHandler, EventLoop, Server, loop
+from protocols import LengthSepBody, LengthSepEcho
+from tests.conftest import connect, recv_all, recv_exactly
+
+
+def frame(body):
+    return b"%d\n" % len(body) + body
+
+
+class RecipeLengthSep(ClientHandler):
+    """Written exactly in the recipe's style, on bytes."""
+
+    def request_complete(self):
+        recv = self.incoming.split(b"\n", 1)
+        if len(recv) == 1 or len(recv[1]) != int(recv[0]):
+            return False
+        self.msg_body = recv[1]
+        return True
+
+    def make_response(self):
+        return [bytes(self.msg_body)]
+
+
+def test_recipe_style_subclass_answers_and_closes(running_loop):
+    server = running_loop.serve(RecipeLengthSep)
+    with connect(server) as sock:
+        sock.sendall(b"5\nhel")
+        sock.sendall(b"lo")
+        assert recv_all(sock) == b"hello"
+
+
+def test_lengthsepbody_is_the_recipes_wire(running_loop):
+    server = running_loop.serve(LengthSepBody)
+    with connect(server) as sock:
+        sock.sendall(b"5\nhello")
+        assert recv_all(sock) == b"hello"
+
+
+def test_hundred_pipelined_requests_in_one_write_answered_in_order(running_loop):
+    server = running_loop.serve(LengthSepEcho)
+    data = b"".join(frame(b"request %d" % i) for i in range(100))
+    with connect(server) as sock:
+        sock.sendall(data)
+        assert recv_exactly(sock, len(data)) == data
+
+
+def test_one_byte_at_a_time_gives_the_same_answer(running_loop):
+    server = running_loop.serve(LengthSepEcho)
+    data = frame(b"hello") + frame(b"world!")
+    with connect(server) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            sock.sendall(data[i:i + 1])
+        assert recv_exactly(sock, len(data)) == data
+
+
+def test_keep_alive_serves_request_after_request(running_loop):
+    server = running_loop.serve(LengthSepEcho)
+    with connect(server) as sock:
+        for i in range(20):
+            sock.sendall(frame(b"x" * i))
+            assert recv_exactly(sock, len(frame(b"x" * i))) == frame(b"x" * i)
+
+
+class Boom(LengthSepEcho):
+    def make_response(self):
+        if self.request == b"boom":
+            raise ValueError("handler bug")
+        return super().make_response()
+
+
+def test_a_handler_that_raises_drops_only_its_client(running_loop, caplog):
+    server = running_loop.serve(Boom)
+    with connect(server) as good, connect(server) as bad:
+        good.sendall(frame(b"before"))
+        assert recv_exactly(good, len(frame(b"before"))) == frame(b"before")
+        bad.sendall(frame(b"boom"))
+        assert recv_all(bad) == b""
+        good.sendall(frame(b"after"))
+        assert recv_exactly(good, len(frame(b"after"))) == frame(b"after")
+    with connect(server) as fresh:
+        fresh.sendall(frame(b"next client"))
+        assert recv_exactly(fresh, len(frame(b"next client"))) == frame(b"next client")
+    assert "ValueError: handler bug" in caplog.text
+    assert "127.0.0.1:" in caplog.text
+
+
+def test_malformed_length_drops_only_its_client(running_loop, caplog):
+    server = running_loop.serve(LengthSepEcho)
+    with connect(server) as good, connect(server) as bad:
+        bad.sendall(frame(b"fine") + b"12x\n")
+        assert recv_all(bad) == frame(b"fine")
+        good.sendall(frame(b"still here"))
+        assert recv_exactly(good, len(frame(b"still here"))) == frame(b"still here")
+    assert "not a decimal number: b'12x'" in caplog.text
+    record = next(r for r in caplog.records if "not a decimal" in r.getMessage())
+    assert record.levelno == logging.WARNING
+
+
+def test_half_close_still_delivers_every_pending_reply(running_loop):
+    server = running_loop.serve(LengthSepEcho)
+    data = b"".join(frame(b"%d" % i * 1000) for i in range(50))
+    with connect(server) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_all(sock) == data
+
+
+class BigEcho(LengthSepEcho):
+    max_size = 16 * 1024 * 1024
+
+
+def test_peer_reset_and_epipe_do_not_stop_the_loop(running_loop):
+    server = running_loop.serve(BigEcho)
+    big = frame(b"z" * 12_000_000)
+    for _ in range(3):
+        sock = connect(server)
+        sock.sendall(big[:100_000])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # RST
+    sock = connect(server)
+    sock.sendall(big)  # reply larger than buffers; we vanish mid-reply
+    sock.recv(10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+    with connect(server) as sock:
+        sock.sendall(frame(b"alive"))
+        assert recv_exactly(sock, len(frame(b"alive"))) == frame(b"alive")
+
+
+class Streams(ClientHandler):
+    """Answers each line naming what kind of response to stream."""
+
+    close_when_done = False
+    path = None
+
+    def request_complete(self):
+        end = self.incoming.find(b"\n")
+        return end + 1 if end >= 0 else False
+
+    def make_response(self):
+        kind = bytes(self.incoming[:self.incoming.find(b"\n")])
+        if kind == b"str":
+            return "h\u00e9llo\n"
+        if kind == b"file":
+            return open(self.path, "rb")
+        if kind == b"gen":
+            return (b"%d," % i for i in range(5000))
+        if kind == b"mixed":
+            return [b"a", "b", iter([b"c", [b"d", "e"]]), None, b"\n"]
+        return [b"?\n"]
+
+
+def test_str_file_generator_and_mixed_responses(running_loop, tmp_path):
+    path = tmp_path / "blob"
+    blob = os.urandom(3_000_000)
+    path.write_bytes(blob)
+    Streams.path = str(path)
+    server = running_loop.serve(Streams)
+    expected_gen = b"".join(b"%d," % i for i in range(5000))
+    with connect(server) as sock:
+        sock.sendall(b"str\nfile\ngen\nmixed\n")
+        expected = "h\u00e9llo\n".encode() + blob + expected_gen + b"abcde\n"
+        assert recv_exactly(sock, len(expected)) == expected
+
+
+def test_close_when_done_false_keeps_the_recipe_handler(running_loop):
+    class Persistent(RecipeLengthSep):
+        close_when_done = False
+
+    server = running_loop.serve(Persistent)
+    with connect(server) as sock:
+        for body in (b"one", b"three"):
+            sock.sendall(frame(body))
+            assert recv_exactly(sock, len(body)) == body
+
+
+def test_setup_and_finish_run_once_per_connection(running_loop):
+    events = []
+    finished = threading.Event()
+
+    class Hooks(LengthSepEcho):
+        def setup(self):
+            events.append(("setup", self.client_address[0]))
+
+        def finish(self):
+            events.append(("finish", self.client_address[0]))
+            finished.set()
+
+    server = running_loop.serve(Hooks)
+    with connect(server) as sock:
+        sock.sendall(frame(b"x"))
+        recv_exactly(sock, 3)
+    assert finished.wait(10)
+    assert events == [("setup", "127.0.0.1"), ("finish", "127.0.0.1")]
+
+
+def test_several_servers_each_with_its_handler_on_one_loop(running_loop):
+    echo = running_loop.serve(LengthSepEcho)
+    body = running_loop.serve(LengthSepBody)
+    with connect(echo) as a, connect(body) as b:
+        a.sendall(frame(b"one"))
+        b.sendall(frame(b"two"))
+        assert recv_all(b) == b"two"
+        assert recv_exactly(a, len(frame(b"one"))) == frame(b"one")
+
+
+def test_ipv6_listener_tells_its_real_address():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        server = Server("::1", 0)
+    except OSError as exc:
+        pytest.skip(f"cannot bind ::1: {exc}")
+    ev = EventLoop()
+    ev.add_server(server, LengthSepBody)
+    assert server.address[0] == "::1" and server.port > 0
+    thread = threading.Thread(target=ev.run)
+    thread.start()
+    try:
+        with socket.create_connection(("::1", server.port), timeout=10) as sock:
+            sock.sendall(b"2\nv6")
+            assert recv_all(sock) == b"v6"
+    finally:
+        ev.stop()
+        thread.join(10)
+        ev.close()
+
+
+def test_localhost_binds_ipv4_loopback_and_port_zero_picks_a_port():
+    with Server() as server:
+        assert server.host == "127.0.0.1"
+        assert server.port > 0
+
+
+def _raise_nofile(target):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < target:
+        if hard != resource.RLIM_INFINITY and hard < target:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is below {target}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return soft, hard
+
+
+def test_two_thousand_simultaneous_clients_on_the_default_selector():
+    count = 2000
+    old = _raise_nofile(count * 2 + 100)
+    ev = EventLoop()
+    server = Server("127.0.0.1", 0, backlog=4096)
+    ev.add_server(server, LengthSepEcho)
+    thread = threading.Thread(target=ev.run)
+    thread.start()
+    clients = []
+    try:
+        for _ in range(count):
+            clients.append(socket.create_connection(server.address, timeout=20))
+        assert max(c.fileno() for c in clients) > 1024
+        for i, sock in enumerate(clients):
+            sock.sendall(frame(b"%d" % i))
+        for i, sock in enumerate(clients):
+            expected = frame(b"%d" % i)
+            assert recv_exactly(sock, len(expected)) == expected
+    finally:
+        for sock in clients:
+            sock.close()
+        ev.stop()
+        thread.join(10)
+        ev.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+
+
+def test_select_backend_refuses_descriptors_past_its_limit_clearly():
+    # select() cannot watch fd >= FD_SETSIZE; the platform's default can.
+    assert selectors.DefaultSelector is not selectors.SelectSelector
+
+
+def test_stop_from_another_thread_ends_run_promptly(selector_name):
+    ev = EventLoop(None if selector_name == "default" else selector_name)
+    ev.add_server(Server("127.0.0.1", 0), LengthSepEcho)
+    started = threading.Event()
+    ev.call_soon(started.set)
+    thread = threading.Thread(target=ev.run)
+    thread.start()
+    assert started.wait(10)
+    stop_at = time.monotonic()
+    ev.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    # "Promptly": the loop was blocked in select with no timeout; only the
+    # wakeup socketpair can have ended it.
+    assert time.monotonic() - stop_at < 5
+    ev.close()
+
+
+def test_idle_loop_uses_no_cpu():
+    ev = EventLoop()
+    ev.add_server(Server("127.0.0.1", 0), LengthSepEcho)
+    passes = []
+    original = ev._run_pass
+
+    def counting(timeout):
+        passes.append(timeout)
+        original(timeout)
+
+    ev._run_pass = counting
+    thread = threading.Thread(target=ev.run)
+    before = time.thread_time()
+    thread.start()
+    stop = threading.Timer(0.5, ev.stop)  # a deadline for the idle period, not synchronisation
+    stop.start()
+    thread.join(10)
+    ev.close()
+    # An idle loop sleeps in one select until woken: the stop is the only wake-up.
+    assert len(passes) <= 2, passes
+    assert time.thread_time() - before < 0.2
+
+
+def test_loop_function_serves_until_stop_and_closes(selector_name):
+    server = Server("127.0.0.1", 0)
+
+    class StopOnRequest(LengthSepBody):
+        def make_response(self):
+            if self.msg_body == b"stop":
+                self.loop.stop()
+            return [self.msg_body]
+
+    thread = threading.Thread(target=loop, args=(server, StopOnRequest),
+                              kwargs={"selector": None if selector_name == "default" else selector_name})
+    thread.start()
+    with connect(server) as sock:
+        sock.sendall(b"2\nhi")
+        assert recv_all(sock) == b"hi"
+    with connect(server) as sock:
+        sock.sendall(b"4\nstop")
+        assert recv_all(sock) == b"stop"
+    thread.join(10)
+    assert not thread.is_alive()
+    assert server.closed
