@@ -12,12 +12,18 @@ LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
 @contextlib.contextmanager
-def running_example(script, *args, python=sys.executable, cwd=ROOT, env=None):
+def running_example(script, *args, python=sys.executable, cwd=ROOT, env=None, source_tree=True):
     """Run ``examples/<script> --port 0 *args``; yield (host, port, process).
-    The example prints ``listening on HOST:PORT`` once bound."""
+    The example prints ``listening on HOST:PORT`` once bound. With
+    ``source_tree=False`` the example imports evloop from ``python``'s
+    installation, not from this checkout."""
     command = [python, str(ROOT / "examples" / script), "--port", "0", *args]
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
+    if source_tree:
+        environment["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
+    else:
+        environment.pop("PYTHONPATH", None)
     if env:
         environment.update(env)
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
