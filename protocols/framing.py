@@ -102,12 +102,22 @@ class FramedHandler(ClientHandler):
     framer_class: Any = None
     max_size: Optional[int] = None
 
-    __slots__ = ("framer", "request")
+    __slots__ = ("_framer", "request")
 
     def __init__(self, server: Any, client_socket: Any, client_address: Any) -> None:
         super().__init__(server, client_socket, client_address)
-        self.framer = self.make_framer()
+        # Made with the first bytes (or first use), so an idle connection
+        # carries no framer and no buffer.
+        self._framer: Optional[Framer] = None
         self.request: Any = None
+
+    @property
+    def framer(self) -> Framer:
+        """This connection's framer."""
+        framer = self._framer
+        if framer is None:
+            framer = self._framer = self.make_framer()
+        return framer
 
     def make_framer(self) -> Framer:
         """The framer for this connection."""
