@@ -2,6 +2,7 @@
 
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -37,7 +38,11 @@ def test_readme_run_command_installs_and_serves_from_a_fresh_venv(tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = str(env_dir / "bin" / "python")
-    subprocess.run([python, *shlex.split(install)[1:]], cwd=ROOT, check=True,
+    # A copy stands in for a fresh clone, and keeps build files out of this one.
+    clone = tmp_path / "clone"
+    shutil.copytree(ROOT, clone, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.egg-info", "__pycache__", ".venv*", ".hypothesis", ".*_cache"))
+    subprocess.run([python, *shlex.split(install)[1:]], cwd=clone, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=240)
     words = shlex.split(run)
     assert words[0] == "python" and words[1].startswith("examples/")
