@@ -1,0 +1,44 @@
+"""A WebSocket echo endpoint at path ``/``, for conformance testing.
+
+    python examples/websocket_echo.py --port 9001
+    python -m websockets ws://localhost:9001/      # type a line, get it back
+
+Every text message comes back as text, every binary message as binary.
+Messages up to ``--max-size`` bytes (default 32 MiB) are accepted; a larger
+one closes the connection with 1009. A plain HTTP GET of ``/`` is answered
+with 426 Upgrade Required.
+"""
+
+import argparse
+import logging
+
+from evloop import Server, loop
+from protocols.http import HTTPHandler
+from protocols.websocket import EchoWebSocket
+
+
+def make_handler(max_size):
+    class Echo(EchoWebSocket):
+        max_message_size = max_size
+
+    class EchoServer(HTTPHandler):
+        routes = {"/": Echo}
+
+    return EchoServer
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="localhost")
+    parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--max-size", type=int, default=32 * 1024 * 1024,
+                        help="largest message accepted, in bytes")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = Server(args.host, args.port)
+    print(f"listening on {server.host}:{server.port}", flush=True)
+    loop(server, make_handler(args.max_size))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,425 @@
+"""WebSocket (RFC 6455) on the loop: wsproto frames, this module is the glue.
+
+Theory of operation. A :class:`WebSocketHandler` subclass is routed at a
+path like any HTTP target (:mod:`protocols.routing`). When a request for that
+path arrives, :meth:`WebSocketHandler.accept_upgrade` checks the opening
+handshake (RFC 6455 section 4.2.1) and answers either an HTTP error or a
+:class:`~protocols.http.SwitchProtocols`; after the ``101`` the HTTP handler
+hands every byte it reads to one instance of the class, on the same
+connection, port and loop. (As in ws4py, the class is chosen per path.)
+
+The instance feeds those bytes to a ``wsproto`` connection and turns its
+events into calls: :meth:`opened`, :meth:`received_message` (str for text,
+bytes for binary, reassembled from fragments), :meth:`closed` once, with the
+close code. wsproto checks framing, masking, control-frame rules, close
+codes and UTF-8 (incrementally, so a bad text message fails at its first
+bad byte); every violation fails the connection with the code it names
+(1002 protocol error, 1007 invalid payload) and the message size limit
+fails it with 1009. Failing means: a warning log line with the peer's
+address, a Close frame with that code, then the TCP connection closes
+(RFC 6455 section 7.1.7); other connections are not touched.
+
+The close handshake (section 7): a peer's Close is answered with a Close
+echoing its code, then the server closes TCP (section 7.1.1: the server
+closes first). :meth:`close` sends ours and waits ``close_timeout`` seconds
+for the answer. Keepalive: every ``ping_interval`` seconds a Ping goes out;
+no Pong within ``ping_timeout`` closes the connection (closed() gets 1006).
+Both use loop timers.
+
+Sending: :meth:`send` frames one message; :func:`broadcast` frames a message
+once and queues the same bytes on many sockets (server frames are unmasked,
+so they are identical).
+"""
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+from typing import Any, Iterable, List, Optional, Sequence, Union
+
+from wsproto import Connection as WSConnection
+from wsproto import ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.frame_protocol import CloseReason, FrameProtocol
+
+from evloop import RemoteProtocolError
+
+from .http import HTTPError, Request, SwitchProtocols, error_response
+
+__all__ = ["CloseReason", "EchoWebSocket", "WebSocketHandler", "accept_key", "broadcast"]
+
+logger = logging.getLogger("evloop.websocket")
+
+# RFC 6455 section 1.3: the GUID appended to the key for Sec-WebSocket-Accept.
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+# RFC 6455 section 7.4.1 codes used here.
+NORMAL = 1000
+GOING_AWAY = 1001
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+ABNORMAL = 1006
+
+
+def accept_key(key: str) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 section 4.2.2)."""
+    digest = hashlib.sha1(key.encode("ascii") + _GUID).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+class WebSocketHandler:
+    """One open WebSocket. Subclass it and override the hooks:
+
+    - :meth:`opened`: the handshake is done; :meth:`send` may be used;
+    - :meth:`received_message`: a whole message, str (text) or bytes;
+    - :meth:`closed`: once, when the connection is gone, with the close code
+      (the peer's, ours, or 1006 if it was dropped without a Close frame).
+
+    Class attributes: ``subprotocols`` (accepted ``Sec-WebSocket-Protocol``
+    values, preferred first), ``allowed_origins`` (None: any ``Origin``),
+    ``max_message_size`` (bytes; 1009 beyond), ``ping_interval`` and
+    ``ping_timeout`` (seconds; None turns keepalive off), ``close_timeout``.
+
+    Attributes: ``request`` (the upgrade :class:`~protocols.http.Request`),
+    ``connection`` (its HTTP handler), ``loop``, ``peer``, ``subprotocol``,
+    ``close_code`` and ``close_reason`` (once closing).
+    """
+
+    subprotocols: Sequence[str] = ()
+    allowed_origins: Optional[Iterable[str]] = None
+    max_message_size = 1024 * 1024
+    ping_interval: Optional[float] = 20.0
+    ping_timeout: Optional[float] = 20.0
+    close_timeout = 5.0
+
+    def __init__(self, connection: Any, request: Request, subprotocol: Optional[str] = None) -> None:
+        self.connection = connection
+        self.request = request
+        self.loop = connection.loop
+        self.subprotocol = subprotocol
+        self.close_code: Optional[int] = None
+        self.close_reason = ""
+        self._ws = WSConnection(ConnectionType.SERVER)
+        self._parts: List[Any] = []
+        self._size = 0
+        self._ended = False        # closed() has run
+        self._failed = False       # no more input is looked at
+        self._ping_payload: Optional[bytes] = None
+        self._ping_timer: Any = None
+        self._pong_timer: Any = None
+        self._close_timer: Any = None
+
+    # -- hooks --------------------------------------------------------------
+
+    def opened(self) -> None:
+        """The WebSocket is open."""
+
+    def received_message(self, message: Union[str, bytes]) -> None:
+        """A whole message arrived: str for a text message, bytes for binary."""
+
+    def closed(self, code: int, reason: str = "") -> None:
+        """The connection is gone; called once."""
+
+    # -- what a handler calls -------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        return str(self.connection.peer)
+
+    @property
+    def is_open(self) -> bool:
+        """True while messages can be sent (no Close sent or received)."""
+        return self._ws.state is ConnectionState.OPEN and not self.connection.closed
+
+    def send(self, message: Union[str, bytes, bytearray, memoryview], binary: Optional[bool] = None) -> bool:
+        """Send one message: str as text, bytes as binary (``binary`` forces
+        either). Returns False, sending nothing, once the socket is closing."""
+        if not self.is_open:
+            return False
+        if binary is True and isinstance(message, str):
+            message = message.encode("utf-8")
+        elif binary is False and not isinstance(message, str):
+            message = bytes(message).decode("utf-8")
+        event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
+        self.connection.send(self._ws.send(event))
+        return True
+
+    def ping(self, payload: bytes = b"") -> bool:
+        """Send a Ping (at most 125 bytes of payload, RFC 6455 section 5.5)."""
+        if not self.is_open:
+            return False
+        self.connection.send(self._ws.send(Ping(payload=payload)))
+        return True
+
+    def close(self, code: int = NORMAL, reason: str = "") -> None:
+        """Start the close handshake (RFC 6455 section 7.1.2); the connection
+        closes when the peer answers, or after ``close_timeout`` seconds."""
+        if not self.is_open:
+            return
+        self.close_code, self.close_reason = code, reason
+        self.connection.send(self._ws.send(CloseConnection(code=code, reason=reason or None)))
+        self._stop_keepalive()
+        self._close_timer = self.loop.call_later(self.close_timeout, self._close_timed_out)
+
+    def broadcast(self, message: Union[str, bytes], *, include_self: bool = True) -> int:
+        """Send ``message`` to every open socket of this class on this loop.
+        Returns how many it was queued for."""
+        targets = self.open_sockets(self.loop)
+        if not include_self:
+            targets = [socket for socket in targets if socket is not self]
+        return broadcast(targets, message)
+
+    @classmethod
+    def open_sockets(cls, loop: Any) -> List["WebSocketHandler"]:
+        """The open sockets of this class (and its subclasses) on ``loop``."""
+        sockets = []
+        for handler in loop.handlers:
+            upgraded = getattr(handler, "upgraded", None)
+            if isinstance(upgraded, cls) and upgraded.is_open:
+                sockets.append(upgraded)
+        return sockets
+
+    # -- the opening handshake ------------------------------------------------
+
+    @classmethod
+    def accept_upgrade(cls, request: Request) -> Any:
+        """Check the client's opening handshake (RFC 6455 section 4.2.1) and
+        answer a SwitchProtocols to this class, or an HTTP error response."""
+        if request.method != "GET":
+            raise HTTPError(405, "a WebSocket handshake is a GET", [("Allow", "GET")])
+        upgrade = request.header_tokens("upgrade")
+        if "websocket" not in upgrade or "upgrade" not in request.header_tokens("connection"):
+            # RFC 9110 section 15.5.22: 426 says which protocol to upgrade to.
+            return error_response(426, "this path speaks WebSocket",
+                                  [("Upgrade", "websocket"), ("Connection", "Upgrade")])
+        if request.http_version < "1.1":
+            return error_response(400, "a WebSocket handshake needs HTTP/1.1")
+        version = request.header("sec-websocket-version", "")
+        if version != "13":
+            # RFC 6455 section 4.4: say which versions we speak.
+            return error_response(426, f"unsupported WebSocket version {version!r}",
+                                  [("Sec-WebSocket-Version", "13")])
+        key = request.header("sec-websocket-key", "") or ""
+        try:
+            # Section 4.1: the key is 16 random bytes, base64-encoded.
+            valid_key = len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+        except (binascii.Error, UnicodeEncodeError):
+            valid_key = False
+        if not valid_key:
+            return error_response(400, f"bad Sec-WebSocket-Key {key!r}")
+        if cls.allowed_origins is not None:
+            origin = request.header("origin")
+            if origin not in set(cls.allowed_origins):
+                # Section 4.2.2 step 4: refuse an origin we do not serve.
+                logger.warning("%s: WebSocket from origin %r refused", request.peer, origin)
+                return error_response(403, "origin not allowed")
+        offered = request.header_tokens("sec-websocket-protocol")
+        subprotocol = next((name for name in cls.subprotocols if name.lower() in offered), None)
+        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                   ("Sec-WebSocket-Accept", accept_key(key))]
+        if subprotocol is not None:
+            headers.append(("Sec-WebSocket-Protocol", subprotocol))
+
+        return SwitchProtocols(headers, lambda connection: cls(connection, request, subprotocol))
+
+    # -- what the HTTP handler calls -------------------------------------------
+
+    def switched(self, trailing: bytes) -> None:
+        self._start_keepalive()
+        self._call(self.opened)
+        if trailing:
+            self.data_received(trailing)
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:
+            return
+        ws = self._ws
+        if ws.state is ConnectionState.CLOSED:
+            return
+        ws.receive_data(data)
+        for event in ws.events():
+            kind = type(event)
+            if kind is TextMessage or kind is BytesMessage:
+                self._message_part(event)
+            elif kind is Ping:
+                # RFC 6455 section 5.5.3: a Pong carries the Ping's data.
+                if ws.state is ConnectionState.OPEN:
+                    self.connection.send(ws.send(event.response()))
+            elif kind is Pong:
+                self._pong_received(event.payload)
+            elif kind is CloseConnection:
+                self._close_received(event)
+            if self._failed or self.connection.closed:
+                return
+
+    def eof_received(self) -> None:
+        # The TCP stream ended; without a Close frame that is 1006 (RFC 6455
+        # section 7.1.5). The engine closes the connection after this.
+        if self.close_code is None:
+            self.close_code = ABNORMAL
+        self._failed = True
+
+    def connection_lost(self) -> None:
+        self._stop_keepalive()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if not self._ended:
+            self._ended = True
+            code = self.close_code if self.close_code is not None else ABNORMAL
+            self._call(self.closed, code, self.close_reason)
+
+    # -- incoming events --------------------------------------------------------
+
+    def _message_part(self, event: Message) -> None:
+        data = event.data
+        if isinstance(data, str):
+            self._size += len(data) if data.isascii() else len(data.encode("utf-8"))
+        else:
+            self._size += len(data)
+        if self._size > self.max_message_size:
+            # RFC 6455 section 7.4.1: 1009, a message too big to process.
+            self._fail(MESSAGE_TOO_BIG, f"message over {self.max_message_size} bytes")
+        self._parts.append(data)
+        if event.message_finished:
+            parts, self._parts, self._size = self._parts, [], 0
+            if len(parts) == 1:
+                message = parts[0]
+            else:
+                message = "".join(parts) if isinstance(data, str) else b"".join(parts)
+            if isinstance(message, bytearray):
+                message = bytes(message)
+            self._call(self.received_message, message)
+
+    def _close_received(self, event: CloseConnection) -> None:
+        ws = self._ws
+        if ws.state is ConnectionState.REMOTE_CLOSING:
+            # RFC 6455 section 5.5.1: answer a Close with a Close, echoing its
+            # code; section 7.1.1: then the server closes the TCP connection.
+            self.close_code, self.close_reason = event.code, event.reason or ""
+            self.connection.send(ws.send(event.response()))
+            self._finish_closing()
+        elif ws.state is ConnectionState.CLOSED:
+            # The answer to our Close (section 7.1.2): the handshake is done.
+            self._finish_closing()
+        else:
+            # wsproto reports a violation as a CloseConnection while the state
+            # stays as it was: fail the connection with the code it names
+            # (section 7.1.7; 1002 protocol error, 1007 bad payload).
+            self._fail(event.code, event.reason or "protocol error")
+
+    def _finish_closing(self) -> None:
+        self._failed = True
+        self._stop_keepalive()
+        self.connection.close_when_sent()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """_Fail the WebSocket Connection_ (RFC 6455 section 7.1.7): a Close
+        with ``code`` if none was sent yet, then close TCP. Raised as the
+        peer's protocol error, so the engine logs it and closes."""
+        self._failed = True
+        self._stop_keepalive()
+        reply = None
+        if self._ws.state is ConnectionState.OPEN:
+            self.close_code, self.close_reason = code, reason
+            reply = bytes(self._ws.send(CloseConnection(code=code, reason=reason[:100])))
+        raise RemoteProtocolError(f"WebSocket {code}: {reason}", reply=reply)
+
+    def _call(self, hook: Any, *args: Any) -> None:
+        """Run an application hook; an exception there is our bug, not the
+        peer's: log it and close with 1011 (RFC 6455 section 7.4.1)."""
+        try:
+            hook(*args)
+        except Exception:
+            logger.exception("%s: error in %s.%s", self.peer, type(self).__name__, hook.__name__)
+            if self.is_open:
+                self.close(INTERNAL_ERROR, "internal error")
+
+    # -- timers -----------------------------------------------------------------
+
+    def _start_keepalive(self) -> None:
+        if self.ping_interval is not None and self.is_open:
+            self._ping_timer = self.loop.call_later(self.ping_interval, self._send_keepalive_ping)
+
+    def _stop_keepalive(self) -> None:
+        for timer in (self._ping_timer, self._pong_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ping_timer = self._pong_timer = None
+
+    def _send_keepalive_ping(self) -> None:
+        self._ping_timer = None
+        if not self.is_open:
+            return
+        self._ping_payload = os.urandom(4)
+        self.ping(self._ping_payload)
+        if self.ping_timeout is not None:
+            self._pong_timer = self.loop.call_later(self.ping_timeout, self._ping_timed_out)
+
+    def _pong_received(self, payload: bytes) -> None:
+        # Section 5.5.3: an unsolicited Pong is a heartbeat and needs no answer.
+        if self._ping_payload is not None and payload == self._ping_payload:
+            self._ping_payload = None
+            if self._pong_timer is not None:
+                self._pong_timer.cancel()
+                self._pong_timer = None
+            self._start_keepalive()
+
+    def _ping_timed_out(self) -> None:
+        self._pong_timer = None
+        if self.connection.closed:
+            return
+        logger.info("%s: no Pong within %ss; closing", self.peer, self.ping_timeout)
+        # The peer is not answering: a Close handshake would only wait too.
+        self.close_code, self.close_reason = ABNORMAL, "keepalive ping timeout"
+        self._failed = True
+        if self._ws.state is ConnectionState.OPEN:
+            self.connection.send(self._ws.send(CloseConnection(code=GOING_AWAY,
+                                                               reason="keepalive ping timeout")))
+        self.connection.close_when_sent()
+
+    def idle_timed_out(self, seconds: float) -> None:
+        """The engine's idle timeout fired (no byte either way for that long;
+        keepalive pings prevent it): say goodbye with 1001 and close."""
+        logger.info("%s: WebSocket idle for %gs; closing", self.peer, seconds)
+        if self.is_open:
+            self.close_code, self.close_reason = GOING_AWAY, "idle"
+            self.connection.send(self._ws.send(CloseConnection(code=GOING_AWAY, reason="idle")))
+        self._failed = True
+        self._stop_keepalive()
+        self.connection.close_when_sent()
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if not self.connection.closed:
+            logger.info("%s: no answer to our Close within %ss", self.peer, self.close_timeout)
+            self.connection.close()
+
+    def __repr__(self) -> str:
+        state = "open" if self.is_open else "closed"
+        return f"<{type(self).__name__} {self.peer} {self.request.path!r} {state}>"
+
+
+class EchoWebSocket(WebSocketHandler):
+    """Sends every message back as it came: text as text, binary as binary."""
+
+    def received_message(self, message: Union[str, bytes]) -> None:
+        self.send(message)
+
+
+# Server frames carry no mask, so a message's frame is the same bytes for
+# every socket: frame it once.
+_encoder = FrameProtocol(client=False, extensions=[])
+
+
+def broadcast(sockets: Iterable[WebSocketHandler], message: Union[str, bytes]) -> int:
+    """Queue ``message`` on each open socket in ``sockets``, framed once.
+    Returns how many sockets it was queued for."""
+    frame = bytes(_encoder.send_data(message, fin=True))
+    count = 0
+    for socket in sockets:
+        if socket.is_open:
+            socket.connection.send(frame)
+            count += 1
+    return count
