@@ -8,6 +8,7 @@ from .lengthsep import LengthSepBody, LengthSepEcho, LengthSepFramer
 from .lines import LineEcho, LineFramer, LineHandler
 from .netstring import NetstringEcho, NetstringFramer, NetstringHandler
 from .request import RequestHandler, do_request, split_address
+from .resp import RespError, RespFramer, encode_command, encode_reply
 
 __all__ = [
     "NEED_DATA",
@@ -30,6 +31,10 @@ __all__ = [
     "NetstringFramer",
     "NetstringHandler",
     "RequestHandler",
+    "RespError",
+    "RespFramer",
     "do_request",
+    "encode_command",
+    "encode_reply",
     "split_address",
 ]

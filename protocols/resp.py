@@ -1,0 +1,473 @@
+"""RESP2, the Redis serialization protocol: requests in, replies out.
+
+Theory of operation. A client sends commands in one of two forms
+(https://redis.io/docs/reference/protocol-spec/):
+
+- multibulk: ``*<count>\\r\\n`` then ``count`` bulk strings, each
+  ``$<length>\\r\\n<length bytes>\\r\\n``; this is what every client
+  library and ``redis-benchmark`` send;
+- inline: one line of space-separated words ending in ``\\n`` (a ``\\r``
+  before it is dropped), with Redis's quoting rules; what a person types
+  into telnet.
+
+A request is the command's argument vector, a list of bytes:
+``[b"SET", b"key", b"value"]``.
+
+:meth:`RespFramer.maybe_requests` returns every whole command buffered,
+in order, in one list: a client that pipelines sixteen commands gets all
+sixteen parsed in one call and answered in one ``send``. It has two paths:
+
+- the fast path, taken when no command is half-parsed: one C-level
+  ``split(b"\\r\\n")`` of the whole buffer, then a walk over the pieces that
+  accepts a command only if every ``$<length>`` line names exactly the length
+  of the piece after it. Anything else (a value holding ``\\r\\n``, an
+  inline command, a length outside the precomputed table, a command cut off
+  by the end of the read) stops it, and the careful path takes over exactly
+  where it stopped;
+- the careful path, which follows Redis's own ``processMultibulkBuffer``: it
+  consumes one line or one bulk at a time and keeps a half-received command's
+  arguments in the framer, so no byte is parsed twice however the stream is
+  chunked; a partial line's scan resumes where it stopped; a bulk whose
+  length is known waits, without scanning, until all its bytes are there.
+
+Limits, each checked before the number is trusted: a line (an inline command
+or a ``*``/``$`` header) may hold ``max_line`` bytes (64 KiB, Redis's
+``PROTO_INLINE_MAX_SIZE``), a command ``max_elements`` arguments (Redis's
+1024*1024) and ``max_size`` bytes of arguments in all. Breaking any of them,
+or the syntax, raises :class:`~evloop.RemoteProtocolError` whose ``reply`` is
+Redis's ``-ERR Protocol error: ...`` line; the connection then closes, as
+Redis does, because the stream can no longer be trusted. The commands that
+came before the violation are still returned first. A stream that ends
+inside a command is an error too.
+
+:meth:`RespFramer.encode` and :func:`encode_reply` turn Python values into
+replies; :func:`encode_command` builds a request, for clients and tests.
+"""
+
+from typing import Any, Dict, List, Optional
+
+from evloop import LocalProtocolError, RemoteProtocolError
+
+from .framing import NEED_DATA, Framer
+
+__all__ = ["RespError", "RespFramer", "encode_command", "encode_reply"]
+
+# Headers the fast path recognises without int(); anything else goes to the
+# careful path, which parses and checks it properly.
+_FAST_COUNTS: Dict[bytes, int] = {b"*%d" % n: n for n in range(1, 257)}
+_FAST_LENGTHS: Dict[bytes, int] = {b"$%d" % n: n for n in range(0, 4097)}
+
+# Redis's PROTO_INLINE_MAX_SIZE: the longest line it buffers.
+MAX_LINE = 64 * 1024
+# Redis refuses a multibulk count above this from a client (networking.c).
+MAX_ELEMENTS = 1024 * 1024
+
+
+class RespError(Exception):
+    """A command failed: the reply is ``-<message>\\r\\n`` and the connection
+    stays open. ``message`` starts with the error code, as Redis's do:
+    ``"ERR syntax error"``, ``"WRONGTYPE Operation against ..."``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def reply(self) -> bytes:
+        return _error_line(self.message)
+
+
+def _error_line(message: str) -> bytes:
+    # An error is one line: a CR or LF inside would end it early.
+    text = message.replace("\r", " ").replace("\n", " ")
+    return b"-" + text.encode("utf-8", "replace") + b"\r\n"
+
+
+def _protocol_error(what: str) -> bytes:
+    return _error_line("ERR Protocol error: " + what)
+
+
+class RespFramer(Framer):
+    """Sans-I/O RESP2 request parser; requests are argument lists of bytes.
+
+    ``max_size`` bounds the argument bytes of one command (default 64 MiB;
+    Redis allows 512 MiB per argument), ``max_line`` the bytes of one line,
+    ``max_elements`` the arguments of one command.
+    """
+
+    default_max_size = 64 * 1024 * 1024
+
+    __slots__ = (
+        "_args",
+        "_bulk",
+        "_fast_counts",
+        "_remaining",
+        "_scanned",
+        "_size",
+        "max_elements",
+        "max_line",
+    )
+
+    def __init__(self, max_size: Optional[int] = None, *, max_line: int = MAX_LINE,
+                 max_elements: int = MAX_ELEMENTS) -> None:
+        super().__init__(max_size)
+        self.max_line = max_line
+        self.max_elements = max_elements
+        # The command being received by the careful path: its arguments so
+        # far (None: between commands), how many more are due, the length of
+        # the bulk now expected (-1: its $ line comes first) and its size.
+        self._args: Optional[List[bytes]] = None
+        self._remaining = 0
+        self._bulk = -1
+        self._size = 0
+        # Bytes at the start of the buffer already searched for a line end.
+        self._scanned = 0
+        # The fast path must refuse what the limits refuse: its counts stop
+        # at max_elements, and its headers ("$4096") are far shorter than
+        # any sane max_line; max_size is checked against the whole buffer.
+        self._fast_counts = _FAST_COUNTS if max_elements >= len(_FAST_COUNTS) else {
+            line: count for line, count in _FAST_COUNTS.items() if count <= max_elements}
+        if max_line < 8:
+            self._fast_counts = {}
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer) + self._size
+
+    @property
+    def error(self) -> Optional[RemoteProtocolError]:
+        """The violation found, if any; every later call raises it."""
+        return self._error
+
+    # -- the framer contract ------------------------------------------------
+
+    def next_request(self) -> Any:
+        """The next whole command, or NEED_DATA. Raises RemoteProtocolError.
+        (A handler that answers in batches calls :meth:`maybe_requests`.)"""
+        if self._error is not None:
+            raise self._error
+        request = self._careful_one()
+        if request is None:
+            if self._eof and (self._buffer or self._args is not None):
+                raise self._truncated()
+            return NEED_DATA
+        return request
+
+    def maybe_requests(self) -> List[List[bytes]]:
+        """Every whole command buffered, in order; an empty list if none is.
+
+        Raises RemoteProtocolError if the bytes break the protocol (or the
+        stream ended inside a command) and no whole command precedes the
+        violation; if some do, they are returned and the next call raises.
+        """
+        if self._error is not None:
+            raise self._error
+        requests: List[List[bytes]] = []
+        buffer = self._buffer
+        # No command can hold more argument bytes than the whole buffer, so
+        # when that is within max_size the fast path need not count them.
+        if (self._args is None and not self._scanned and buffer[:1] == b"*"
+                and len(buffer) <= self.max_size):
+            self._fast(requests)
+        careful = self._careful_one
+        try:
+            while True:
+                request = careful()
+                if request is None:
+                    break
+                requests.append(request)
+            if self._eof and (buffer or self._args is not None):
+                raise self._truncated()
+        except RemoteProtocolError:
+            if not requests:
+                raise
+        return requests
+
+    def encode(self, message: Any) -> bytes:
+        """The RESP2 reply for ``message``; see :func:`encode_reply`."""
+        return encode_reply(message)
+
+    def _truncated(self) -> RemoteProtocolError:
+        return self._fail(f"the stream ended inside a command ({self.buffered} bytes buffered)")
+
+    def _fail(self, message: str, reply: Optional[bytes] = None) -> RemoteProtocolError:
+        error = super()._fail(message, reply)
+        self._args = None
+        self._size = 0
+        self._scanned = 0
+        return error
+
+    # -- the fast path ------------------------------------------------------
+
+    def _fast(self, requests: List[List[bytes]]) -> None:
+        """Take the whole, plain multibulk commands at the start of the
+        buffer; stop at the first piece that is anything else."""
+        buffer = self._buffer
+        pieces = bytes(buffer).split(b"\r\n")
+        # The last piece has no CRLF after it: never part of a whole command.
+        last = len(pieces) - 1
+        counts = self._fast_counts
+        lengths = _FAST_LENGTHS
+        append = requests.append
+        start = 0
+        while start < last:
+            count = counts.get(pieces[start])
+            if count is None:
+                break
+            end = start + 1 + 2 * count
+            if end > last:
+                break
+            args = pieces[start + 2:end:2]
+            # Each $<length> line must name the length of the piece after
+            # it; a value holding CRLF was split short and fails this.
+            if list(map(lengths.get, pieces[start + 1:end:2])) != list(map(len, args)):
+                break
+            append(args)
+            start = end
+        if start:
+            # The pieces taken, plus the CRLF that followed each.
+            del buffer[:sum(map(len, pieces[:start])) + 2 * start]
+
+    # -- the careful path ---------------------------------------------------
+
+    def _line(self) -> Optional[bytes]:
+        """The next CRLF-terminated line (consumed, CRLF dropped), or None."""
+        buffer = self._buffer
+        end = buffer.find(b"\r\n", self._scanned)
+        if end < 0:
+            if len(buffer) > self.max_line:
+                raise self._fail(f"no CRLF in the first {self.max_line} bytes: "
+                                 f"{bytes(buffer[:40])!r}...",
+                                 _protocol_error("too big mbulk count string"
+                                                 if self._args is None
+                                                 else "too big bulk count string"))
+            # A CR at the very end may be the start of the next CRLF.
+            self._scanned = max(0, len(buffer) - 1)
+            return None
+        if end > self.max_line:
+            raise self._fail(f"a {end}-byte line is over the limit of {self.max_line}",
+                             _protocol_error("too big bulk count string"))
+        line = bytes(buffer[:end])
+        del buffer[:end + 2]
+        self._scanned = 0
+        return line
+
+    def _careful_one(self) -> Optional[List[bytes]]:
+        """Parse on from where the last call stopped; return the next whole
+        command, or None if the buffer holds no more of one."""
+        buffer = self._buffer
+        while True:
+            args = self._args
+            if args is None:
+                if not buffer:
+                    return None
+                if buffer[0] != 42:  # not "*": an inline command
+                    request = self._inline()
+                    if request is None or request:
+                        return request
+                    continue  # an empty line: Redis ignores it
+                line = self._line()
+                if line is None:
+                    return None
+                count = _parse_number(line)
+                if count is None:
+                    raise self._fail(f"bad multibulk count line {line!r}",
+                                     _protocol_error("invalid multibulk length"))
+                if count > self.max_elements:
+                    raise self._fail(f"{count} arguments are over the limit of "
+                                     f"{self.max_elements}",
+                                     _protocol_error("invalid multibulk length"))
+                if count <= 0:
+                    continue  # "*0" and "*-1" carry no command; Redis skips them
+                self._args = args = []
+                self._remaining = count
+                self._bulk = -1
+                self._size = 0
+            while self._remaining:
+                length = self._bulk
+                if length < 0:
+                    line = self._line()
+                    if line is None:
+                        return None
+                    if line[:1] != b"$":
+                        raise self._fail(f"expected a $<length> line, got {line[:40]!r}",
+                                         _protocol_error(f"expected '$', got "
+                                                         f"'{line[:1].decode('latin-1')}'"))
+                    parsed = _parse_number(line)
+                    if parsed is None or parsed < 0:
+                        raise self._fail(f"bad bulk length line {line[:40]!r}",
+                                         _protocol_error("invalid bulk length"))
+                    length = parsed
+                    if length > self.max_size - self._size:
+                        raise self._fail(f"a {length}-byte argument would take the command "
+                                         f"over the limit of {self.max_size} bytes",
+                                         _protocol_error("invalid bulk length"))
+                    self._bulk = length
+                # Wait, without scanning, until the bulk and its CRLF are in.
+                if len(buffer) < length + 2:
+                    return None
+                if buffer[length:length + 2] != b"\r\n":
+                    raise self._fail(f"a {length}-byte bulk is not followed by CRLF: "
+                                     f"{bytes(buffer[length:length + 2])!r}",
+                                     _protocol_error("expected CRLF after a bulk string"))
+                args.append(bytes(buffer[:length]))
+                del buffer[:length + 2]
+                self._size += length
+                self._bulk = -1
+                self._remaining -= 1
+            self._args = None
+            self._size = 0
+            return args
+
+    def _inline(self) -> Optional[List[bytes]]:
+        """An inline command (possibly empty), or None if its line is not
+        all here."""
+        buffer = self._buffer
+        end = buffer.find(b"\n", self._scanned)
+        if end < 0:
+            if len(buffer) > self.max_line:
+                raise self._fail(f"an inline command longer than {self.max_line} bytes: "
+                                 f"{bytes(buffer[:40])!r}...",
+                                 _protocol_error("too big inline request"))
+            self._scanned = len(buffer)
+            return None
+        if end > self.max_line:
+            raise self._fail(f"a {end}-byte inline command is over the limit of "
+                             f"{self.max_line}", _protocol_error("too big inline request"))
+        line = bytes(buffer[:end])
+        del buffer[:end + 1]
+        self._scanned = 0
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        words = split_inline(line)
+        if words is None:
+            raise self._fail(f"unbalanced quotes in inline command {line[:60]!r}",
+                             _protocol_error("unbalanced quotes in request"))
+        return words
+
+
+def _parse_number(line: bytes) -> Optional[int]:
+    """The integer after the type byte of a ``*`` or ``$`` line, or None.
+    Like Redis's ``string2ll``: an optional minus, then digits with no
+    leading zero; no spaces, no plus."""
+    digits = line[1:]
+    if digits[:1] == b"-":
+        digits = digits[1:]
+    if not digits.isdigit() or (digits[:1] == b"0" and len(digits) > 1) or len(digits) > 18:
+        return None
+    return int(line[1:])
+
+
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+_HEX = b"0123456789abcdefABCDEF"
+_SPACE = b" \n\r\t\v\f"  # C isspace(), as bytes.split() uses
+
+
+def split_inline(line: bytes) -> Optional[List[bytes]]:
+    """Split an inline command into words as Redis's ``sdssplitargs`` does:
+    spaces separate words; ``"..."`` may hold ``\\n``, ``\\r``, ``\\t``,
+    ``\\b``, ``\\a``, ``\\\\``, ``\\"`` and ``\\xHH``; ``'...'`` only ``\\'``;
+    a closing quote must end the word. Returns None for unbalanced quotes."""
+    if b'"' not in line and b"'" not in line:
+        return line.split()
+    words: List[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in _SPACE:
+            i += 1
+        if i >= n:
+            return words
+        word = bytearray()
+        quote = 0
+        while True:
+            if i >= n:
+                if quote:
+                    return None
+                break
+            c = line[i]
+            if quote == 34:  # inside "..."
+                if (c == 92 and i + 3 < n and line[i + 1] == 120
+                        and line[i + 2] in _HEX and line[i + 3] in _HEX):
+                    word.append(int(line[i + 2:i + 4], 16))
+                    i += 4
+                    continue
+                if c == 92 and i + 1 < n:
+                    word.append(_ESCAPES.get(line[i + 1], line[i + 1]))
+                    i += 2
+                    continue
+                if c == 34:
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        return None
+                    i += 1
+                    break
+                word.append(c)
+            elif quote == 39:  # inside '...'
+                if c == 92 and i + 1 < n and line[i + 1] == 39:
+                    word.append(39)
+                    i += 2
+                    continue
+                if c == 39:
+                    if i + 1 < n and line[i + 1] not in _SPACE:
+                        return None
+                    i += 1
+                    break
+                word.append(c)
+            else:
+                if c in _SPACE:
+                    break
+                if c == 34 or c == 39:
+                    quote = c
+                else:
+                    word.append(c)
+            i += 1
+        words.append(bytes(word))
+
+
+# -- encoding -------------------------------------------------------------
+
+NIL = b"$-1\r\n"
+OK = b"+OK\r\n"
+
+
+def encode_reply(value: Any) -> bytes:
+    """The RESP2 bytes for ``value``:
+
+    - ``bytes``-like: a bulk string; ``None``: the null bulk ``$-1``;
+    - ``str``: a simple string (``+OK``); it must not hold CR or LF;
+    - ``int`` (and ``bool``): an integer reply;
+    - ``list`` or ``tuple``: an array of the encodings of its items;
+    - :class:`RespError`: an error reply.
+
+    Raises LocalProtocolError for anything else.
+    """
+    kind = type(value)
+    if kind is bytes or kind is bytearray or kind is memoryview:
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if value is None:
+        return NIL
+    if kind is str:
+        if "\r" in value or "\n" in value:
+            raise LocalProtocolError(f"a simple string cannot hold CR or LF: {value!r}")
+        text: str = value
+        return b"+" + text.encode("utf-8") + b"\r\n"
+    if kind is int or kind is bool:
+        number: int = value
+        return b":%d\r\n" % number
+    if kind is list or kind is tuple:
+        return b"*%d\r\n" % len(value) + b"".join(map(encode_reply, value))
+    if isinstance(value, RespError):
+        return value.reply
+    raise LocalProtocolError(f"RESP2 has no encoding for {kind.__name__}: {value!r}")
+
+
+def encode_command(*args: Any) -> bytes:
+    """A multibulk request: ``encode_command("SET", "k", b"v")``. str
+    arguments are UTF-8 encoded, ints written in decimal."""
+    pieces = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode("utf-8")
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        pieces.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(pieces)
