@@ -35,189 +35,30 @@ whole ``request_timeout`` seconds after its first byte gets 408 (RFC 9110
 section 15.5.9), an idle keep-alive connection is closed quietly.
 """
 
-import email.utils
 import logging
 import os
 import stat
-import time
 from concurrent.futures import Future
-from http import HTTPStatus
-from typing import Any, Callable, Iterable, List, Optional, Tuple
-from urllib.parse import unquote
+from typing import Any, Iterable, List, Optional
 
 import h11
 
 from evloop import ClientHandler, LocalProtocolError, RemoteProtocolError
 
+from .http_message import (
+    HTTPError,
+    Request,
+    Response,
+    SwitchProtocols,
+    error_response,
+    http_date,
+    reason_phrase,
+)
+
 __all__ = ["HTTPError", "HTTPHandler", "Request", "Response", "SwitchProtocols",
            "error_response", "http_date"]
 
 logger = logging.getLogger("evloop.http")
-
-Headers = List[Tuple[str, str]]
-
-
-class HTTPError(Exception):
-    """Raise from application code to answer with ``status``; the connection
-    stays open for the next request."""
-
-    def __init__(self, status: int, message: str = "", headers: Optional[Headers] = None) -> None:
-        super().__init__(message or _reason(status))
-        self.status = status
-        self.message = message
-        self.headers = list(headers or ())
-
-
-class Request:
-    """One HTTP request, as h11 parsed it.
-
-    - ``method``: ``"GET"``...; ``target``: the request-target as sent;
-    - ``path``: the target's path, *not* percent-decoded (routes match the
-      bytes as sent, so an encoded slash can never change which route
-      answers); ``unquoted_path`` decodes it; ``query``: after ``?``;
-    - ``headers``: ``[(name, value)]`` with lower-case names, in order;
-    - ``body``: bytes; ``http_version``: ``"1.1"`` or ``"1.0"``;
-    - ``connection``: the :class:`HTTPHandler` serving it (``.peer``,
-      ``.loop``); ``route`` and ``subpath``: the route pattern that matched
-      and the part of ``path`` after a prefix route.
-    """
-
-    __slots__ = (
-        "body",
-        "connection",
-        "headers",
-        "http_version",
-        "method",
-        "path",
-        "query",
-        "route",
-        "subpath",
-        "target",
-    )
-
-    def __init__(self, method: str, target: str, headers: Headers, http_version: str = "1.1",
-                 body: bytes = b"", connection: Any = None) -> None:
-        self.method = method
-        self.target = target
-        path, _, query = target.partition("?")
-        self.path = path
-        self.query = query
-        self.headers = headers
-        self.body = body
-        self.http_version = http_version
-        self.connection = connection
-        self.route: Optional[str] = None
-        self.subpath = path
-
-    @classmethod
-    def from_h11(cls, event: h11.Request, connection: Any = None) -> "Request":
-        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers]
-        return cls(event.method.decode("ascii"), event.target.decode("latin-1"), headers,
-                   event.http_version.decode("ascii"), b"", connection)
-
-    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
-        """The value of header ``name`` (any case); repeated headers are
-        joined with ``", "`` (RFC 9110 section 5.3). ``default`` if absent."""
-        name = name.lower()
-        values = [value for key, value in self.headers if key == name]
-        if not values:
-            return default
-        return ", ".join(values)
-
-    def header_tokens(self, name: str) -> List[str]:
-        """The comma-separated tokens of header ``name``, lower-cased."""
-        value = self.header(name, "")
-        assert value is not None
-        return [token.strip().lower() for token in value.split(",") if token.strip()]
-
-    @property
-    def unquoted_path(self) -> str:
-        """The path, percent-decoded as UTF-8."""
-        return unquote(self.path, errors="surrogateescape")
-
-    @property
-    def peer(self) -> str:
-        return self.connection.peer if self.connection is not None else "<no connection>"
-
-    def __repr__(self) -> str:
-        return f"<Request {self.method} {self.target!r}>"
-
-
-class Response:
-    """An answer: ``body`` is bytes, str (sent as UTF-8), a binary file
-    object, an iterable or generator of bytes/str, or None.
-
-    ``length`` declares the size of an iterable body (Content-Length instead
-    of chunked); a file's length is found with ``fstat``. ``content_type``
-    defaults to ``text/plain; charset=utf-8`` for str and
-    ``application/octet-stream`` otherwise. ``headers`` are extra headers.
-    """
-
-    __slots__ = ("body", "content_type", "headers", "length", "reason", "status")
-
-    def __init__(self, body: Any = b"", status: int = 200, headers: Optional[Headers] = None, *,
-                 content_type: Optional[str] = None, length: Optional[int] = None,
-                 reason: Optional[str] = None) -> None:
-        self.status = status
-        self.body = body
-        self.headers = list(headers or ())
-        self.content_type = content_type
-        self.length = length
-        self.reason = reason
-
-    @classmethod
-    def redirect(cls, location: str, status: int = 302) -> "Response":
-        return cls("", status, [("Location", location)])
-
-    def __repr__(self) -> str:
-        return f"<Response {self.status}>"
-
-
-class SwitchProtocols:
-    """What a handler returns to take the connection over (``101 Switching
-    Protocols``, RFC 9110 section 15.2.2): after the 101 with ``headers`` is
-    queued, ``make_protocol(connection)`` makes the object that owns the
-    connection from then on, as ``connection.upgraded``; its
-    ``switched(trailing_bytes)`` runs at once (with any bytes that followed
-    the request), then it receives ``data_received(data)``,
-    ``eof_received()``, ``connection_lost()`` and ``idle_timed_out(seconds)``."""
-
-    __slots__ = ("headers", "make_protocol")
-
-    def __init__(self, headers: Headers, make_protocol: Callable[[Any], Any]) -> None:
-        self.headers = headers
-        self.make_protocol = make_protocol
-
-
-def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
-_date_cache: List[Any] = [0, ""]
-
-
-def http_date(when: Optional[float] = None) -> str:
-    """An IMF-fixdate (RFC 9110 section 5.6.7); the current time is cached
-    per second, since every response carries it."""
-    if when is not None:
-        return email.utils.formatdate(when, usegmt=True)
-    now = int(time.time())
-    if now != _date_cache[0]:
-        _date_cache[0] = now
-        _date_cache[1] = email.utils.formatdate(now, usegmt=True)
-    return str(_date_cache[1])
-
-
-def error_response(status: int, detail: str = "", headers: Optional[Headers] = None) -> Response:
-    """A small text/plain error page: ``"404 Not Found"`` and the detail."""
-    text = f"{status} {_reason(status)}"
-    if detail:
-        text += f": {detail}"
-    return Response(text + "\n", status, headers)
-
 
 # The file's size and position, or None when it is not a regular file.
 def _file_length(file: Any) -> Optional[int]:
@@ -338,7 +179,7 @@ class HTTPHandler(ClientHandler):
                 h11.IDLE, h11.SEND_RESPONSE):
             # RFC 9110 section 15.5.9: say why before closing.
             logger.warning("%s: request not complete within %gs; 408", self.peer, seconds)
-            self.send(self._error_reply(408, f"request not complete within {seconds:g}s"))
+            self.send(self._error_reply(408))
             self.close_when_sent()
             return
         if self.upgraded is not None and kind == "idle":
@@ -398,6 +239,13 @@ class HTTPHandler(ClientHandler):
                 return
 
     def _begin(self, event: h11.Request) -> None:
+        # h11 bounds a head that is still incomplete; one that arrived whole
+        # in a single read is measured here, so the limit does not depend on
+        # how the bytes were split.
+        size = len(event.method) + len(event.target) + 12 + sum(
+            len(name) + len(value) + 4 for name, value in event.headers)
+        if size > self.max_head_size:
+            self._refuse(431, f"request head of about {size} bytes over {self.max_head_size}")
         request = self.request = Request.from_h11(event, self)
         self._body = []
         self._body_size = 0
@@ -447,10 +295,10 @@ class HTTPHandler(ClientHandler):
         self._clear_busy()
         try:
             placeholder.set_result(self._frame_answer(request, answer))
-        except BaseException as exc:
+        except Exception as exc:
             placeholder.set_exception(exc)
             return
-        self._process()
+        self._process_guarded()
 
     # -- sending --------------------------------------------------------------
 
@@ -494,7 +342,7 @@ class HTTPHandler(ClientHandler):
                 headers.append(("Content-Length", str(length)))
         headers.extend(response.headers)
         head = conn.send(h11.Response(status_code=status, headers=headers,
-                                      reason=response.reason or _reason(status)))
+                                      reason=response.reason or reason_phrase(status)))
         if head_only:
             _close_body(body)
             head += conn.send(h11.EndOfMessage())
@@ -552,8 +400,17 @@ class HTTPHandler(ClientHandler):
     def _resume(self) -> None:
         self._clear_busy()
         self._response_done()
-        if not self.closed:
+        self._process_guarded()
+
+    def _process_guarded(self) -> None:
+        # Outside an I/O callback the engine does not sort our exceptions:
+        # do what it would, so a bad pipelined request still gets its 400.
+        if self.closed:
+            return
+        try:
             self._process()
+        except Exception as exc:
+            self.handle_error(exc)
 
     def _response_done(self) -> None:
         conn = self.conn
@@ -582,16 +439,18 @@ class HTTPHandler(ClientHandler):
     def _refuse(self, status: int, detail: str) -> None:
         """The peer broke HTTP: answer with ``status`` if a response can
         still start, and let the engine log, send it and close."""
-        raise RemoteProtocolError(f"HTTP {status}: {detail}", reply=self._error_reply(status, detail))
+        raise RemoteProtocolError(f"HTTP {status}: {detail}", reply=self._error_reply(status))
 
-    def _error_reply(self, status: int, detail: str) -> Optional[bytes]:
-        """A closing error response, if one can still start; else None."""
+    def _error_reply(self, status: int) -> Optional[bytes]:
+        """A closing error response, if one can still start; else None. The
+        detail goes to the log, not to the peer: its own bytes are not
+        echoed, and the reply is the same however the bytes were split."""
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return None
-        text = f"{status} {_reason(status)}: {detail}\n".encode()
+        text = f"{status} {reason_phrase(status)}\n".encode()
         try:
             reply = self.conn.send(h11.Response(
-                status_code=status, reason=_reason(status),
+                status_code=status, reason=reason_phrase(status),
                 headers=[("Date", http_date()), ("Server", self.server_name),
                          ("Content-Type", "text/plain; charset=utf-8"),
                          ("Content-Length", str(len(text))), ("Connection", "close")]))
