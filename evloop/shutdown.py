@@ -1,0 +1,167 @@
+"""Graceful shutdown: stop accepting, let in-flight responses finish, then stop.
+
+Theory of operation. ``EventLoop.stop(graceful=True)`` (safe from any thread
+or a signal handler) schedules :meth:`GracefulShutdown.begin` on the loop's
+own thread. It
+
+1. closes every server's listener, so nothing new is accepted (and another
+   process may bind the port at once);
+2. asks each open connection to finish: one with nothing in flight (no
+   partial request buffered, no reply queued) closes at once; one with a
+   reply queued or being produced closes once it is sent; one in the middle
+   of receiving a request is served that request, then closes
+   (``ClientHandler.shutdown_gracefully``);
+3. waits until every connection has closed, or until the deadline
+   (``timeout``, else the largest ``Limits.shutdown_timeout`` of the loop's
+   servers), when it cuts the connections still open;
+4. logs how many connections were idle, how many finished and how many
+   were cut, keeps those figures in ``loop.last_shutdown``, and stops the
+   loop, so ``run()`` returns.
+
+Nothing polls: the loop tells the shutdown each time a connection closes
+(``EventLoop._connection_closed``), and one timer holds the deadline.
+
+:func:`handle_signals` makes SIGINT and SIGTERM start a graceful shutdown
+(a second signal stops at once); ``loop()`` and ``serve_forever()`` use it.
+"""
+
+import contextlib
+import logging
+import signal
+import threading
+from typing import Any, Dict, Iterator, Optional
+
+from .limits import DEFAULT_LIMITS, limits_of
+
+__all__ = ["GracefulShutdown", "begin_graceful_shutdown", "handle_signals"]
+
+logger = logging.getLogger("evloop")
+
+
+class GracefulShutdown:
+    """One graceful shutdown of ``loop``; see the module's description."""
+
+    def __init__(self, loop: Any, timeout: Optional[float] = None) -> None:
+        if timeout is None:
+            servers = loop.servers
+            timeout = max((limits_of(s).shutdown_timeout for s in servers),
+                          default=DEFAULT_LIMITS.shutdown_timeout)
+        self.loop = loop
+        self.timeout = float(timeout)
+        self.started = 0.0
+        self.idle = 0
+        self.in_flight = 0
+        self.cut = 0
+        self.done = False
+        self._deadline: Any = None
+
+    @property
+    def finished(self) -> int:
+        """Connections that were in flight and closed on their own in time."""
+        return self.in_flight - self.cut
+
+    def begin(self) -> None:
+        """Stop accepting and ask every connection to finish (on the loop's thread)."""
+        loop = self.loop
+        self.started = loop.time()
+        for server in loop.servers:
+            loop.remove_server(server)
+        connections = loop.handlers
+        logger.info("graceful shutdown: no longer accepting; %d connections open, "
+                    "waiting up to %gs for them to finish", len(connections), self.timeout)
+        for connection in connections:
+            finish = getattr(connection, "shutdown_gracefully", None)
+            if finish is None or finish():
+                if finish is None:
+                    connection.close()
+                self.idle += 1
+            else:
+                self.in_flight += 1
+        if self.timeout > 0:
+            self._deadline = loop.call_later(self.timeout, self._cut)
+        else:
+            self._cut()
+        self.connection_closed()
+
+    def connection_closed(self) -> None:
+        """A connection closed: end the shutdown if it was the last."""
+        # The loop's count, not its handler set: that would make N closes cost N^2.
+        if not self.done and self.loop.connection_count <= 0:
+            self._end()
+
+    def _cut(self) -> None:
+        self._deadline = None
+        if self.done:
+            return
+        remaining = self.loop.handlers
+        self.cut = len(remaining)
+        for connection in remaining:
+            connection.close()
+        self._end()
+
+    def _end(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        loop = self.loop
+        elapsed = loop.time() - self.started
+        level = logging.WARNING if self.cut else logging.INFO
+        logger.log(level, "graceful shutdown done in %.2fs: %d idle connections closed, "
+                   "%d finished, %d cut at the %gs deadline",
+                   elapsed, self.idle, self.finished, self.cut, self.timeout)
+        loop.last_shutdown = self.summary(elapsed)
+        loop._shutdown = None
+        loop.stop()
+
+    def summary(self, elapsed: float) -> Dict[str, Any]:
+        return {"idle": self.idle, "finished": self.finished, "cut": self.cut,
+                "seconds": elapsed, "timeout": self.timeout}
+
+
+def begin_graceful_shutdown(loop: Any, timeout: Optional[float] = None) -> None:
+    """On the loop's thread: start a graceful shutdown unless one is on."""
+    if loop._shutdown is not None or loop.is_closed():
+        return
+    shutdown = loop._shutdown = GracefulShutdown(loop, timeout)
+    shutdown.begin()
+
+
+@contextlib.contextmanager
+def handle_signals(loop: Any, signals: Any = None) -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM (or ``signals``) start a
+    graceful shutdown of ``loop``; a second one stops it at once. A signal
+    the program already handles itself keeps its handler; outside the main
+    thread signals cannot be caught, and this does nothing. The previous
+    handlers are put back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signals is None:
+        signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+    received = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            loop.stop(graceful=True)
+        else:
+            loop.stop()
+
+    previous = {}
+    try:
+        for signum in signals:
+            # A handler the program installed itself is left alone.
+            if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                previous[signum] = signal.signal(signum, on_signal)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            name = signal.Signals(received[0]).name
+            logger.info("%s received; %s", name,
+                        "stopped at once on the second signal" if len(received) > 1
+                        else "shut down gracefully")

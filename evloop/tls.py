@@ -1,0 +1,291 @@
+"""TLS on evloop servers: a non-blocking handshake, then the same handlers.
+
+Theory of operation. ``Server(..., ssl=context)`` (TCP or Unix stream) wraps
+each accepted socket with ``context.wrap_socket(server_side=True,
+do_handshake_on_connect=False)`` and parks it in a :class:`TLSHandshake`,
+which stands in the selector for the connection until the handshake is done:
+``do_handshake()`` is retried whenever the socket is ready for what OpenSSL
+last asked for (``SSLWantReadError``: readable; ``SSLWantWriteError``:
+writable), so one slow or silent client never blocks the loop. A timer ends
+the handshake after ``Limits.handshake_timeout`` seconds. Once the handshake
+is done the server makes the connection's handler exactly as for plain TCP,
+with the ``ssl.SSLSocket`` as its ``client_socket``; the handler does not know
+the difference.
+
+What the engine does differently for a TLS socket, all through this module:
+
+- ``SSLWantReadError`` and ``SSLWantWriteError`` from ``recv``/``send`` mean
+  "not now", like ``BlockingIOError`` (:data:`WOULD_BLOCK`). With TLS 1.3 and
+  renegotiation off (:func:`make_server_context` turns it off) they only
+  come at record boundaries, and the loop retries on the next readiness.
+- A large ``send`` that blocks part-way must be retried with the same bytes
+  at the front: OpenSSL remembers what it already encrypted. The output
+  queue keeps the unsent data at its head, so it always is.
+- Plaintext OpenSSL has decrypted but ``recv`` has not returned yet
+  (``pending()``) is read at once, since the selector cannot see it.
+- On close the server sends ``close_notify`` before the TCP FIN
+  (:func:`send_close_notify`) so the client can tell a complete reply from
+  a truncation.
+- Files go out through ``read()`` and ``send``, not ``os.sendfile``.
+
+Client certificates: a context with ``verify_mode`` ``CERT_REQUIRED`` (or
+``CERT_OPTIONAL``) and the CA to check against verifies them during the
+handshake; a client that fails is logged with the reason and closed before
+any handler exists. The handler reads the verified certificate with
+:func:`peer_certificate`.
+"""
+
+import logging
+import socket
+from typing import Any, Optional
+
+try:
+    import ssl
+except ImportError:  # a Python built without OpenSSL: plain TCP still works
+    ssl = None  # type: ignore[assignment]
+
+from .eventloop import EVENT_READ, EVENT_WRITE
+from .limits import limits_of
+
+__all__ = ["SSLWantReadError", "SSLWantWriteError", "TLSHandshake", "WOULD_BLOCK",
+           "make_client_context", "make_server_context", "peer_certificate",
+           "send_close_notify"]
+
+logger = logging.getLogger("evloop")
+
+if ssl is not None:
+    SSLWantReadError: Any = ssl.SSLWantReadError
+    SSLWantWriteError: Any = ssl.SSLWantWriteError
+    _SSLError: Any = ssl.SSLError
+    _SSLSocket: Any = ssl.SSLSocket
+else:  # nothing can raise these, and no socket is one
+    class SSLWantReadError(OSError):  # type: ignore[no-redef]
+        pass
+
+    class SSLWantWriteError(OSError):  # type: ignore[no-redef]
+        pass
+
+    _SSLError = OSError
+    _SSLSocket = ()
+
+#: What a non-blocking ``recv``/``send`` raises when it must be retried later,
+#: on a plain socket or a TLS one.
+WOULD_BLOCK = (BlockingIOError, InterruptedError, SSLWantReadError, SSLWantWriteError)
+
+# Handshake failures that only mean the client went away (a port scanner, a
+# health check): a debug line, not a warning.
+_GONE: Any = (ConnectionError, EOFError)
+if ssl is not None:
+    _GONE += (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
+def make_server_context(certfile: str, keyfile: Optional[str] = None, *,
+                        cafile: Optional[str] = None, client_certs: str = "none",
+                        password: Any = None) -> "ssl.SSLContext":
+    """A server-side ``ssl.SSLContext`` with safe settings: TLS 1.2 or newer,
+    renegotiation off, the certificate chain from ``certfile`` (and
+    ``keyfile``). ``client_certs`` is ``"none"``, ``"optional"`` or
+    ``"required"``; for the last two ``cafile`` names the CA(s) that client
+    certificates must chain to. Raises ``ssl.SSLError`` / ``OSError`` for a
+    bad file, ValueError for a bad ``client_certs``."""
+    if ssl is None:
+        raise RuntimeError("this Python has no ssl module")
+    modes = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    if client_certs not in modes:
+        raise ValueError(f"client_certs must be one of {sorted(modes)}, not {client_certs!r}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A client-initiated TLS 1.2 renegotiation costs the server a handshake
+    # for each one the client asks for; nothing here needs it.
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    context.load_cert_chain(certfile, keyfile, password)
+    if client_certs != "none":
+        if cafile is None:
+            raise ValueError("client certificates need a cafile to verify them against")
+        context.load_verify_locations(cafile)
+    context.verify_mode = modes[client_certs]
+    return context
+
+
+def make_client_context(cafile: Optional[str] = None, *, certfile: Optional[str] = None,
+                        keyfile: Optional[str] = None) -> "ssl.SSLContext":
+    """A client-side context that verifies the server against ``cafile`` (the
+    system's CAs when None) and its host name, presenting ``certfile`` /
+    ``keyfile`` when the server asks for a client certificate."""
+    if ssl is None:
+        raise RuntimeError("this Python has no ssl module")
+    context = ssl.create_default_context(cafile=cafile)
+    if certfile is not None:
+        context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+def peer_certificate(handler: Any) -> Optional[dict]:
+    """The client certificate the handshake verified, as
+    ``SSLSocket.getpeercert()`` gives it, or None (no TLS, or none was asked
+    for or given)."""
+    sock = handler.client_socket
+    if not isinstance(sock, _SSLSocket):
+        return None
+    try:
+        cert = sock.getpeercert()
+    except (ValueError, OSError):
+        return None
+    return cert or None
+
+
+def is_tls(sock: Any) -> bool:
+    """Whether ``sock`` is a TLS socket."""
+    return isinstance(sock, _SSLSocket)
+
+
+def send_close_notify(sock: Any) -> None:
+    """Tell a TLS peer the stream ends here (RFC 8446 section 6.1), without
+    waiting for its answer; nothing for a plain socket."""
+    if not isinstance(sock, _SSLSocket):
+        return
+    try:
+        # unwrap() sends close_notify, then would wait for the peer's: on a
+        # non-blocking socket that wait is an SSLWantReadError, and ours is
+        # already out.
+        sock.unwrap()
+    except (_SSLError, OSError, ValueError):
+        pass
+
+
+def read_pending(sock: Any, data: bytes, limit: int) -> bytes:
+    """``data`` plus whatever plaintext OpenSSL already holds decrypted for
+    ``sock``, up to ``limit`` bytes in all; the selector cannot see it."""
+    try:
+        pending = sock.pending()
+    except (AttributeError, ValueError):
+        return data
+    if not pending:
+        return data
+    chunks = [data]
+    size = len(data)
+    while pending and size < limit:
+        try:
+            chunk = sock.recv(min(pending, limit - size))
+        except WOULD_BLOCK:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        pending = sock.pending()
+    return b"".join(chunks)
+
+
+class TLSHandshake:
+    """A TLS handshake in progress on a freshly accepted socket. It stands in
+    the selector for the connection, so the loop treats it as one: it is
+    among ``loop.handlers`` and ``loop.close()`` closes it. When the
+    handshake is done it hands the socket to ``server._start_handler()``."""
+
+    is_client_handler = True
+
+    def __init__(self, server: Any, client: socket.socket, address: Any) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.client_address = address
+        self.closed = False
+        self._events = 0
+        self._timer: Any = None
+        self.sock: Any = server.ssl_context.wrap_socket(
+            client, server_side=True, do_handshake_on_connect=False)
+
+    @property
+    def peer(self) -> str:
+        from .handler import format_address
+        return format_address(self.client_address)
+
+    def start(self) -> None:
+        """Arm the timeout and take the first handshake step (the client's
+        hello is often there already)."""
+        timeout = limits_of(self.server).handshake_timeout
+        if timeout is not None:
+            self._timer = self.loop.call_later(timeout, self._timed_out, timeout)
+        self._step()
+
+    def _step(self) -> None:
+        try:
+            self.sock.do_handshake()
+        except SSLWantReadError:
+            self._watch(EVENT_READ)
+            return
+        except SSLWantWriteError:
+            self._watch(EVENT_WRITE)
+            return
+        except _GONE as exc:
+            logger.debug("%s: client left during the TLS handshake: %s", self.peer, exc)
+            self.close()
+            return
+        except (_SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            logger.warning("%s: TLS handshake failed (%s); closing the connection",
+                           self.peer, reason)
+            self.close()
+            return
+        self._detach()
+        self.closed = True  # handed over: the handler owns the socket now
+        self.server._start_handler(self.sock, self.client_address)
+
+    def _watch(self, events: int) -> None:
+        if events != self._events:
+            self.loop.set_events(self.sock, self._events, events, self)
+            self._events = events
+
+    def _timed_out(self, seconds: float) -> None:
+        self._timer = None
+        if not self.closed:
+            logger.warning("%s: TLS handshake timeout (%gs) fired; closing the connection",
+                           self.peer, seconds)
+            self.close()
+
+    def _detach(self) -> None:
+        """Leave the selector and cancel the timer, keeping the socket open."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._events:
+            self.loop.set_events(self.sock, self._events, 0, self)
+            self._events = 0
+
+    # -- what the loop calls --------------------------------------------------
+
+    def handle_read(self) -> None:
+        self._step()
+
+    def handle_write(self) -> None:
+        self._step()
+
+    def handle_error(self, exc: BaseException) -> None:
+        logger.error("%s: error during the TLS handshake; closing the connection",
+                     self.peer, exc_info=exc)
+        self.close()
+
+    def shutdown_gracefully(self) -> bool:
+        """A shutdown began: no request is in flight yet, so close now."""
+        self.close()
+        return True
+
+    def close(self) -> None:
+        """Abandon the handshake and close the socket. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._detach()
+        except (KeyError, ValueError, OSError):
+            pass
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        gone = getattr(self.server, "_client_gone", None)
+        if gone is not None:
+            gone()
+
+    def __repr__(self) -> str:
+        return f"<TLSHandshake {self.peer}{' closed' if self.closed else ''}>"
