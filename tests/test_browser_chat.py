@@ -34,8 +34,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 class DevTools:
     """A minimal Chrome DevTools protocol client over one WebSocket."""
 
-    def __init__(self, url):
-        self.socket = websockets_client.connect(url, max_size=None, open_timeout=20, legacy=True)
+    def __init__(self, socket):
+        self.socket = socket
         self.ids = itertools.count(1)
 
     def call(self, method, session=None, timeout=20, **params):
@@ -70,9 +70,6 @@ class DevTools:
         if "exceptionDetails" in result:
             raise AssertionError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
-
-    def close(self):
-        self.socket.close()
 
 
 # Settles when the chat log shows a line containing the text (or after 15 s,
@@ -141,11 +138,10 @@ def chromium(tmp_path):
         process.kill()
         process.wait()
         pytest.fail("chromium did not open its DevTools endpoint:\n" + "".join(seen[-20:]))
-    devtools = DevTools(url)
     try:
-        yield devtools
+        with websockets_client.connect(url, max_size=None, open_timeout=20) as socket:
+            yield DevTools(socket)
     finally:
-        devtools.close()
         process.terminate()
         try:
             process.wait(10)
