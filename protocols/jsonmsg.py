@@ -26,6 +26,7 @@ chunked, and a header that arrives a byte at a time is never rescanned.
 
 import json
 import logging
+import socket
 import struct
 import zlib
 from concurrent.futures import Future
@@ -35,8 +36,15 @@ from evloop import LocalProtocolError
 
 from .framing import NEED_DATA, FramedHandler, Framer
 
-__all__ = ["JsonFramer", "JsonHandler", "JsonEcho", "get_client_stats",
-           "MAGIC", "HEADER_SIZE", "DEFAULT_MAX_SIZE"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "HEADER_SIZE",
+    "MAGIC",
+    "JsonEcho",
+    "JsonFramer",
+    "JsonHandler",
+    "get_client_stats",
+]
 
 logger = logging.getLogger("evloop")
 
@@ -52,6 +60,7 @@ _encode_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encod
 # A str holding a lone surrogate cannot be UTF-8; \u-escaping it is still JSON.
 _encode_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
 _decode_text = json.JSONDecoder().decode
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
 class JsonFramer(Framer):
@@ -60,7 +69,7 @@ class JsonFramer(Framer):
 
     default_max_size = DEFAULT_MAX_SIZE
 
-    __slots__ = ("_end", "_checksum")
+    __slots__ = ("_checksum", "_end")
 
     def __init__(self, max_size: Optional[int] = None) -> None:
         super().__init__(max_size)
@@ -160,27 +169,30 @@ class JsonHandler(FramedHandler):
         whose result is one), or None to send nothing."""
         raise NotImplementedError(f"{type(self).__name__} must override handle_message()")
 
-    def answer_requests(self) -> None:
-        # The per-message path: decode, handle, encode, queue. Replies are
-        # only queued; the loop sends them all in one go at the end of the pass.
+    def data_received(self, data: bytes) -> None:
         framer = self.framer
-        next_request = framer.next_request
-        encode = framer.encode
-        handle_message = self.handle_message
-        send = self.send
-        while not self._closing:
-            obj = next_request()
-            if obj is NEED_DATA:
-                return
-            reply = handle_message(obj)
-            if reply is not None:
-                if isinstance(reply, Future):
-                    send(_encode_when_done(reply, encode))
-                else:
-                    send(encode(reply))
-            if self.close_when_done:
-                self.close_when_sent()
-                return
+        framer.feed(data)
+        self.answer_requests()
+        if _TCP_QUICKACK is not None and framer.buffered and not self._closing:
+            # Part of a message is waiting for the rest. jsocket's client
+            # sends a header and its payload in two send() calls, so with
+            # Nagle on its side and delayed ACK on ours the payload waits
+            # ~40 ms for our ACK of the header: acknowledge at once (Linux).
+            try:
+                self.client_socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                pass
+
+    def make_response(self) -> Any:
+        # FramedHandler's loop calls this once per message, with the message
+        # in self.request; replies are only queued, and all those to one
+        # read leave in one send at the end of the loop pass.
+        reply = self.handle_message(self.request)
+        if reply is None:
+            return None
+        if isinstance(reply, Future):
+            return _encode_when_done(reply, self.framer.encode)
+        return self.framer.encode(reply)
 
     def handle_error(self, exc: BaseException) -> None:
         if isinstance(exc, LocalProtocolError):
@@ -200,11 +212,11 @@ class JsonEcho(JsonHandler):
         return obj
 
 
-def _encode_when_done(future: Future, encode: Any) -> Future:
+def _encode_when_done(future: "Future[Any]", encode: Any) -> "Future[Any]":
     """A future of the encoded reply, for a handler that answered with a future."""
-    encoded: Future = Future()
+    encoded: Future[Any] = Future()
 
-    def done(source: Future) -> None:
+    def done(source: "Future[Any]") -> None:
         try:
             reply = source.result()
             encoded.set_result(None if reply is None else encode(reply))
