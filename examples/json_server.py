@@ -1,0 +1,84 @@
+"""The jsocket seed's server and client, on evloop: JSON messages over TCP.
+
+    python examples/json_server.py --port 5489              # the server
+    python examples/json_server.py --client --port 5489     # a client talks to it
+
+The wire is jsocket 2.x's, so jsocket's own ``JsonClient`` can talk to this
+server and this client to a jsocket server. Where jsocket's ``ThreadedServer``
+serves one client at a time and ``ServerFactory`` starts a thread per
+client, here one thread serves them all: the loop makes one ``MyServer``
+handler per connection.
+
+Messages the server understands (anything else is echoed back):
+
+- ``{"message": "new connection"}`` -> ``{"message": "welcome", "peer": "host:port"}``
+- ``{"message": "stats"}`` -> jsocket's ``get_client_stats()`` dictionary
+- ``{"message": "quiet"}`` -> no reply (handle_message returned None)
+"""
+
+import argparse
+import json
+import logging
+
+from evloop import Server, loop
+from protocols import JsonClient, JsonHandler
+from protocols.jsonmsg import get_client_stats
+
+logger = logging.getLogger("json_server")
+
+
+class MyServer(JsonHandler):
+    """jsocket's ``MyServer(ThreadedServer)``: ``_process_message`` became
+    ``handle_message``; what it returns goes back to the client."""
+
+    def handle_message(self, obj):
+        message = obj.get("message") if isinstance(obj, dict) else None
+        if message == "new connection":
+            logger.info("new connection from %s", self.peer)
+            return {"message": "welcome", "peer": self.peer}
+        if message == "stats":
+            return get_client_stats(self.loop)
+        if message == "quiet":
+            return None
+        return {"message": "echo", "data": obj}
+
+
+def run_client(host, port, timeout=5.0):
+    """jsocket's client example: connect, say hello, ask for the statistics,
+    pipeline a few messages, print every reply as one JSON line."""
+    with JsonClient(host, port, timeout) as client:
+        client.send_obj({"message": "new connection"})
+        print(json.dumps(client.read_obj()), flush=True)
+        client.send_obj({"message": "stats"})
+        print(json.dumps(client.read_obj()), flush=True)
+        # Pipelining: send them all, then read the replies, in order.
+        for number in range(3):
+            client.send_obj({"message": "quiet"})
+            client.send_obj({"n": number, "text": "héllo"})
+        for _ in range(3):
+            print(json.dumps(client.read_obj()), flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="localhost")
+    parser.add_argument("--port", type=int, default=5489)
+    parser.add_argument("--client", action="store_true",
+                        help="talk to a running server instead of serving")
+    parser.add_argument("--max-size", type=int, default=None,
+                        help="largest message payload in bytes (default 10 MiB)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.client:
+        run_client(args.host, args.port)
+        return
+    handler_class = MyServer
+    if args.max_size is not None:
+        handler_class = type("MyServer", (MyServer,), {"max_size": args.max_size})
+    server = Server(args.host, args.port)
+    print(f"listening on {server.host}:{server.port}", flush=True)
+    loop(server, handler_class)
+
+
+if __name__ == "__main__":
+    main()
