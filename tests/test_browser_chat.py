@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from tests.test_websocket import start_example
+from tests.examples import running_example
 
 websockets_client = pytest.importorskip("websockets.sync.client")
 
@@ -151,7 +151,7 @@ def chromium(tmp_path):
 
 
 def test_two_browser_pages_chat_through_the_server(chromium):
-    with start_example("websocket_chat.py") as (host, port, _):
+    with running_example("websocket_chat.py") as (host, port, _):
         url = f"http://{host}:{port}/"
         alice = chromium.open_page(url)
         bob = chromium.open_page(url)

@@ -8,14 +8,9 @@ subprocess on 127.0.0.1.
 """
 
 import base64
-import contextlib
 import logging
 import os
-import queue
 import struct
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -30,6 +25,7 @@ from evloop.testing import HandlerHarness, every_split
 from protocols.http import HTTPHandler
 from protocols.websocket import EchoWebSocket, WebSocketHandler, accept_key, broadcast
 from tests.conftest import connect, recv_exactly
+from tests.examples import running_example
 from tests.helpers import assert_handler_every_split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,39 +33,6 @@ KEY = base64.b64encode(b"0123456789abcdef").decode()
 
 
 # -- helpers --------------------------------------------------------------------
-
-@contextlib.contextmanager
-def start_example(name, *args):
-    """Run examples/<name> with --port 0; yield (host, port, process) once it
-    prints ``listening on HOST:PORT``; stop it afterwards."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    process = subprocess.Popen([sys.executable, str(ROOT / "examples" / name), "--host", "127.0.0.1",
-                                "--port", "0", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    lines = queue.Queue()
-    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
-    try:
-        try:
-            line = lines.get(timeout=30)
-        except queue.Empty:
-            line = ""
-        if not line.startswith("listening on "):
-            process.kill()
-            raise AssertionError(f"{name} did not start: {line!r} {process.stderr.read()!r}")
-        host, _, port = line.split()[-1].rpartition(":")
-        yield host, int(port), process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        process.stderr.close()
-
 
 def client_frame(opcode, payload=b"", *, fin=True, rsv=0, mask=True):
     """A client-to-server frame, built by hand (RFC 6455 section 5.2)."""
@@ -505,7 +468,7 @@ from websockets.exceptions import ConnectionClosedError  # noqa: E402
 
 @pytest.fixture(scope="module")
 def echo_server():
-    with start_example("websocket_echo.py") as (host, port, process):
+    with running_example("websocket_echo.py") as (host, port, process):
         yield f"ws://{host}:{port}/", process
 
 
@@ -549,7 +512,7 @@ def test_echo_example_echoes_close_codes(echo_server, code, reason):
 
 
 def test_echo_example_closes_an_oversize_message_with_1009():
-    with start_example("websocket_echo.py", "--max-size", "1000") as (host, port, _):
+    with running_example("websocket_echo.py", "--max-size", "1000") as (host, port, _):
         with websockets_client.connect(f"ws://{host}:{port}/") as ws:
             ws.send(b"x" * 1000)
             assert ws.recv(10) == b"x" * 1000
@@ -588,3 +551,13 @@ def test_echo_example_plain_http_gets_426(echo_server):
             data += chunk
     assert data.startswith(b"HTTP/1.1 426 ")
     assert b"upgrade: websocket" in data.lower()
+
+
+def test_every_python_block_of_docs_websocket_runs():
+    import re
+    page = ROOT / "docs" / "websocket.md"
+    blocks = re.findall(r"```python\n(.+?)```", page.read_text(), re.S)
+    assert len(blocks) >= 4
+    namespace = {"__name__": "docs_websocket"}
+    for number, block in enumerate(blocks, 1):
+        exec(compile(block, f"docs/websocket.md block {number}", "exec"), namespace)
