@@ -104,6 +104,7 @@ class RespFramer(Framer):
         "_remaining",
         "_scanned",
         "_size",
+        "error",
         "max_elements",
         "max_line",
     )
@@ -111,6 +112,9 @@ class RespFramer(Framer):
     def __init__(self, max_size: Optional[int] = None, *, max_line: int = MAX_LINE,
                  max_elements: int = MAX_ELEMENTS) -> None:
         super().__init__(max_size)
+        #: The violation found, if any; every later call raises it. (A plain
+        #: attribute: a handler checks it after every read.)
+        self.error: Optional[RemoteProtocolError] = None
         self.max_line = max_line
         self.max_elements = max_elements
         # The command being received by the careful path: its arguments so
@@ -133,11 +137,6 @@ class RespFramer(Framer):
     @property
     def buffered(self) -> int:
         return len(self._buffer) + self._size
-
-    @property
-    def error(self) -> Optional[RemoteProtocolError]:
-        """The violation found, if any; every later call raises it."""
-        return self._error
 
     # -- the framer contract ------------------------------------------------
 
@@ -166,9 +165,11 @@ class RespFramer(Framer):
         buffer = self._buffer
         # No command can hold more argument bytes than the whole buffer, so
         # when that is within max_size the fast path need not count them.
-        if (self._args is None and not self._scanned and buffer[:1] == b"*"
+        if (self._args is None and not self._scanned and buffer and buffer[0] == 42  # "*"
                 and len(buffer) <= self.max_size):
             self._fast(requests)
+            if not buffer and not self._eof:
+                return requests
         careful = self._careful_one
         try:
             while True:
@@ -191,7 +192,7 @@ class RespFramer(Framer):
         return self._fail(f"the stream ended inside a command ({self.buffered} bytes buffered)")
 
     def _fail(self, message: str, reply: Optional[bytes] = None) -> RemoteProtocolError:
-        error = super()._fail(message, reply)
+        error = self.error = super()._fail(message, reply)
         self._args = None
         self._size = 0
         self._scanned = 0
@@ -207,9 +208,37 @@ class RespFramer(Framer):
         # The last piece has no CRLF after it: never part of a whole command.
         last = len(pieces) - 1
         counts = self._fast_counts
-        lengths = _FAST_LENGTHS
-        append = requests.append
+        lengths = _FAST_LENGTHS.get
         start = 0
+        # A pipeline is mostly a run of commands of one shape ("*3", then
+        # three bulks), so the pieces repeat with a fixed stride. Then each
+        # column of $<length> lines is checked against the column of values
+        # after it in one C-level map, instead of command by command. It
+        # accepts exactly what the walk below would: every command starts
+        # with the same *<count>, and every $<length> names the length of
+        # the piece after it.
+        count = counts.get(pieces[0])
+        if count is not None:
+            stride = 2 * count + 1
+            whole = last // stride
+            span = whole * stride
+            if whole > 1 and pieces[0:span:stride].count(pieces[0]) == whole:
+                for column in range(1, stride, 2):
+                    heads = pieces[column:span:stride]
+                    sizes = list(map(len, pieces[column + 1:span:stride]))
+                    # Most often one $<length> line repeats down the column.
+                    if heads.count(heads[0]) == whole:
+                        length = lengths(heads[0])
+                        if length is None or sizes.count(length) != whole:
+                            break
+                    elif list(map(lengths, heads)) != sizes:
+                        break
+                else:
+                    requests += [pieces[head + 2:head + stride:2]
+                                 for head in range(0, span, stride)]
+                    start = span
+        # Command by command, for mixed pipelines and what the run left.
+        append = requests.append
         while start < last:
             count = counts.get(pieces[start])
             if count is None:
@@ -220,13 +249,16 @@ class RespFramer(Framer):
             args = pieces[start + 2:end:2]
             # Each $<length> line must name the length of the piece after
             # it; a value holding CRLF was split short and fails this.
-            if list(map(lengths.get, pieces[start + 1:end:2])) != list(map(len, args)):
+            if list(map(lengths, pieces[start + 1:end:2])) != list(map(len, args)):
                 break
             append(args)
             start = end
         if start:
-            # The pieces taken, plus the CRLF that followed each.
-            del buffer[:sum(map(len, pieces[:start])) + 2 * start]
+            if start == last and not pieces[last]:
+                buffer.clear()  # the usual case: the read ended with a command
+            else:
+                # The pieces taken, plus the CRLF that followed each.
+                del buffer[:sum(map(len, pieces[:start])) + 2 * start]
 
     # -- the careful path ---------------------------------------------------
 

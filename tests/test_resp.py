@@ -82,6 +82,20 @@ def test_values_holding_crlf_and_binary_bytes():
     assert_both_every_split(data, [[b"SET", b"k", value]] * 3)
 
 
+def test_a_run_of_alike_commands_and_what_breaks_it():
+    # The fast path checks a run of same-shaped commands column by column;
+    # a value holding CRLF, a column of unequal lengths, a command of another
+    # shape or a cut-off command must each hand over to the walk exactly there.
+    alike = [encode_command("SET", f"k{i}", "v" * i) for i in range(6)]
+    crlf = encode_command("SET", "k", "a\r\nb")
+    data = (b"".join(alike[:3]) + crlf + b"".join(alike[3:]) + encode_command("GET", "k")
+            + b"".join(alike) + b"*3\r\n$3\r\nSET\r\n$2\r\nk0\r\n$3\r\nvv")
+    argv = [[b"SET", b"k%d" % i, b"v" * i] for i in range(6)]
+    expected = [*argv[:3], [b"SET", b"k", b"a\r\nb"], *argv[3:], [b"GET", b"k"], *argv]
+    # Left: the parsed SET and k0 (5 bytes) and the 2 bytes of the last value.
+    assert_both_every_split(data, expected, leftover=7)
+
+
 def test_long_values_and_many_arguments_leave_the_fast_tables():
     big = b"x" * 5000
     data = encode_command("SET", "k", big) + encode_command("MSET", *["k"] * 300)
