@@ -187,6 +187,15 @@ class HTTPHandler(ClientHandler):
             return
         super().handle_timeout(kind, seconds)
 
+    def shutdown_gracefully(self) -> bool:
+        """A graceful shutdown (:mod:`evloop.shutdown`): an upgraded
+        connection is told goodbye by its protocol (a WebSocket gets Close
+        1001) and closes once that is sent; HTTP goes the engine's way."""
+        if self.upgraded is not None and not self.closed:
+            self.upgraded.going_away("server shutting down")
+            return False
+        return super().shutdown_gracefully()
+
     def eof_received(self) -> None:
         if self.upgraded is not None:
             self.upgraded.eof_received()

@@ -141,7 +141,8 @@ class SwitchProtocols:
     connection from then on, as ``connection.upgraded``; its
     ``switched(trailing_bytes)`` runs at once (with any bytes that followed
     the request), then it receives ``data_received(data)``,
-    ``eof_received()``, ``connection_lost()`` and ``idle_timed_out(seconds)``."""
+    ``eof_received()``, ``connection_lost()``, ``idle_timed_out(seconds)``
+    and ``going_away(reason)`` (the server is shutting down gracefully)."""
 
     __slots__ = ("headers", "make_protocol")
 

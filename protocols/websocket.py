@@ -383,9 +383,15 @@ class WebSocketHandler:
         """The engine's idle timeout fired (no byte either way for that long;
         keepalive pings prevent it): say goodbye with 1001 and close."""
         logger.info("%s: WebSocket idle for %gs; closing", self.peer, seconds)
+        self.going_away("idle")
+
+    def going_away(self, reason: str) -> None:
+        """Close with 1001 Going Away (RFC 6455 section 7.4.1) without
+        waiting for the peer's answer: the server is leaving, or the
+        connection has been idle too long."""
         if self.is_open:
-            self.close_code, self.close_reason = GOING_AWAY, "idle"
-            self.connection.send(self._ws.send(CloseConnection(code=GOING_AWAY, reason="idle")))
+            self.close_code, self.close_reason = GOING_AWAY, reason
+            self.connection.send(self._ws.send(CloseConnection(code=GOING_AWAY, reason=reason)))
         self._failed = True
         self._stop_keepalive()
         self.connection.close_when_sent()

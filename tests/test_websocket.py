@@ -286,6 +286,14 @@ def test_keepalive_pings_and_a_missing_pong_closes():
     assert Recorder.events[-1] == ("closed", 1006, "keepalive ping timeout")
 
 
+def test_an_idle_socket_without_keepalive_is_closed_with_1001():
+    harness = opened_harness()          # Recorder: ping_interval None
+    assert harness.advance(299) == b""
+    assert close_code_of(harness.advance(2)) == 1001   # the engine's idle timeout, 300 s
+    assert harness.closed
+    assert Recorder.events[-1] == ("closed", 1001, "idle")
+
+
 def test_an_exception_in_the_application_closes_with_1011(caplog):
     harness = opened_harness()
     with caplog.at_level(logging.ERROR, logger="evloop.websocket"):
@@ -458,6 +466,23 @@ def test_broadcast_over_real_sockets(running_loop):
     assert read_frame(clients[0]) == (0x1, b"2:two left")
     for sock in clients:
         sock.close()
+
+
+def test_graceful_shutdown_says_going_away(running_loop):
+    server = running_loop.serve(RoomServer)
+    sock = connect(server)
+    sock.sendall(handshake("/room"))
+    response = b""
+    while not response.endswith(b"\r\n\r\n"):
+        response += recv_exactly(sock, 1)
+    assert response.startswith(b"HTTP/1.1 101 ")
+    running_loop.loop.stop(graceful=True, timeout=5)
+    assert read_frame(sock) == (0x8, close_payload(1001, b"server shutting down"))
+    assert sock.recv(10) == b""
+    sock.close()
+    running_loop.thread.join(10)
+    assert not running_loop.thread.is_alive()
+    running_loop.thread = None
 
 
 # -- the echo example against the websockets client library -----------------------
