@@ -39,7 +39,7 @@ import logging
 import os
 import stat
 from concurrent.futures import Future
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, cast
 
 import h11
 
@@ -60,6 +60,9 @@ __all__ = ["HTTPError", "HTTPHandler", "Request", "Response", "SwitchProtocols",
 
 logger = logging.getLogger("evloop.http")
 
+# h11 has it, but does not list it among its exports.
+_MIGHT_SWITCH_PROTOCOL = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
+
 # The file's size and position, or None when it is not a regular file.
 def _file_length(file: Any) -> Optional[int]:
     try:
@@ -72,7 +75,7 @@ def _file_length(file: Any) -> Optional[int]:
         position = file.tell()
     except (OSError, AttributeError):
         position = 0
-    return max(0, info.st_size - position)
+    return max(0, info.st_size - int(position))
 
 
 class _Passthrough:
@@ -216,17 +219,16 @@ class HTTPHandler(ClientHandler):
             except h11.RemoteProtocolError as exc:
                 self._refuse(exc.error_status_hint, str(exc))
                 return
-            kind = type(event)
-            if kind is h11.Data:
+            if isinstance(event, h11.Data):
                 self._body_size += len(event.data)
                 if self._body_size > self.max_body_size:
                     self._refuse(413, f"request body over {self.max_body_size} bytes")
                     return
                 self._body.append(event.data)
-            elif kind is h11.Request:
+            elif isinstance(event, h11.Request):
                 self._unparsed = 0
                 self._begin(event)
-            elif kind is h11.EndOfMessage:
+            elif isinstance(event, h11.EndOfMessage):
                 request = self.request
                 assert request is not None
                 request.body = b"".join(self._body)
@@ -243,7 +245,7 @@ class HTTPHandler(ClientHandler):
                     self.request = None
                     continue
                 return
-            elif kind is h11.ConnectionClosed:
+            elif isinstance(event, h11.ConnectionClosed):
                 self.close_when_sent()
                 return
 
@@ -358,7 +360,7 @@ class HTTPHandler(ClientHandler):
             self._response_done()
             return head
         if isinstance(body, (bytes, bytearray, memoryview)):
-            data = conn.send(h11.Data(data=body)) if body else b""
+            data = conn.send(h11.Data(data=cast(bytes, body))) if body else b""
             head += data + conn.send(h11.EndOfMessage())
             self._response_done()
             return head
@@ -366,7 +368,8 @@ class HTTPHandler(ClientHandler):
         if file_length is not None:
             # h11 frames the placeholder (nothing to add for Content-Length)
             # and the engine streams the file itself, with os.sendfile.
-            pieces = conn.send_with_data_passthrough(h11.Data(data=_Passthrough(file_length)))
+            placeholder = cast(bytes, _Passthrough(file_length))
+            pieces = conn.send_with_data_passthrough(h11.Data(data=placeholder))
             assert pieces is not None
             framed = [body if isinstance(piece, _Passthrough) else piece for piece in pieces]
             return [head, *framed, conn.send(h11.EndOfMessage()), self._stream_end()]
@@ -428,7 +431,7 @@ class HTTPHandler(ClientHandler):
         elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
             self.request = None
-        elif conn.our_state is h11.DONE and conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+        elif conn.our_state is h11.DONE and conn.their_state is not _MIGHT_SWITCH_PROTOCOL:
             # Answered before the request body was read: the connection
             # cannot be reused (h11 would refuse the next cycle).
             if conn.their_state is h11.SEND_BODY:

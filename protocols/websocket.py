@@ -38,8 +38,8 @@ import logging
 import os
 from typing import Any, Iterable, List, Optional, Sequence, Union
 
-from wsproto import Connection as WSConnection
-from wsproto import ConnectionState, ConnectionType
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason, FrameProtocol
 
@@ -141,7 +141,8 @@ class WebSocketHandler:
             message = message.encode("utf-8")
         elif binary is False and not isinstance(message, str):
             message = bytes(message).decode("utf-8")
-        event = TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
+        event: Message[Any] = (TextMessage(data=message) if isinstance(message, str)
+                               else BytesMessage(data=bytes(message)))
         self.connection.send(self._ws.send(event))
         return True
 
@@ -239,16 +240,15 @@ class WebSocketHandler:
             return
         ws.receive_data(data)
         for event in ws.events():
-            kind = type(event)
-            if kind is TextMessage or kind is BytesMessage:
+            if isinstance(event, Message):
                 self._message_part(event)
-            elif kind is Ping:
+            elif isinstance(event, Ping):
                 # RFC 6455 section 5.5.3: a Pong carries the Ping's data.
                 if ws.state is ConnectionState.OPEN:
                     self.connection.send(ws.send(event.response()))
-            elif kind is Pong:
+            elif isinstance(event, Pong):
                 self._pong_received(event.payload)
-            elif kind is CloseConnection:
+            elif isinstance(event, CloseConnection):
                 self._close_received(event)
             if self._failed or self.connection.closed:
                 return
@@ -272,7 +272,7 @@ class WebSocketHandler:
 
     # -- incoming events --------------------------------------------------------
 
-    def _message_part(self, event: Message) -> None:
+    def _message_part(self, event: "Message[Any]") -> None:
         data = event.data
         if isinstance(data, str):
             self._size += len(data) if data.isascii() else len(data.encode("utf-8"))
