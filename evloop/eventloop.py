@@ -44,6 +44,8 @@ logger = logging.getLogger("evloop")
 
 EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
+# The loop's one receive buffer: handlers recv_into() it and copy out what came.
+RECV_BUFFER_SIZE = 256 * 1024
 
 
 class _Waker:
@@ -106,6 +108,10 @@ class EventLoop:
         self.handlers: Set[Any] = set()
         # Handlers with output queued this pass; flushed once at its end.
         self._dirty: list = []
+        # Shared by every connection (one thread reads at a time): recv(n)
+        # allocates n bytes a call, at 256 KiB an mmap/mremap/munmap trio that
+        # cost more than the rest of a small request (docs/benchmarks.md).
+        self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
         self._waker = _Waker()
         self._selector.register(self._waker._reader, EVENT_READ, self._waker)
 

@@ -29,7 +29,7 @@ import socket
 from typing import Any, List, Optional, Union
 
 from .errors import LocalProtocolError, RemoteProtocolError
-from .eventloop import EVENT_READ, EVENT_WRITE
+from .eventloop import EVENT_READ, EVENT_WRITE, RECV_BUFFER_SIZE
 from .output import EMPTY, WANT_WRITE, OutputQueue
 
 __all__ = ["ClientHandler", "format_address"]
@@ -245,8 +245,15 @@ class ClientHandler:
         self.setup()
 
     def handle_read(self) -> None:
+        sock = self.client_socket
         try:
-            data = self.client_socket.recv(self.recv_size)
+            if type(sock) is socket.socket and self.recv_size <= RECV_BUFFER_SIZE:
+                # Into the loop's buffer, then copy out only what came: far
+                # cheaper than recv() allocating recv_size bytes every call.
+                buffer = self.loop._recv_buffer
+                data = bytes(buffer[:sock.recv_into(buffer, self.recv_size)])
+            else:
+                data = sock.recv(self.recv_size)
         except (BlockingIOError, InterruptedError):
             return
         if data:
