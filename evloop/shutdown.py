@@ -54,6 +54,7 @@ class GracefulShutdown:
         self.cut = 0
         self.done = False
         self._deadline: Any = None
+        self._counting = False  # begin() is still going through the connections
 
     @property
     def finished(self) -> int:
@@ -69,6 +70,7 @@ class GracefulShutdown:
         connections = loop.handlers
         logger.info("graceful shutdown: no longer accepting; %d connections open, "
                     "waiting up to %gs for them to finish", len(connections), self.timeout)
+        self._counting = True
         for connection in connections:
             finish = getattr(connection, "shutdown_gracefully", None)
             if finish is None or finish():
@@ -77,6 +79,7 @@ class GracefulShutdown:
                 self.idle += 1
             else:
                 self.in_flight += 1
+        self._counting = False
         if self.timeout > 0:
             self._deadline = loop.call_later(self.timeout, self._cut)
         else:
@@ -86,7 +89,7 @@ class GracefulShutdown:
     def connection_closed(self) -> None:
         """A connection closed: end the shutdown if it was the last."""
         # The loop's count, not its handler set: that would make N closes cost N^2.
-        if not self.done and self.loop.connection_count <= 0:
+        if not self.done and not self._counting and self.loop.connection_count <= 0:
             self._end()
 
     def _cut(self) -> None:
