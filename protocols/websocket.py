@@ -79,7 +79,9 @@ class WebSocketHandler:
     Class attributes: ``subprotocols`` (accepted ``Sec-WebSocket-Protocol``
     values, preferred first), ``allowed_origins`` (None: any ``Origin``),
     ``max_message_size`` (bytes; 1009 beyond), ``ping_interval`` and
-    ``ping_timeout`` (seconds; None turns keepalive off), ``close_timeout``.
+    ``ping_timeout`` (seconds; None turns keepalive off), ``close_timeout``,
+    ``max_backlog`` (bytes queued for a client that does not read; past it
+    the connection is dropped before more is queued).
 
     Attributes: ``request`` (the upgrade :class:`~protocols.http.Request`),
     ``connection`` (its HTTP handler), ``loop``, ``peer``, ``subprotocol``,
@@ -92,6 +94,7 @@ class WebSocketHandler:
     ping_interval: Optional[float] = 20.0
     ping_timeout: Optional[float] = 20.0
     close_timeout = 5.0
+    max_backlog: Optional[int] = 16 * 1024 * 1024
 
     def __init__(self, connection: Any, request: Request, subprotocol: Optional[str] = None) -> None:
         self.connection = connection
@@ -135,7 +138,7 @@ class WebSocketHandler:
     def send(self, message: Union[str, bytes, bytearray, memoryview], binary: Optional[bool] = None) -> bool:
         """Send one message: str as text, bytes as binary (``binary`` forces
         either). Returns False, sending nothing, once the socket is closing."""
-        if not self.is_open:
+        if not self.is_open or self._backlog_too_long():
             return False
         if binary is True and isinstance(message, str):
             message = message.encode("utf-8")
@@ -144,6 +147,21 @@ class WebSocketHandler:
         event: Message[Any] = (TextMessage(data=message) if isinstance(message, str)
                                else BytesMessage(data=bytes(message)))
         self.connection.send(self._ws.send(event))
+        return True
+
+    def _backlog_too_long(self) -> bool:
+        """A client that reads slower than we send (a broadcast it cannot
+        keep up with) is dropped once ``max_backlog`` bytes wait for it,
+        before more are queued: memory stays bounded for everyone else."""
+        limit = self.max_backlog
+        if limit is None or self.connection.buffered_output <= limit:
+            return False
+        logger.warning("%s: %d bytes queued and not read (over %d); dropping the connection",
+                       self.peer, self.connection.buffered_output, limit)
+        self.close_code, self.close_reason = ABNORMAL, "send backlog over the limit"
+        self._failed = True
+        self._stop_keepalive()
+        self.connection.close()
         return True
 
     def ping(self, payload: bytes = b"") -> bool:
@@ -425,7 +443,7 @@ def broadcast(sockets: Iterable[WebSocketHandler], message: Union[str, bytes]) -
     frame = bytes(_encoder.send_data(message, fin=True))
     count = 0
     for socket in sockets:
-        if socket.is_open:
+        if socket.is_open and not socket._backlog_too_long():
             socket.connection.send(frame)
             count += 1
     return count

@@ -294,6 +294,28 @@ def test_an_idle_socket_without_keepalive_is_closed_with_1001():
     assert Recorder.events[-1] == ("closed", 1001, "idle")
 
 
+class Small(EchoWebSocket):
+    max_backlog = 10_000
+    ping_interval = None
+
+
+class SmallApp(HTTPHandler):
+    routes = {"/": Small}
+
+
+def test_a_client_that_does_not_read_is_dropped_at_the_backlog_limit(caplog):
+    harness = HandlerHarness(SmallApp, send_window=200)
+    harness.feed(handshake())   # the 101 fits the window; then it is shut
+    socket = harness.handler.upgraded
+    sent = 0
+    while socket.send(b"x" * 1000):
+        sent += 1
+        harness.feed(b"")
+        assert sent < 50, "the backlog was never bounded"
+    assert harness.closed and sent >= 10
+    assert "dropping the connection" in caplog.text and "127.0.0.1:40000" in caplog.text
+
+
 def test_an_exception_in_the_application_closes_with_1011(caplog):
     harness = opened_harness()
     with caplog.at_level(logging.ERROR, logger="evloop.websocket"):
