@@ -28,6 +28,8 @@ pytestmark = pytest.mark.skipif(
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         # Containers often have a small /dev/shm; Chromium then crashes without this.
+         "--disable-dev-shm-usage",
          "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1"]
 
 
@@ -37,6 +39,7 @@ class DevTools:
     def __init__(self, socket):
         self.socket = socket
         self.ids = itertools.count(1)
+        self.events = []  # events that arrived while waiting for a reply
 
     def call(self, method, session=None, timeout=20, **params):
         message = {"id": next(self.ids), "method": method, "params": params}
@@ -49,11 +52,19 @@ class DevTools:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")
                 return reply["result"]
+            if "method" in reply:
+                self.events.append(reply)
 
     def wait_event(self, method, session, timeout=20):
+        def wanted(event):
+            return event.get("method") == method and event.get("sessionId") == session
+        for event in self.events:
+            if wanted(event):
+                self.events.remove(event)
+                return event["params"]
         while True:
             event = json.loads(self.socket.recv(timeout))
-            if event.get("method") == method and event.get("sessionId") == session:
+            if wanted(event):
                 return event["params"]
 
     def open_page(self, url):
