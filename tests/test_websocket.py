@@ -608,3 +608,25 @@ def test_every_python_block_of_docs_websocket_runs():
     namespace = {"__name__": "docs_websocket"}
     for number, block in enumerate(blocks, 1):
         exec(compile(block, f"docs/websocket.md block {number}", "exec"), namespace)
+
+
+def test_chat_example_serves_its_page_and_relays_messages():
+    import json
+    import urllib.request
+    with running_example("websocket_chat.py") as (host, port, _):
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as reply:
+            assert reply.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert b"new WebSocket(" in reply.read()
+        url = f"ws://{host}:{port}/chat"
+        with websockets_client.connect(url) as alice:
+            assert json.loads(alice.recv(10)) == {"kind": "presence", "online": 1}
+            with websockets_client.connect(url) as bob:
+                assert json.loads(bob.recv(10)) == {"kind": "presence", "online": 2}
+                assert json.loads(alice.recv(10)) == {"kind": "presence", "online": 2}
+                bob.send(json.dumps({"name": "bob", "text": "hi ✓"}))
+                expected = {"kind": "message", "from": "bob", "text": "hi ✓"}
+                assert json.loads(alice.recv(10)) == expected
+                assert json.loads(bob.recv(10)) == expected
+                bob.send("not json")
+                assert json.loads(bob.recv(10))["kind"] == "error"
+            assert json.loads(alice.recv(10)) == {"kind": "presence", "online": 1}
