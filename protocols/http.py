@@ -63,8 +63,9 @@ logger = logging.getLogger("evloop.http")
 # h11 has it, but does not list it among its exports.
 _MIGHT_SWITCH_PROTOCOL = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
 
-# The file's size and position, or None when it is not a regular file.
+
 def _file_length(file: Any) -> Optional[int]:
+    """Bytes left to send of a regular file, or None for anything else."""
     try:
         info = os.fstat(file.fileno())
     except (OSError, AttributeError, ValueError):
