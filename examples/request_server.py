@@ -1,0 +1,48 @@
+"""yoton's request server, on evloop: one request, one reply, one connection.
+
+    python examples/request_server.py --port 8000
+    python -c "from protocols import do_request; print(do_request('localhost:8000', 'time'))"
+    printf 'hello\\r\\n' | nc localhost 8000       # prints: Requested: hello
+
+``--host publichost`` serves every interface (yoton's "visible on the
+network"); the default, ``localhost``, this machine only. ``--threads N``
+answers requests on N worker threads, as yoton's ``async`` option did.
+"""
+
+import argparse
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from evloop import Server, loop
+from protocols import RequestHandler, split_address
+
+
+class TimeServer(RequestHandler):
+    """yoton's example server: the time on request, an echo otherwise."""
+
+    def handle_request(self, request):
+        if request == "time":
+            return f"The current time is {int(time.time())}"
+        return "Requested: " + request
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="localhost", help="a name, an IP, localhost or publichost")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=0, help="worker threads for requests")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    host, port = split_address(f"{args.host}:{args.port}", server=True)
+    handler = TimeServer
+    if args.threads:
+        handler = type("ThreadedTimeServer", (TimeServer,),
+                       {"executor": ThreadPoolExecutor(args.threads)})
+    server = Server(host, port)
+    print(f"listening on {server.host}:{server.port}", flush=True)
+    loop(server, handler)
+
+
+if __name__ == "__main__":
+    main()
