@@ -44,6 +44,9 @@ class Int32Framer(Framer):
         self._payload_length = -1
 
     def next_request(self) -> Any:
+        """The next payload (bytes), or NEED_DATA. Raises RemoteProtocolError
+        for a length over ``max_size`` or an end of stream inside a message,
+        and keeps raising it."""
         if self._error is not None:
             raise self._error
         buf = self._buffer

@@ -61,6 +61,10 @@ class LineFramer(Framer):
         self._scanned = 0
 
     def next_request(self) -> Any:
+        """The next line (bytes, no terminator), or NEED_DATA. At end of
+        stream, unterminated bytes are the last line (``eof_ends_line``) or
+        a truncated request. Raises RemoteProtocolError for a line over
+        ``max_size``, and keeps raising it."""
         if self._error is not None:
             raise self._error
         buf = self._buffer

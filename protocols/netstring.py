@@ -42,6 +42,9 @@ class NetstringFramer(Framer):
         self._max_digits = len(str(self.max_size))
 
     def next_request(self) -> Any:
+        """The next payload (bytes), or NEED_DATA. Raises RemoteProtocolError
+        for a bad or oversize length, a missing comma, or an end of stream
+        inside a netstring, and keeps raising it."""
         if self._error is not None:
             raise self._error
         buf = self._buffer
