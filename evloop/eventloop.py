@@ -114,6 +114,9 @@ class EventLoop:
         self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
         self._waker = _Waker()
         self._selector.register(self._waker._reader, EVENT_READ, self._waker)
+        # Run by close() after the connections are closed: resources made
+        # lazily for this loop, such as the offload worker pool.
+        self._close_callbacks: list = []
 
     # -- what the loop is built on ------------------------------------------
 
@@ -310,6 +313,12 @@ class EventLoop:
         self._servers.clear()
         for handler in list(self.handlers):
             handler.close()
+        for callback in self._close_callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("closing %r failed", callback)
+        self._close_callbacks.clear()
         self._closed = True
         self._ready.clear()
         self._waker.close()

@@ -66,16 +66,20 @@ class ClientHandler:
     - ``write_high_water``: stop reading from this client while more than
       this many bytes of its replies wait unsent (they pile up when a client
       sends requests and never reads); reading resumes once they have gone.
+    - ``max_offloaded``: most :meth:`offload` calls of this client in the
+      worker pool at once; more wait their turn and reading pauses, so one
+      client cannot fill the pool that every client shares.
     """
 
     close_when_done = True
     blocksize = 64 * 1024
     recv_size = 256 * 1024
     write_high_water = 1024 * 1024
+    max_offloaded = 16
 
     __slots__ = ("server", "loop", "client_socket", "client_address", "incoming",
                  "closed", "_events", "_reading", "_closing", "_batch", "_output",
-                 "_dirty", "__dict__", "__weakref__")
+                 "_dirty", "_read_paused", "__dict__", "__weakref__")
 
     def __init__(self, server: Any, client_socket: socket.socket, client_address: Any) -> None:
         self.server = server
@@ -90,6 +94,7 @@ class ClientHandler:
         self._batch: Optional[List[bytes]] = None
         self._output: Optional[OutputQueue] = None
         self._dirty = False
+        self._read_paused = False
 
     # -- hooks for subclasses -----------------------------------------------
 
@@ -141,9 +146,11 @@ class ClientHandler:
             if not incoming:
                 return
 
-    def eof_received(self) -> None:
+    def eof_received(self) -> Optional[bool]:
         """The peer shut down its write side; no more bytes will come.
-        Pending replies are still delivered, then the connection closes."""
+        Pending replies are still delivered, then the connection closes;
+        return True to keep it half-open instead (a proxy still has bytes
+        to deliver) and close it yourself later."""
         if self.incoming:
             logger.debug("%s: end of stream with %d bytes of an incomplete request",
                          self.peer, len(self.incoming))
@@ -209,6 +216,34 @@ class ClientHandler:
             self._dirty = True
             self.loop._dirty.append(self)
 
+    def pause_reading(self) -> None:
+        """Stop reading from this client until :meth:`resume_reading`, e.g.
+        while another connection it feeds cannot keep up (a proxy)."""
+        self._read_paused = True
+        self._schedule_flush()
+
+    def resume_reading(self) -> None:
+        """Read from this client again after :meth:`pause_reading`."""
+        self._read_paused = False
+        self._schedule_flush()
+
+    @property
+    def buffered_output(self) -> int:
+        """Bytes of replies queued for this client and not yet sent (files
+        and generators not yet read are not counted)."""
+        queued = self._output.buffered if self._output is not None else 0
+        if self._batch is not None:
+            queued += sum(len(piece) for piece in self._batch)
+        return queued
+
+    def offload(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``func(*args, **kwargs)`` in the loop's worker pool and return
+        a ``concurrent.futures.Future`` for its result: return that from
+        :meth:`make_response` (or :meth:`send` it) and the result goes out
+        when it is ready, in request order. See :mod:`evloop.offload`."""
+        from .offload import offload_call
+        return offload_call(self, func, args, kwargs)
+
     def close(self) -> None:
         """Close the connection now, dropping unsent output. Idempotent."""
         if self.closed:
@@ -260,8 +295,8 @@ class ClientHandler:
             self.data_received(data)
         else:
             self._reading = False
-            self.eof_received()
-            self.close_when_sent()
+            if not self.eof_received():
+                self.close_when_sent()
 
     def handle_write(self) -> None:
         self.flush()
@@ -292,7 +327,17 @@ class ClientHandler:
             else:
                 output.add(data)
         if output is not None:
-            state = output.send_to(sock)
+            try:
+                state = output.send_to(sock)
+            except Exception:
+                # A future or generator failed to produce its reply. What is
+                # still queued answers later requests: sent now, it would be
+                # taken as the failed request's reply, so it is dropped and
+                # handle_error() decides what the peer gets instead.
+                output.close()
+                self._output = None
+                self._batch = None
+                raise
             if state == EMPTY:
                 self._output = output = None
         elif batch is None:
@@ -301,7 +346,7 @@ class ClientHandler:
             self._close_gracefully()
             return
         events = 0
-        if self._reading and not self._closing and (
+        if self._reading and not self._closing and not self._read_paused and (
                 output is None or output.buffered <= self.write_high_water):
             events = EVENT_READ
         if state == WANT_WRITE:
@@ -334,6 +379,9 @@ class ClientHandler:
         if not self.closed and not self._dirty:
             self._dirty = True
             self.loop._dirty.append(self)
+
+    # Flushing recomputes what the socket is watched for.
+    _schedule_flush = _resume_after_future
 
     def _close_gracefully(self) -> None:
         sock = self.client_socket
