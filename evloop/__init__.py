@@ -1,17 +1,21 @@
 """evloop: a small, fast, dependable single-threaded event loop for servers."""
 
+from .connect import Connector, open_connection, shutdown_write_when_sent
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE, EventLoop
 from .handler import ClientHandler, format_address
 from .multiplexer import make_selector
+from .offload import offload_executor, set_offload_executor
 from .serve import loop
 from .server import Server
 from .timers import Handle, TimerHandle
+from .workers import WorkerProcesses, serve_workers
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ClientHandler",
+    "Connector",
     "EVENT_READ",
     "EVENT_WRITE",
     "EventLoop",
@@ -21,7 +25,13 @@ __all__ = [
     "RemoteProtocolError",
     "Server",
     "TimerHandle",
+    "WorkerProcesses",
     "format_address",
     "loop",
     "make_selector",
+    "offload_executor",
+    "open_connection",
+    "serve_workers",
+    "set_offload_executor",
+    "shutdown_write_when_sent",
 ]
