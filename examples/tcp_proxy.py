@@ -1,0 +1,98 @@
+"""A TCP proxy: every client gets its own connection to the target, and the
+bytes flow both ways, from one thread. The loop is a server and a client at
+once.
+
+    python examples/echo_lengthsep.py --persistent --port 8000
+    python examples/tcp_proxy.py --port 9000 --target localhost:8000
+    printf '5\\nhello' | nc localhost 9000        # prints: 5 hello (via the proxy)
+
+Both halves are the same ``Relay`` handler: what one side reads, the other
+sends. A half-close is passed on (the client's end of stream becomes the
+target's), and the connection closes once both directions have ended or
+either side has gone. A side whose partner has more than ``high_water``
+bytes unsent stops reading until they drain, so a fast sender cannot make
+the proxy buffer without bound.
+"""
+
+import argparse
+import logging
+
+from evloop import ClientHandler, Server, loop, open_connection, shutdown_write_when_sent
+
+
+class Relay(ClientHandler):
+    """One side of a proxied connection; ``partner`` is the other side."""
+
+    close_when_done = False
+    high_water = 256 * 1024
+
+    partner = None          # the Relay on the other socket
+    ended = False           # this side's peer has sent end of stream
+    paused_partner = False  # we paused the partner's reading
+
+    def data_received(self, data):
+        partner = self.partner
+        partner.send(data)
+        if partner.buffered_output > self.high_water:
+            partner.paused_partner = True
+            self.pause_reading()
+
+    def eof_received(self):
+        self.ended = True
+        shutdown_write_when_sent(self.partner)
+        if self.partner.ended:
+            self.close_when_sent()
+            self.partner.close_when_sent()
+        return True  # stay open: the other direction may still be talking
+
+    def flush(self):
+        super().flush()
+        # Our backlog drained: the side that feeds us may read again.
+        if self.paused_partner and self.buffered_output <= self.high_water // 2:
+            self.paused_partner = False
+            if not self.partner.closed:
+                self.partner.resume_reading()
+
+    def finish(self):
+        # One side is gone (closed, reset, failed to connect): the other
+        # gets what is already queued for it, then its close.
+        partner = self.partner
+        if partner is not None and not partner.closed:
+            partner.close_when_sent()
+
+
+class ProxyClient(Relay):
+    """The side a client connected to; it opens the side to the target."""
+
+    def setup(self):
+        host, port = self.server.target
+        upstream = open_connection(self.loop, host, port, Relay,
+                                   timeout=self.server.connect_timeout)
+        upstream.partner = self
+        self.partner = upstream
+
+
+def parse_target(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]") or "localhost", int(port)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="localhost")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--target", type=parse_target, required=True, help="HOST:PORT to forward to")
+    parser.add_argument("--connect-timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    server = Server(args.host, args.port)
+    server.target = args.target
+    server.connect_timeout = args.connect_timeout
+    print(f"listening on {server.host}:{server.port}", flush=True)
+    loop(server, ProxyClient)
+
+
+if __name__ == "__main__":
+    main()
