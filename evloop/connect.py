@@ -91,7 +91,7 @@ class Connector:
         self._done = False
         self._addresses: Deque[_AddrInfo] = collections.deque()
         self._timer: Any = None
-        self._resolving: Optional[Future] = None
+        self._resolving: Optional[Future[Any]] = None
         self._last_error: Optional[OSError] = None
         # The handler needs a socket from birth; it is replaced if the
         # address found needs another family, and for each new attempt.
@@ -138,7 +138,7 @@ class Connector:
         self._addresses.extend(infos)
         self._try_next()
 
-    def _resolved(self, future: Future) -> None:
+    def _resolved(self, future: Future[Any]) -> None:
         if future is not self._resolving or self._abandoned():
             return
         self._resolving = None

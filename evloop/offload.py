@@ -33,6 +33,7 @@ connection that has closed are never started.
 """
 
 import collections
+import functools
 import os
 from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
 from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple
@@ -43,7 +44,7 @@ __all__ = ["DEFAULT_MAX_WORKERS", "offload_call", "offload_executor", "set_offlo
 #: enough to overlap I/O-bound calls without one thread per client.
 DEFAULT_MAX_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 
-_Call = Tuple[Future, Callable[..., Any], tuple, dict]
+_Call = Tuple[Future[Any], Callable[..., Any], Tuple[Any, ...], Dict[str, Any]]
 
 
 class _ConnectionCalls:
@@ -53,7 +54,7 @@ class _ConnectionCalls:
     __slots__ = ("running", "waiting", "paused_reading")
 
     def __init__(self) -> None:
-        self.running: Set[Future] = set()
+        self.running: Set[Future[Any]] = set()
         self.waiting: Deque[_Call] = collections.deque()
         self.paused_reading = False
 
@@ -80,7 +81,8 @@ class _LoopPool:
             # Not waiting: a call blocked for good must not hang close().
             self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def submit(self, handler: Any, func: Callable[..., Any], args: tuple, kwargs: dict) -> Future:
+    def submit(self, handler: Any, func: Callable[..., Any], args: Tuple[Any, ...],
+               kwargs: Dict[str, Any]) -> Future[Any]:
         """Hand ``func`` to the executor or, past the connection's share,
         queue it; either way return the future of its result."""
         state = self.calls.get(handler)
@@ -92,7 +94,7 @@ class _LoopPool:
             finally:
                 if not state.running:  # the executor refused it
                     del self.calls[handler]
-        future: Future = Future()
+        future: Future[Any] = Future()
         state.waiting.append((future, func, args, kwargs))
         if not state.paused_reading:
             state.paused_reading = True
@@ -100,7 +102,7 @@ class _LoopPool:
         return future
 
     def _start(self, handler: Any, state: _ConnectionCalls, func: Callable[..., Any],
-               args: tuple, kwargs: dict) -> Future:
+               args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Future[Any]:
         future = self.executor.submit(func, *args, **kwargs)
         state.running.add(future)
         call_soon_threadsafe = self.loop.call_soon_threadsafe
@@ -108,7 +110,7 @@ class _LoopPool:
         future.add_done_callback(lambda done: call_soon_threadsafe(self._finished, handler, done))
         return future
 
-    def _finished(self, handler: Any, done: Future) -> None:
+    def _finished(self, handler: Any, done: Future[Any]) -> None:
         state = self.calls.get(handler)
         if state is None:  # the pool was closed meanwhile
             return
@@ -129,7 +131,7 @@ class _LoopPool:
             except BaseException as exc:  # the executor was shut down
                 future.set_exception(exc)
                 continue
-            inner.add_done_callback(lambda done, outer=future: _copy_outcome(done, outer))
+            inner.add_done_callback(functools.partial(_copy_outcome, outer=future))
         if not state.waiting and state.paused_reading:
             state.paused_reading = False
             if not handler.closed:
@@ -138,7 +140,7 @@ class _LoopPool:
             del self.calls[handler]
 
 
-def _copy_outcome(done: Future, outer: Future) -> None:
+def _copy_outcome(done: Future[Any], outer: Future[Any]) -> None:
     """Give ``outer`` (handed out while the call waited) the call's outcome."""
     if done.cancelled():
         outer.set_exception(CancelledError())
@@ -191,8 +193,8 @@ def offload_executor(loop: Any) -> Executor:
     return pool.executor
 
 
-def offload_call(handler: Any, func: Callable[..., Any], args: tuple = (),
-                 kwargs: Optional[dict] = None) -> Future:
+def offload_call(handler: Any, func: Callable[..., Any], args: Tuple[Any, ...] = (),
+                 kwargs: Optional[Dict[str, Any]] = None) -> Future[Any]:
     """Run ``func(*args, **kwargs)`` for ``handler`` in its loop's pool and
     return a Future of the result (what ``ClientHandler.offload`` does).
     Call it on the loop thread. Raises RuntimeError once the loop is closed."""

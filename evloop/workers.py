@@ -43,7 +43,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .eventloop import EVENT_READ, EventLoop
 from .server import Server
@@ -300,7 +300,7 @@ class WorkerProcesses:
             os.close(self._lifeline_w)
             loop = EventLoop(self.selector)
             event_loop = loop
-            draining = []
+            draining: List[int] = []
 
             def on_stop_signal(signum: int, frame: Any) -> None:
                 # The loop's graceful stop is safe from a signal handler. Only
