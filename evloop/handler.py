@@ -154,6 +154,7 @@ class ClientHandler:
         if self.incoming:
             logger.debug("%s: end of stream with %d bytes of an incomplete request",
                          self.peer, len(self.incoming))
+        return None
 
     def handle_error(self, exc: BaseException) -> None:
         """Something went wrong while serving this client. The default: a
