@@ -65,6 +65,15 @@ class _Pending:
         self.hooked = False
 
 
+def _succeeded(item: Any) -> bool:
+    """Whether ``item`` is a future in the output whose result is ready; a
+    failed one is left for send_to() to raise in its turn."""
+    if type(item) is not _Pending:
+        return False
+    future = item.future
+    return bool(future.done() and not future.cancelled() and future.exception() is None)
+
+
 class OutputQueue:
     """Pieces of output waiting to be sent on one socket, in order.
 
@@ -131,7 +140,8 @@ class OutputQueue:
             head = items[0]
             kind = type(head)
             if kind is bytes or kind is memoryview or kind is bytearray:
-                if len(items) > 1 and type(items[1]) in _BYTES_TYPES and len(head) < _JOIN_LIMIT:
+                if len(items) > 1 and len(head) < _JOIN_LIMIT and (
+                        type(items[1]) in _BYTES_TYPES or _succeeded(items[1])):
                     head = self._join_head()
                 try:
                     sent = sock.send(head)
@@ -168,8 +178,19 @@ class OutputQueue:
         items = self._items
         chunks = []
         size = 0
-        while items and type(items[0]) in _BYTES_TYPES and size < _JOIN_LIMIT:
-            piece = items.popleft()
+        while items and size < _JOIN_LIMIT:
+            piece = items[0]
+            kind = type(piece)
+            if kind is _Pending and _succeeded(piece):
+                # Replies that finished since the last send (offloaded calls
+                # finish one by one) join the bytes before them: one send for
+                # all, not one each, which under thread contention cost ~65 us.
+                items.popleft()
+                items.extendleft(reversed(self._pieces(piece.future.result())))
+                continue
+            if kind not in _BYTES_TYPES:
+                break
+            items.popleft()
             chunks.append(piece)
             size += len(piece)
         data = b"".join(chunks)
