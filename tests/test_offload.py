@@ -226,6 +226,17 @@ def test_calls_finishing_in_reverse_order_still_answer_in_order():
     assert not harness.closed
 
 
+def test_replies_that_finished_meanwhile_leave_in_one_send():
+    harness, pool = harness_with_manual_pool(Offloaded)
+    bodies = [b"%d" % i for i in range(10)]
+    harness.feed(b"".join(frame(body) for body in bodies))
+    for index in reversed(range(10)):
+        pool.run(index)
+    before = harness.socket.send_calls
+    assert harness.advance(0) == b"".join(upper_frame(body) for body in bodies)
+    assert harness.socket.send_calls == before + 1
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=12), st.randoms(use_true_random=False))
 def test_property_any_mix_and_completion_order_keeps_request_order(slow_flags, rnd):
