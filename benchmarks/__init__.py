@@ -1,0 +1,3 @@
+"""evloop's benchmark suite: run it with ``python benchmarks/run.py``."""
+
+__all__: list = []
