@@ -7,7 +7,7 @@ import pytest
 from tests.examples import ROOT
 
 # Pages whose python blocks are complete programs run in order on one page.
-RUNNABLE_PAGES = ["docs/guide.md", "docs/migrating.md"]
+RUNNABLE_PAGES = ["docs/guide.md", "docs/migrating.md", "docs/embedding.md"]
 
 
 def python_blocks(page):
