@@ -266,19 +266,19 @@ class RespFramer(Framer):
         """The next CRLF-terminated line (consumed, CRLF dropped), or None."""
         buffer = self._buffer
         end = buffer.find(b"\r\n", self._scanned)
+        # The line is at least this long: a CR at the very end may be the
+        # start of its CRLF. Judged the same whether or not the CRLF has come,
+        # so the chunking cannot change the verdict or the reply.
+        length = end if end >= 0 else len(buffer) - buffer.endswith(b"\r")
+        if length > self.max_line:
+            raise self._fail(f"a line longer than {self.max_line} bytes: "
+                             f"{bytes(buffer[:40])!r}...",
+                             _protocol_error("too big mbulk count string"
+                                             if self._args is None
+                                             else "too big bulk count string"))
         if end < 0:
-            if len(buffer) > self.max_line:
-                raise self._fail(f"no CRLF in the first {self.max_line} bytes: "
-                                 f"{bytes(buffer[:40])!r}...",
-                                 _protocol_error("too big mbulk count string"
-                                                 if self._args is None
-                                                 else "too big bulk count string"))
-            # A CR at the very end may be the start of the next CRLF.
             self._scanned = max(0, len(buffer) - 1)
             return None
-        if end > self.max_line:
-            raise self._fail(f"a {end}-byte line is over the limit of {self.max_line}",
-                             _protocol_error("too big bulk count string"))
         line = bytes(buffer[:end])
         del buffer[:end + 2]
         self._scanned = 0

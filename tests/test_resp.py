@@ -247,6 +247,23 @@ def test_a_line_without_end_is_refused_at_the_line_limit(data, reply):
     assert framer.maybe_requests() == [] and framer.error is None
 
 
+def test_a_header_line_of_exactly_max_line_bytes_is_taken_in_every_split():
+    # "*10" and "$12" are 3 bytes: at max_line=3 they are allowed, also when
+    # a read ends between their CR and LF.
+    ten = [b"%d" % i for i in range(10)]
+    assert_both_every_split(encode_command(*ten) + encode_command(b"hello world!"),
+                            [ten, [b"hello world!"]], make_framer=lambda: RespFramer(max_line=3))
+
+
+@pytest.mark.parametrize("data, reply", [
+    (b"*" + b"1" * 70 + b"\r\n", b"too big mbulk count string"),
+    (b"*1\r\n$" + b"1" * 70 + b"\r\n", b"too big bulk count string"),
+])
+def test_an_overlong_header_line_gets_one_refusal_whether_or_not_its_crlf_came(data, reply):
+    _, got = refusal(data, lambda: RespFramer(max_line=64))
+    assert got == b"-ERR Protocol error: " + reply + b"\r\n"
+
+
 def test_a_long_inline_command_ending_after_the_limit_is_refused():
     framer = RespFramer(max_line=64)
     framer.feed(b"GET " + b"k" * 70 + b"\r\n")
