@@ -381,10 +381,12 @@ class RespFramer(Framer):
 def _parse_number(line: bytes) -> Optional[int]:
     """The integer after the type byte of a ``*`` or ``$`` line, or None.
     Like Redis's ``string2ll``: an optional minus, then digits with no
-    leading zero; no spaces, no plus."""
+    leading zero; no spaces, no plus, no "-0"."""
     digits = line[1:]
     if digits[:1] == b"-":
         digits = digits[1:]
+        if digits == b"0":
+            return None
     if not digits.isdigit() or (digits[:1] == b"0" and len(digits) > 1) or len(digits) > 18:
         return None
     return int(line[1:])

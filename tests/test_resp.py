@@ -161,8 +161,10 @@ def test_empty_inline_lines_are_skipped():
     (b"*+1\r\n", b"invalid multibulk length"),
     (b"* 1\r\n", b"invalid multibulk length"),
     (b"*\r\n", b"invalid multibulk length"),
+    (b"*-0\r\n", b"invalid multibulk length"),  # string2ll refuses "-0"; so does Redis
     (b"*1\r\n:3\r\n", b"expected '$', got ':'"),
     (b"*1\r\n$-1\r\n", b"invalid bulk length"),
+    (b"*1\r\n$-0\r\n\r\n", b"invalid bulk length"),
     (b"*1\r\n$x\r\n", b"invalid bulk length"),
     (b"*1\r\n$03\r\nabc\r\n", b"invalid bulk length"),
     (b"*1\r\n$99999999999999999999\r\n", b"invalid bulk length"),
