@@ -85,7 +85,10 @@ class LineFramer(Framer):
             while start < size and not terminator.startswith(buf[start:]):
                 start += 1
             self._scanned = start
-            if start > self.max_size:
+            # At end of stream the last line is all that is left, a half
+            # terminator included, and must fit the limit too.
+            if start > self.max_size or (self._eof and self.eof_ends_line
+                                         and size > self.max_size):
                 raise self._fail(
                     f"line longer than {self.max_size} bytes without a terminator "
                     f"{terminator!r}: {bytes(buf[:_SHOWN])!r}...", self.too_long_reply)

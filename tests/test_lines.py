@@ -59,6 +59,11 @@ def test_line_limit_is_exact():
     assert_framer_every_split(make, b"ok\r\n123456", [b"ok"], error="longer than 5 bytes")
     # Five bytes and half a terminator may still be a good line.
     assert_framer_every_split(make, b"12345\r", [], leftover=6)
+    # ...but if the stream ends there, the half terminator is part of the
+    # last line, which is then six bytes: over the limit.
+    assert_framer_every_split(make, b"ok\r\n12345\r", [b"ok"], eof=True,
+                              error="longer than 5 bytes")
+    assert_framer_every_split(make, b"ok\r\n1234\r", [b"ok", b"1234\r"], eof=True)
 
 
 def test_too_long_carries_the_error_reply_and_sticks():
