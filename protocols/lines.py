@@ -108,14 +108,15 @@ class LineFramer(Framer):
     def encode(self, message: Any) -> bytes:
         """``message`` (bytes, or str sent as UTF-8) with the terminator
         appended unless it already ends with it. Raises LocalProtocolError
-        if the terminator also occurs inside it: that would be two lines."""
+        if the terminator also occurs earlier, inside it or straddling its
+        end (b"x\\r\\n" before b"\\r\\n\\r\\n"): that would be two lines."""
         data = message.encode("utf-8") if isinstance(message, str) else bytes(message)
         terminator = self.terminator
         if data.endswith(terminator):
             body = data[:-len(terminator)]
         else:
             body, data = data, data + terminator
-        if terminator in body:
+        if data.find(terminator) < len(body):
             raise LocalProtocolError(f"a reply line contains the terminator {terminator!r}: "
                                      f"{body[:_SHOWN]!r}")
         return data

@@ -124,6 +124,19 @@ def test_encode_appends_the_terminator_and_refuses_two_lines():
     assert LineFramer(terminator=b"\n").encode(b"a\r") == b"a\r\n"
 
 
+@pytest.mark.parametrize("terminator, line", [
+    (b"\r\n\r\n", b"head\r\n"),       # b"head\r\n" + b"\r\n\r\n" ends at "head"
+    (b"\r\n\r\n", b"head\r\n\r\n\r\n"),
+    (b"abab", b"xab"),
+])
+def test_encode_refuses_a_line_whose_end_makes_the_terminator_early(terminator, line):
+    # The terminator is not inside the line, but the line's end and the
+    # terminator after it hold one that starts early: the peer would read
+    # two lines.
+    with pytest.raises(LocalProtocolError):
+        LineFramer(terminator=terminator).encode(line)
+
+
 def test_an_empty_terminator_is_refused():
     with pytest.raises(ValueError):
         LineFramer(terminator=b"")
