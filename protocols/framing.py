@@ -55,10 +55,12 @@ class Framer:
         self._error: Optional[RemoteProtocolError] = None
 
     def feed(self, data: bytes) -> None:
-        """Append bytes received from the peer."""
+        """Append bytes received from the peer (dropped once the stream has
+        broken the protocol: they will never be parsed)."""
         if self._eof:
             raise RuntimeError("feed() after feed_eof()")
-        self._buffer += data
+        if self._error is None:
+            self._buffer += data
 
     def feed_eof(self) -> None:
         """The peer will send nothing more."""
