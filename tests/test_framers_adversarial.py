@@ -18,8 +18,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evloop import LocalProtocolError, RemoteProtocolError
-from protocols import (NEED_DATA, Int32Framer, JsonFramer, LengthSepFramer, LineFramer,
-                       NetstringFramer, RespFramer, encode_command)
+from protocols import (
+    NEED_DATA,
+    Int32Framer,
+    JsonFramer,
+    LengthSepFramer,
+    LineFramer,
+    NetstringFramer,
+    RespFramer,
+    encode_command,
+)
 from tests.helpers import framer_results
 
 SETTINGS = settings(max_examples=150, deadline=None,
@@ -98,7 +106,7 @@ def mutated(draw, valid, alphabet):
 
 def cut(data, cuts):
     points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
 def batched_results(make_framer, chunks, eof):
