@@ -110,7 +110,12 @@ class LineFramer(Framer):
         appended unless it already ends with it. Raises LocalProtocolError
         if the terminator also occurs earlier, inside it or straddling its
         end (b"x\\r\\n" before b"\\r\\n\\r\\n"): that would be two lines."""
-        data = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+        if isinstance(message, str):
+            data = message.encode("utf-8")
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            data = bytes(message)
+        else:  # bytes(5) would send five NUL bytes
+            raise LocalProtocolError(f"a reply line must be bytes or str, not {type(message).__name__}")
         terminator = self.terminator
         if data.endswith(terminator):
             body = data[:-len(terminator)]

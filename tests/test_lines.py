@@ -288,3 +288,10 @@ def test_an_overlong_line_closes_only_that_client(running_loop, caplog):
         good.sendall(b"after\r\n")
         assert recv_exactly(good, 7) == b"after\r\n"
     assert "longer than 100 bytes" in caplog.text
+
+
+def test_a_reply_that_is_not_bytes_or_str_is_a_local_error():
+    from evloop import LocalProtocolError
+    for wrong in (5, None, ["a"], 2.5):
+        with pytest.raises(LocalProtocolError, match="must be bytes or str"):
+            LineFramer().encode(wrong)
