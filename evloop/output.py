@@ -22,6 +22,8 @@ import socket
 from concurrent.futures import Future
 from typing import Any, Deque, Iterable
 
+from .tls import WOULD_BLOCK
+
 __all__ = ["OutputQueue", "EMPTY", "WANT_WRITE", "WAITING"]
 
 # What send_to() reports.
@@ -145,7 +147,9 @@ class OutputQueue:
                     head = self._join_head()
                 try:
                     sent = sock.send(head)
-                except (BlockingIOError, InterruptedError):
+                except WOULD_BLOCK:
+                    # On TLS the retry must start with the same bytes, and
+                    # it does: the unsent data stays at the head.
                     return WANT_WRITE
                 self.buffered -= sent
                 if sent == len(head):

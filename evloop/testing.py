@@ -140,11 +140,14 @@ class HandlerHarness:
 
     def __init__(self, handler_class: Any, *, peer: Any = ("127.0.0.1", 40000),
                  send_window: Optional[int] = None, clock: Optional[FakeClock] = None,
-                 server: Any = None) -> None:
+                 server: Any = None, limits: Any = None) -> None:
         self.clock = clock if clock is not None else FakeClock()
         self.loop = ManualLoop(self.clock)
+        # ``limits``: an evloop.limits.Limits for the handler (timeouts run
+        # on the fake clock: advance() fires them).
         self.server = server if server is not None else SimpleNamespace(
-            loop=self.loop, address=("127.0.0.1", 8000), handler_class=handler_class)
+            loop=self.loop, address=("127.0.0.1", 8000), handler_class=handler_class,
+            limits=limits)
         self.socket = FakeSocket(peer, send_window)
         self._taken = 0
         self.handler = handler_class(self.server, self.socket, peer)

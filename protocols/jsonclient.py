@@ -58,8 +58,11 @@ class JsonClient:
     ``address`` is a host name or an IPv4/IPv6 address; ``timeout`` (seconds,
     None for none) bounds the connect and each wait for the socket.
     ``max_message_size`` bounds a message either way (jsocket's default,
-    10 MiB). ``connect()`` opens the connection; as a context manager the
-    client connects on entry (if not yet connected) and closes on exit.
+    10 MiB). ``ssl`` is an ``ssl.SSLContext`` to speak TLS with (see
+    :func:`evloop.tls.make_client_context`); the server's certificate is
+    checked against ``address``. ``connect()`` opens the connection; as a
+    context manager the client connects on entry (if not yet connected) and
+    closes on exit.
     """
 
     #: Most bytes asked of one recv(): a pipelined batch of replies, or a
@@ -67,8 +70,9 @@ class JsonClient:
     recv_size = 256 * 1024
 
     def __init__(self, address: str = "127.0.0.1", port: int = 5489, timeout: Optional[float] = 2.0,
-                 *, max_message_size: int = DEFAULT_MAX_SIZE) -> None:
+                 *, max_message_size: int = DEFAULT_MAX_SIZE, ssl: Any = None) -> None:
         self._address = address
+        self._ssl = ssl
         self._port = port
         self._timeout = timeout
         self.max_message_size = max_message_size
@@ -178,14 +182,20 @@ class JsonClient:
     # -- internals ------------------------------------------------------------
 
     def _open_socket(self) -> socket.socket:
-        """The connected socket. The one place a transport is made: a TLS
-        context would wrap the socket here (``server_hostname=address``)."""
+        """The connected socket (TLS-wrapped, handshake done, with ``ssl``).
+        The one place a transport is made."""
         sock = socket.create_connection((self._address, self._port), self._timeout)
         try:
             # One sendall per message, so Nagle would only delay it.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        if self._ssl is not None:
+            try:
+                sock = self._ssl.wrap_socket(sock, server_hostname=self._address)
+            except BaseException:
+                sock.close()
+                raise
         return sock
 
     def _connected_socket(self) -> socket.socket:

@@ -101,7 +101,7 @@ class RequestHandler(LineHandler):
 
 
 def do_request(address: str, request: str, timeout: Optional[float] = -1, *,
-               max_size: int = 1024 * 1024) -> Optional[str]:
+               max_size: int = 1024 * 1024, ssl: Any = None) -> Optional[str]:
     """Send ``request`` to the server at ``address`` (``"host:port"``, see
     :func:`split_address`) and return its reply.
 
@@ -116,6 +116,12 @@ def do_request(address: str, request: str, timeout: Optional[float] = -1, *,
     if the time runs out first. Raises OSError if the server cannot be
     reached (``ConnectionRefusedError`` when nobody listens), and
     RemoteProtocolError for a reply longer than ``max_size`` bytes.
+
+    ``ssl`` is an ``ssl.SSLContext`` to speak TLS with (see
+    :func:`evloop.tls.make_client_context`); the server's certificate is
+    checked against the host. A TLS stream cannot be half-closed without
+    ending the session, so over TLS the request is ended by its ``\r\n``
+    alone; ``ssl.SSLError`` (an OSError) reports a failed handshake.
     """
     if not isinstance(request, str):
         raise TypeError(f"the request must be str, not {type(request).__name__}")
@@ -125,15 +131,16 @@ def do_request(address: str, request: str, timeout: Optional[float] = -1, *,
         data += CRLF
     deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
     try:
-        sock = _open_connection(host, port, _remaining(deadline))
+        sock = _open_connection(host, port, _remaining(deadline), ssl)
     except TimeoutError:
         return None
     with sock:
         try:
             sock.sendall(data)
-            # The half-close is the request's end of stream: a server that
-            # reads to the end of stream stops there.
-            sock.shutdown(socket.SHUT_WR)
+            if ssl is None:
+                # The half-close is the request's end of stream: a server
+                # that reads to the end of stream stops there.
+                sock.shutdown(socket.SHUT_WR)
             reply = _read_reply(sock, deadline, max_size)
         except TimeoutError:
             return None
@@ -151,12 +158,18 @@ def _remaining(deadline: Optional[float]) -> Optional[float]:
     return left
 
 
-def _open_connection(host: str, port: int, timeout: Optional[float]) -> socket.socket:
-    # The one place a transport is made: TLS would wrap the socket here
-    # (ssl_context.wrap_socket(sock, server_hostname=host)). TLS cannot
-    # half-close without ending the session, so a TLS request would be ended
-    # by its CRLF alone rather than by shutdown(SHUT_WR).
-    return socket.create_connection((host, port), timeout=timeout)
+def _open_connection(host: str, port: int, timeout: Optional[float],
+                     context: Any = None) -> socket.socket:
+    # The one place a transport is made; with TLS the handshake is done
+    # here, within the same timeout.
+    sock = socket.create_connection((host, port), timeout=timeout)
+    if context is not None:
+        try:
+            sock = context.wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+    return sock
 
 
 def _read_reply(sock: socket.socket, deadline: Optional[float], max_size: int) -> str:
