@@ -39,8 +39,14 @@ import selectors
 import time
 from typing import Any, Callable, Optional
 
-__all__ = ["Limits", "DEFAULT_LIMITS", "DEFAULT_MAX_REQUEST_SIZE", "RateLimitedLog",
-           "default_max_connections", "limits_of"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_MAX_REQUEST_SIZE",
+    "Limits",
+    "RateLimitedLog",
+    "default_max_connections",
+    "limits_of",
+]
 
 logger = logging.getLogger("evloop")
 
@@ -171,7 +177,7 @@ class RateLimitedLog:
         self._next = now + self.interval
         if self.suppressed:
             message += " (%d more like this in the last %.0fs)"
-            args = args + (self.suppressed, self.interval)
+            args = (*args, self.suppressed, self.interval)
             self.suppressed = 0
         self.log.log(level, message, *args)
         return True

@@ -37,7 +37,7 @@ any handler exists. The handler reads the verified certificate with
 
 import logging
 import socket
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 try:
     import ssl
@@ -47,9 +47,16 @@ except ImportError:  # a Python built without OpenSSL: plain TCP still works
 from .eventloop import EVENT_READ, EVENT_WRITE
 from .limits import limits_of
 
-__all__ = ["SSLWantReadError", "SSLWantWriteError", "TLSHandshake", "WOULD_BLOCK",
-           "make_client_context", "make_server_context", "peer_certificate",
-           "send_close_notify"]
+__all__ = [
+    "WOULD_BLOCK",
+    "SSLWantReadError",
+    "SSLWantWriteError",
+    "TLSHandshake",
+    "make_client_context",
+    "make_server_context",
+    "peer_certificate",
+    "send_close_notify",
+]
 
 logger = logging.getLogger("evloop")
 
@@ -120,7 +127,7 @@ def make_client_context(cafile: Optional[str] = None, *, certfile: Optional[str]
     return context
 
 
-def peer_certificate(handler: Any) -> Optional[dict]:
+def peer_certificate(handler: Any) -> Optional[Dict[str, Any]]:
     """The client certificate the handshake verified, as
     ``SSLSocket.getpeercert()`` gives it, or None (no TLS, or none was asked
     for or given)."""

@@ -2,6 +2,7 @@
 connections and the out-of-descriptors pause. Logic on FakeClock and
 HandlerHarness; each limit also once over real sockets on 127.0.0.1."""
 
+import dataclasses
 import errno
 import logging
 import selectors
@@ -11,8 +12,13 @@ import pytest
 
 from evloop import ClientHandler, EventLoop, RemoteProtocolError, Server
 from evloop.eventloop import EVENT_READ, EVENT_WRITE
-from evloop.limits import (DEFAULT_LIMITS, DEFAULT_MAX_REQUEST_SIZE, Limits, RateLimitedLog,
-                           default_max_connections)
+from evloop.limits import (
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_REQUEST_SIZE,
+    Limits,
+    RateLimitedLog,
+    default_max_connections,
+)
 from evloop.testing import FakeClock, HandlerHarness
 from protocols import LengthSepEcho
 from tests.conftest import connect, recv_all, recv_exactly
@@ -42,7 +48,7 @@ def test_replace_and_validation():
                 dict(request_timeout=float("inf")), dict(write_timeout="5")]:
         with pytest.raises(ValueError):
             Limits(**bad)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_LIMITS.idle_timeout = 1  # frozen: one object may be shared by servers
 
 

@@ -23,10 +23,11 @@ def test_every_python_block_of_the_security_page_runs(tmp_path):
 def test_the_defaults_on_the_page_are_the_real_ones():
     from evloop import DEFAULT_LIMITS
     text = DOC.read_text()
-    assert "| idle connection | %d s |" % DEFAULT_LIMITS.idle_timeout in text
-    assert "| request once started | %d s from its first byte |" % DEFAULT_LIMITS.request_timeout in text
-    assert "| output not taken | %d s without" % DEFAULT_LIMITS.write_timeout in text
-    assert "| TLS handshake | %d s from accept |" % DEFAULT_LIMITS.handshake_timeout in text
-    assert "| graceful shutdown | %d s |" % DEFAULT_LIMITS.shutdown_timeout in text
+    limits = DEFAULT_LIMITS
+    assert f"| idle connection | {limits.idle_timeout:g} s |" in text
+    assert f"| request once started | {limits.request_timeout:g} s from its first byte |" in text
+    assert f"| output not taken | {limits.write_timeout:g} s without" in text
+    assert f"| TLS handshake | {limits.handshake_timeout:g} s from accept |" in text
+    assert f"| graceful shutdown | {limits.shutdown_timeout:g} s |" in text
     assert "stop reading above 1 MiB, read again at 256 KiB" in text
     assert DEFAULT_LIMITS.write_high_water == 1 << 20 and DEFAULT_LIMITS.write_low_water == 1 << 18

@@ -224,6 +224,7 @@ server.server_close()
 def test_sigterm_during_serve_forever_is_graceful():
     import os
     import subprocess
+
     from tests.examples import LISTENING, ROOT
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
     process = subprocess.Popen([sys.executable, "-c", SERVE_FOREVER], cwd=ROOT, env=env,

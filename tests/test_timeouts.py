@@ -7,8 +7,6 @@ import threading
 import time
 from concurrent.futures import Future
 
-import pytest
-
 from evloop.limits import Limits
 from evloop.testing import HandlerHarness
 from protocols import LengthSepEcho

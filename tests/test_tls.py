@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from evloop import ClientHandler, Server
+from evloop import ClientHandler
 from evloop.limits import Limits
 from evloop.tls import make_client_context, make_server_context, peer_certificate
 from protocols import LengthSepBody, LengthSepEcho

@@ -16,9 +16,22 @@ from typing import Any, Callable, List
 
 import protocols
 from evloop import ClientHandler
-from protocols import (Int32Echo, Int32Framer, JsonEcho, JsonFramer, LengthSepBody,
-                       LengthSepEcho, LengthSepFramer, LineEcho, LineFramer, NetstringEcho,
-                       NetstringFramer, RequestHandler, RespFramer, encode_command)
+from protocols import (
+    Int32Echo,
+    Int32Framer,
+    JsonEcho,
+    JsonFramer,
+    LengthSepBody,
+    LengthSepEcho,
+    LengthSepFramer,
+    LineEcho,
+    LineFramer,
+    NetstringEcho,
+    NetstringFramer,
+    RequestHandler,
+    RespFramer,
+    encode_command,
+)
 from protocols.framing import Framer
 
 ROOT = Path(__file__).resolve().parents[2]

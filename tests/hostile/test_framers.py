@@ -14,8 +14,7 @@ from evloop import RemoteProtocolError
 from evloop.testing import HandlerHarness
 from protocols import NEED_DATA
 from tests.helpers import assert_framer_every_split, framer_results
-from tests.hostile.targets import (FRAMERS, NOT_SERVERS, framer_classes, handler_classes,
-                                   server_cases)
+from tests.hostile.targets import FRAMERS, NOT_SERVERS, framer_classes, handler_classes, server_cases
 
 LIMIT = 64
 # A framer may hold a header it has parsed beyond the payload limit.
@@ -92,7 +91,7 @@ def test_an_oversized_request_is_refused_before_it_is_buffered(name):
 def test_a_mebibyte_of_one_byte_never_buffers_past_the_limit(name, filler):
     case = CASES[name]
     chunk = filler * (4096 // len(filler))
-    requests, error, most = feed_tracking(case.make(LIMIT), [chunk] * 256)
+    _requests, _error, most = feed_tracking(case.make(LIMIT), [chunk] * 256)
     # Refused, or turned into (empty) requests, or skipped: nothing piles up.
     assert most <= LIMIT + SLACK, f"{name} held {most} bytes of {filler!r}"
 

@@ -99,7 +99,7 @@ def still_serving(name, address):
     return got.startswith(case.answer)
 
 
-@pytest.mark.parametrize("name", sorted(CASES) + ["tls"])
+@pytest.mark.parametrize("name", [*sorted(CASES), "tls"])
 def test_garbage_at_every_server(servers, name):
     addresses, errors = servers
     address = addresses[name]
