@@ -149,7 +149,7 @@ static void json_escape(FILE *f, const char *s) {
 }
 
 static void arm(conn_t *c, int out) {
-    if (c->want_out == out) return;
+    if (c->want_out == out || c->want_out < 0) return;  /* < 0: edge-triggered, never modified */
     struct epoll_event ev = {.events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = c};
     if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) < 0) note_error("epoll_ctl: %s", strerror(errno));
     c->want_out = out;
@@ -171,7 +171,8 @@ static int start_connect(conn_t *c, int index) {
         return -1;
     }
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* conn mode writes one small request and only reads after it */
+    if (opt.mode != M_CONN) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (opt.sources > 1 || opt.source_first != 1) {
         struct sockaddr_in src = {.sin_family = AF_INET};
         src.sin_addr.s_addr = htonl(0x7f000000u + opt.source_first + index % opt.sources);
@@ -197,6 +198,12 @@ static int start_connect(conn_t *c, int index) {
     c->connecting = 1;
     c->want_out = 1;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    if (opt.mode == M_CONN) {
+        /* A connection lives for one exchange: edge-triggered, registered
+         * once, so the client spends no epoll_ctl(MOD) on it. */
+        ev.events |= EPOLLET;
+        c->want_out = -1;
+    }
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     return 0;
 }

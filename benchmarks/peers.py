@@ -44,8 +44,8 @@ __all__ = ["IMPLS", "WORKLOADS", "BadRequest", "split_lengthsep", "split_json",
 
 logger = logging.getLogger("evloop.bench")
 
-IMPLS = ["evloop", "asyncio-protocol", "asyncio-streams", "uvloop", "threading",
-         "twisted", "jsocket"]
+IMPLS = ["evloop", "evloop-notimeouts", "asyncio-protocol", "asyncio-streams", "uvloop",
+         "threading", "twisted", "jsocket"]
 WORKLOADS = ["echo", "body", "json"]
 
 # LengthSepFramer's default limit, and so its digit limit.
@@ -248,17 +248,25 @@ async def _serve_streams(workload, port, started):
 
 # -- the implementations --------------------------------------------------------
 
-def serve_evloop(workload, port, started, selector=None):
+def serve_evloop(workload, port, started, selector=None, limits=None):
     from evloop import Server, loop
     from protocols import LengthSepBody, LengthSepEcho
     if workload == "json":
         from protocols.jsonmsg import JsonEcho as handler
     else:
         handler = LengthSepEcho if workload == "echo" else LengthSepBody
-    server = Server("127.0.0.1", port)
+    server = Server("127.0.0.1", port, limits=limits)
     started(server.address)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     loop(server, handler, selector=selector)
+
+
+def serve_evloop_notimeouts(workload, port, started, selector=None):
+    """evloop with its per-connection timeouts off (the peers have none):
+    what the idle, request and write timers cost."""
+    from evloop.limits import DEFAULT_LIMITS
+    limits = DEFAULT_LIMITS.replace(idle_timeout=None, request_timeout=None, write_timeout=None)
+    serve_evloop(workload, port, started, selector, limits)
 
 
 def serve_asyncio_protocol(workload, port, started, selector=None):
@@ -378,6 +386,7 @@ def serve_jsocket(workload, port, started, selector=None):
 
 SERVE = {
     "evloop": serve_evloop,
+    "evloop-notimeouts": serve_evloop_notimeouts,
     "asyncio-protocol": serve_asyncio_protocol,
     "asyncio-streams": serve_asyncio_streams,
     "uvloop": serve_uvloop,

@@ -20,6 +20,7 @@ import argparse
 import collections
 import os
 import pstats
+import re
 import shutil
 import signal
 import subprocess
@@ -130,6 +131,7 @@ def _print_cprofile(path: str, requests: int, top: int) -> None:
 def _print_collapsed(path: str, top: int) -> None:
     """py-spy's raw format: 'frame;frame;... count' per line. Sum by leaf."""
     leaves = collections.Counter()
+    inclusive = collections.Counter()
     total = 0
     with open(path) as raw:
         for line in raw:
@@ -138,9 +140,17 @@ def _print_collapsed(path: str, top: int) -> None:
                 continue
             count = int(count)
             total += count
-            leaves[stack.split(";")[-1]] += count
+            frames = stack.split(";")
+            leaves[frames[-1]] += count
+            # One count per function however deep it recurs; line numbers
+            # dropped so a function's lines add up.
+            for name in {re.sub(r":\d+\)$", ")", frame) for frame in frames}:
+                inclusive[name] += count
     print(f"{total} samples; most frequent innermost frames:")
     for frame, count in leaves.most_common(top):
+        print(f"{count / total:6.1%}  {frame}")
+    print(f"\nfunctions by inclusive share (on the stack, callees included):")
+    for frame, count in inclusive.most_common(top):
         print(f"{count / total:6.1%}  {frame}")
 
 

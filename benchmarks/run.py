@@ -50,6 +50,11 @@ RESULTS = os.path.join(HERE, "results", "latest.json")
 BASELINE = "asyncio-protocol"
 ECHO_IMPLS = ["evloop", "asyncio-protocol", "asyncio-streams", "uvloop", "threading", "twisted"]
 JSON_IMPLS = ECHO_IMPLS + ["jsocket"]
+# evloop with its idle, request and write timeouts off (none of the peers has
+# them): where they cost the most, a connection each, it runs as well.
+REFERENCE = "evloop-notimeouts"
+CONN_IMPLS = ["evloop", REFERENCE] + ECHO_IMPLS[1:]
+ALL_IMPLS = ["evloop", REFERENCE] + JSON_IMPLS[1:]
 PEER_MODULES = {"uvloop": "uvloop", "twisted": "twisted", "jsocket": "jsocket"}
 
 # name: (title, server workload, load generator arguments, implementations)
@@ -63,7 +68,7 @@ WORKLOADS = {
                  ECHO_IMPLS),
     "conn": ("LengthSepBody, a connection per request, 50 at a time, 64-byte bodies", "body",
              ["--mode", "conn", "--clients", "50", "--size", "64", "--sources", "16"],
-             ECHO_IMPLS),
+             CONN_IMPLS),
     "json": ("JSON messages (JSN1), 50 clients, 1 request in flight, 86-byte payload", "json",
              ["--mode", "json", "--clients", "50", "--depth", "1"], JSON_IMPLS),
 }
@@ -259,7 +264,7 @@ def run_throughput(name: str, impls: list, settings: dict) -> dict:
 def run_idle(impls: list, settings: dict) -> dict:
     """Server RSS per idle connection, each connection having been served once."""
     count = settings["idle_connections"]
-    impls = [impl for impl in ECHO_IMPLS if impl in impls]
+    impls = [impl for impl in CONN_IMPLS if impl in impls]
     rounds, failures = [], {}
     for round_index in range(settings["runs"]):
         row = {}
@@ -460,8 +465,8 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=float, help="seconds before measuring (default 0.5)")
     parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
                         help=f"comma-separated, from {','.join(ALL_WORKLOADS)}")
-    parser.add_argument("--impls", default=",".join(JSON_IMPLS),
-                        help=f"comma-separated, from {','.join(JSON_IMPLS)}")
+    parser.add_argument("--impls", default=",".join(ALL_IMPLS),
+                        help=f"comma-separated, from {','.join(ALL_IMPLS)}")
     parser.add_argument("--idle-connections", type=int, help="default 10000 (quick 2000)")
     parser.add_argument("--held-connections", type=int, help="default 50000 (quick 3000)")
     parser.add_argument("--scaling", help="connection counts, default 100,1000,3000,10000")
@@ -486,7 +491,7 @@ def parse_args(argv):
     }
     workloads = [w for w in args.workloads.split(",") if w]
     impls = [i for i in args.impls.split(",") if i]
-    unknown = sorted(set(workloads) - set(ALL_WORKLOADS)) + sorted(set(impls) - set(JSON_IMPLS))
+    unknown = sorted(set(workloads) - set(ALL_WORKLOADS)) + sorted(set(impls) - set(ALL_IMPLS))
     if unknown:
         parser.error(f"unknown workload or implementation: {', '.join(unknown)}")
     return args, settings, workloads, impls

@@ -7,6 +7,8 @@ and writes its report, and that the report's arithmetic is right.
 """
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -145,3 +147,17 @@ def test_ratios_are_per_round_medians_and_the_page_keeps_hand_written_text(tmp_p
     text = page.read_text()
     assert "kept above" in text and "kept below" in text and "old" not in text
     assert "| evloop | 90 |" in text
+
+
+def test_the_commands_on_the_benchmarks_page_run_as_written():
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    block = next(b for b in re.findall(r"```sh\n(.+?)```", page, re.S) if "--no-docs" in b)
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 3
+    for line in commands:
+        words = shlex.split(line)
+        assert words[0] == "python"
+        done = subprocess.run([sys.executable, *words[1:]], capture_output=True, text=True,
+                              timeout=100, cwd=ROOT)
+        assert done.returncode == 0, f"{line}\n{done.stderr[-2000:]}"
+        assert done.stdout.strip(), line
