@@ -105,6 +105,17 @@ def test_reading_stops_above_the_high_mark_and_resumes_only_at_the_low_one():
     assert harness.output == b"".join(frame(b"x" * 596) for _ in range(3))
 
 
+def test_a_class_high_mark_below_the_servers_low_mark_still_pauses():
+    class OnlyHigh(LengthSepEcho):
+        write_high_water = 1000          # the server's low mark is 256 KiB
+
+    harness = HandlerHarness(OnlyHigh, send_window=700)
+    harness.feed(b"".join(frame(b"x" * 596) for _ in range(3)))
+    assert harness.loop.events_of(harness.socket) == EVENT_WRITE
+    harness.drain()                                              # 400 left: at most 1000
+    assert harness.loop.events_of(harness.socket) == EVENT_WRITE | EVENT_READ
+
+
 def test_a_handler_class_may_set_its_own_marks():
     class Small(LengthSepEcho):
         write_high_water = 10
