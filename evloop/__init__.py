@@ -1,30 +1,40 @@
 """evloop: a small, fast, dependable single-threaded event loop for servers."""
 
 from .connect import Connector, open_connection, shutdown_write_when_sent
+from .datagram import DatagramHandler, DatagramServer, UnixDatagramServer
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE, EventLoop
 from .handler import ClientHandler, format_address
+from .lifecycle import ServerLifecycle
 from .multiplexer import make_selector
 from .offload import offload_executor, set_offload_executor
 from .serve import loop
 from .server import Server
+from .threaded import LoopThread
 from .timers import Handle, TimerHandle
+from .unix import UnixServer
 from .workers import WorkerProcesses, serve_workers
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ClientHandler",
+    "DatagramHandler",
+    "DatagramServer",
     "Connector",
     "EVENT_READ",
     "EVENT_WRITE",
     "EventLoop",
     "Handle",
     "LocalProtocolError",
+    "LoopThread",
     "ProtocolError",
     "RemoteProtocolError",
     "Server",
+    "ServerLifecycle",
     "TimerHandle",
+    "UnixDatagramServer",
+    "UnixServer",
     "WorkerProcesses",
     "format_address",
     "loop",

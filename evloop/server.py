@@ -14,6 +14,7 @@ import socket
 from typing import Any, Optional, Tuple
 
 from .eventloop import EVENT_READ
+from .lifecycle import ServerLifecycle
 
 __all__ = ["Server"]
 
@@ -25,7 +26,7 @@ _ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET}
 _ACCEPT_PAUSE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
-class Server:
+class Server(ServerLifecycle):
     """A non-blocking TCP listener.
 
     ``host`` may be a name, an IPv4 or an IPv6 address. ``"localhost"`` (the
@@ -35,6 +36,9 @@ class Server:
     interface of both families. ``port=0`` lets the system pick a free port;
     :attr:`address` and :attr:`port` tell which. ``sock`` serves an already
     bound listening socket instead.
+
+    socketserver's ``serve_forever()``, ``shutdown()``, ``server_close()``
+    and ``with`` come from :class:`~evloop.lifecycle.ServerLifecycle`.
     """
 
     accepts_per_wakeup = 128
@@ -134,12 +138,6 @@ class Server:
             self.loop.set_events(self.socket, EVENT_READ, 0, self)
             self._listening = False
         self.socket.close()
-
-    def __enter__(self) -> "Server":
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         from .handler import format_address
