@@ -99,6 +99,14 @@ class DatagramHandler:
         ``address``, for more than one reply or an unsolicited one."""
         self.server.sendto(reply, address)
 
+    def offload(self, func: Any, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[Any]":
+        """Run ``func(*args, **kwargs)`` in the loop's worker pool (the one
+        ``ClientHandler.offload`` uses) and return a Future for its result:
+        return that from :meth:`handle_datagram` and the reply is sent when
+        it is ready, while other datagrams are served meanwhile."""
+        from .offload import offload_executor
+        return offload_executor(self.loop).submit(func, *args, **kwargs)
+
 
 class DatagramServer(ServerLifecycle):
     """A UDP server. ``host``, ``port``, ``family`` and ``reuse_port`` mean

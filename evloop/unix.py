@@ -171,7 +171,7 @@ class UnixServer(Server):
     @property
     def host(self) -> str:
         """The path, so code written for TCP servers can name the listener."""
-        return os.fsdecode(self.address)
+        return os.fsdecode(self.path)
 
     @property
     def port(self) -> None:  # type: ignore[override]
@@ -183,7 +183,7 @@ class UnixServer(Server):
         # instead which listener it came through and, where the system
         # tells, which process it is, so log lines identify the peer.
         if not address:
-            address = f"unix:{os.fsdecode(self.address)}{_peer_process(client)}"
+            address = f"unix:{os.fsdecode(self.path)}{_peer_process(client)}"
         super().connection_made(client, address)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evloop import (DatagramHandler, DatagramServer, EVENT_READ, EVENT_WRITE, RemoteProtocolError,
-                    UnixDatagramServer)
+                    UnixDatagramServer, set_offload_executor)
 from evloop.testing import FakeSocket, ManualLoop
 
 
@@ -162,6 +162,29 @@ def test_a_future_reply_is_sent_when_it_is_done(running_loop):
         release.set()
         assert slow.recvfrom(100)[0] == b"slow done"
     Slow.pool.shutdown()
+
+
+def test_offload_runs_in_the_loops_pool_and_its_failure_is_logged_with_the_sender(running_loop,
+                                                                                  caplog):
+    class Pooled(DatagramHandler):
+        def handle_datagram(self, data, address):
+            if data == b"fail":
+                return self.offload(int, "not a number")
+            return self.offload(lambda: (data + b" in %s" % threading.current_thread().name.encode()))
+
+    # One worker: "fail" finishes, and its failure reaches the loop, before
+    # "work" starts, so its log line is there once "work" is answered.
+    running_loop.call(lambda: set_offload_executor(running_loop.loop, max_workers=1))
+    server = serve(running_loop, DatagramServer("127.0.0.1", 0), Pooled)
+    with udp_client() as client:
+        client.bind(("127.0.0.1", 0))
+        me = "127.0.0.1:%d" % client.getsockname()[1]
+        client.sendto(b"fail", server.address)
+        reply = ask(client, b"work", server.address)
+        assert reply.startswith(b"work in ") and reply != b"work in evloop-test"
+    failures = [r for r in caplog.records if "datagram dropped" in r.getMessage()]
+    assert len(failures) == 1 and isinstance(failures[0].exc_info[1], ValueError)
+    assert failures[0].getMessage().startswith(me)
 
 
 def test_datagram_server_closes_with_its_loop_and_finish_runs(selector_name):
