@@ -435,14 +435,3 @@ def test_a_bad_client_does_not_disturb_the_others(running_loop):
     good.request("GET", "/again")
     assert good.getresponse().read() == b"hello GET /again "
     good.close()
-
-
-def test_every_python_block_of_docs_http_runs():
-    import re
-    from pathlib import Path
-    page = Path(__file__).resolve().parent.parent / "docs" / "http.md"
-    blocks = re.findall(r"```python\n(.+?)```", page.read_text(), re.S)
-    assert len(blocks) >= 5
-    namespace = {"__name__": "docs_http"}
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"docs/http.md block {number}", "exec"), namespace)

@@ -524,12 +524,3 @@ def test_json_server_example_max_size_option():
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(raw(b"", length=21))
             assert recv_all(sock) == b""
-
-
-def test_every_python_block_of_the_json_page_runs():
-    text = (ROOT / "docs" / "json.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.+?)```", text, re.S)
-    assert len(blocks) >= 3
-    namespace = {"__name__": "docs_json"}
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"docs/json.md block {number}", "exec"), namespace)

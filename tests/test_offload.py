@@ -4,9 +4,7 @@ lives and dies with its loop."""
 
 import logging
 import queue
-import re
 import select
-import textwrap
 import threading
 import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -20,7 +18,6 @@ from evloop.offload import DEFAULT_MAX_WORKERS
 from evloop.testing import HandlerHarness
 from protocols import LengthSepEcho
 from tests.conftest import RunningLoop, connect, recv_all, recv_exactly
-from tests.examples import ROOT
 
 WAIT = 10  # seconds any one step may take before the test fails
 
@@ -405,16 +402,6 @@ def test_a_cancelled_call_is_an_error_for_its_client_only(caplog):
     assert "CancelledError" in caplog.text
 
 
-def test_the_concurrency_docs_run():
-    text = (ROOT / "docs" / "concurrency.md").read_text()
-    blocks = re.findall(r"```python\n(.+?)```", text, re.S)
-    assert len(blocks) >= 4
-    namespace = {"__name__": "docs_page"}
-    for number, block in enumerate(blocks, 1):
-        code = textwrap.dedent(block)  # a block may sit indented in a list item
-        exec(compile(code, f"docs/concurrency.md block {number}", "exec"), namespace)
-
-
 def test_logging_is_quiet_for_a_good_run(caplog):
     caplog.set_level(logging.DEBUG, logger="evloop")
     harness, pool = harness_with_manual_pool(Offloaded)
@@ -422,4 +409,3 @@ def test_logging_is_quiet_for_a_good_run(caplog):
     pool.run(0)
     assert harness.advance(0) == frame(b"X")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-

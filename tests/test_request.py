@@ -7,8 +7,6 @@ a server that never answers (None once the timeout has run out)."""
 import re
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +18,7 @@ from hypothesis import strategies as st
 from evloop.testing import HandlerHarness
 from protocols import RequestHandler, do_request, split_address
 from tests.conftest import connect, recv_all
-from tests.examples import ROOT, running_example
+from tests.examples import running_example
 from tests.helpers import assert_handler_every_split
 
 
@@ -320,13 +318,3 @@ def test_request_server_example_threads_and_publichost():
             host, port, _):
         assert host == "0.0.0.0"
         assert do_request(f"127.0.0.1:{port}", "threaded", 10) == "Requested: threaded"
-
-
-def test_the_docs_page_runs():
-    """Every python block of docs/lines.md runs, in order, as a reader would."""
-    text = (ROOT / "docs" / "lines.md").read_text()
-    blocks = re.findall(r"```python\n(.+?)```", text, re.S)
-    assert len(blocks) >= 4
-    result = subprocess.run([sys.executable, "-c", "\n".join(blocks)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr

@@ -14,7 +14,7 @@ from evloop import (ClientHandler, DatagramHandler, DatagramServer, EventLoop, L
                     UnixDatagramServer, UnixServer)
 from protocols import LengthSepEcho
 from tests.conftest import recv_all, recv_exactly
-from tests.examples import ROOT, running_example
+from tests.examples import running_example
 
 
 def frame(body):
@@ -302,21 +302,6 @@ def test_socketserver_style_example_serves_tcp_udp_and_unix(tmp_path):
         assert process.wait(10) == 0
         assert "stopped" in process.stdout.read()
     assert not os.path.exists(path)
-
-
-def test_every_python_block_of_the_transports_page_runs():
-    text = (ROOT / "docs" / "transports.md").read_text()
-    blocks = re.findall(r"```python\n(.+?)```", text, re.S)
-    assert len(blocks) >= 10
-    namespace = {"__name__": "docs_transports"}  # one reader's session
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"docs/transports.md block {number}", "exec"), namespace)
-    # Each socketserver server type and handler style has its section.
-    headings = "\n".join(re.findall(r"^### .*$", text, re.M))
-    for name in ("TCPServer", "BaseRequestHandler", "StreamRequestHandler", "UDPServer",
-                 "DatagramRequestHandler", "UnixStreamServer", "UnixDatagramServer",
-                 "ThreadingMixIn", "ForkingMixIn"):
-        assert f"`{name}`" in headings, name
 
 
 def test_the_transports_benchmark_runs_on_tiny_settings(capsys):

@@ -600,16 +600,6 @@ def test_echo_example_plain_http_gets_426(echo_server):
     assert b"upgrade: websocket" in data.lower()
 
 
-def test_every_python_block_of_docs_websocket_runs():
-    import re
-    page = ROOT / "docs" / "websocket.md"
-    blocks = re.findall(r"```python\n(.+?)```", page.read_text(), re.S)
-    assert len(blocks) >= 4
-    namespace = {"__name__": "docs_websocket"}
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"docs/websocket.md block {number}", "exec"), namespace)
-
-
 def test_chat_example_serves_its_page_and_relays_messages():
     import json
     import urllib.request
