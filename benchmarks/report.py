@@ -345,8 +345,9 @@ def write_markdown(results: dict, path: str, chart_name=None) -> None:
 
 
 def write_chart(results: dict, path: str) -> bool:
-    """A bar chart of each server's throughput over asyncio Protocol's, per
-    workload, with the spread as error bars. False if matplotlib is missing."""
+    """Bar charts of each server over asyncio Protocol, per workload, with the
+    spread as error bars: throughput on top, CPU efficiency (requests per
+    second of server CPU) below. False if matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -360,34 +361,40 @@ def write_chart(results: dict, path: str) -> bool:
     impls = []
     for w in workloads.values():
         impls += [i for i in w["impls"] if i not in impls]
-    fig, ax = plt.subplots(figsize=(10, 5))
+    tables = {name: stats(workload) for name, workload in workloads.items()}
+    fig, axes = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
+    panels = [("ratio", "throughput / asyncio Protocol"),
+              ("cpu_ratio", "CPU efficiency / asyncio Protocol")]
     width = 0.8 / max(len(impls), 1)
-    for index, impl in enumerate(impls):
-        xs, heights, low, high = [], [], [], []
-        for position, (name, workload) in enumerate(workloads.items()):
-            if impl == BASELINE:
-                s = {"median": 1.0, "min": 1.0, "max": 1.0}
-            else:
-                s = stats(workload).get(impl, {}).get("ratio")
-            if not s:
-                continue
-            xs.append(position - 0.4 + width * (index + 0.5))
-            heights.append(s["median"])
-            low.append(s["median"] - s["min"])
-            high.append(s["max"] - s["median"])
-        ax.bar(xs, heights, width, yerr=[low, high], capsize=2, label=impl,
-               edgecolor="black" if impl == "evloop" else None)
-    targets = {name: bound for name, key, bound, _ in TARGETS if key == "ratio"}
-    for position, name in enumerate(workloads):
-        if name in targets:
-            ax.hlines(targets[name], position - 0.4, position + 0.4, colors="red",
-                      linestyles="dotted")
-    ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.set_xticks(range(len(workloads)))
-    ax.set_xticklabels(list(workloads))
-    ax.set_ylabel("throughput / asyncio Protocol (same round)")
-    ax.set_title("evloop and its peers; red dots: evloop's targets")
-    ax.legend(fontsize="small", ncol=4)
+    for ax, (key, label) in zip(axes, panels):
+        for index, impl in enumerate(impls):
+            xs, heights, low, high = [], [], [], []
+            for position, name in enumerate(workloads):
+                if impl == BASELINE and impl in tables[name]:
+                    s = {"median": 1.0, "min": 1.0, "max": 1.0}
+                else:
+                    s = tables[name].get(impl, {}).get(key)
+                if not s:
+                    continue
+                xs.append(position - 0.4 + width * (index + 0.5))
+                heights.append(s["median"])
+                low.append(s["median"] - s["min"])
+                high.append(s["max"] - s["median"])
+            ax.bar(xs, heights, width, yerr=[low, high], capsize=2, label=impl,
+                   edgecolor="black" if impl == "evloop" else None)
+        if key == "ratio":
+            targets = {name: bound for name, k, bound, _ in TARGETS if k == "ratio"}
+            for position, name in enumerate(workloads):
+                if name in targets:
+                    ax.hlines(targets[name], position - 0.4, position + 0.4, colors="red",
+                              linestyles="dotted")
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_ylabel(label)
+    axes[0].set_title("evloop and its peers, ratios within each round (median, min-max); "
+                      "red dots: evloop's targets", fontsize="medium")
+    axes[0].legend(fontsize="small", ncol=4)
+    axes[1].set_xticks(range(len(workloads)))
+    axes[1].set_xticklabels(list(workloads))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
