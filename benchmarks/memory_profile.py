@@ -78,7 +78,9 @@ def _print_top(title, before, after, count, top):
         if abs(stat.size_diff) < count:  # under a byte per connection
             continue
         frame = stat.traceback[0]
-        where = f"{os.path.relpath(frame.filename, run.ROOT) if frame.filename.startswith(run.ROOT) else os.path.basename(frame.filename)}:{frame.lineno}"
+        name = frame.filename
+        name = os.path.relpath(name, run.ROOT) if name.startswith(run.ROOT) else os.path.basename(name)
+        where = f"{name}:{frame.lineno}"
         print(f"{stat.size_diff / count:7.1f} {stat.count_diff / count:7.2f}  {where}")
 
 
@@ -91,9 +93,11 @@ def main(argv=None) -> int:
     run.raise_fd_limit()
     loadgen = run.build_loadgen()
     if args.handler == "json":
-        from protocols.jsonmsg import JsonEcho as handler
+        from protocols.jsonmsg import JsonEcho
+        handler = JsonEcho
     else:
-        from protocols import LengthSepEcho as handler
+        from protocols import LengthSepEcho
+        handler = LengthSepEcho
     loop = EventLoop()
     server = Server("127.0.0.1", 0)
     loop.add_server(server, handler)

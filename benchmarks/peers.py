@@ -39,8 +39,15 @@ import sys
 import threading
 import zlib
 
-__all__ = ["IMPLS", "WORKLOADS", "BadRequest", "split_lengthsep", "split_json",
-           "encode_json", "main"]
+__all__ = [
+    "IMPLS",
+    "WORKLOADS",
+    "BadRequestError",
+    "encode_json",
+    "main",
+    "split_json",
+    "split_lengthsep",
+]
 
 logger = logging.getLogger("evloop.bench")
 
@@ -59,28 +66,28 @@ _encode_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encod
 _decode_text = json.JSONDecoder().decode
 
 
-class BadRequest(Exception):
+class BadRequestError(Exception):
     """The peer broke the protocol; the connection is closed."""
 
 
 def split_lengthsep(buf: bytearray, length: int) -> tuple:
     """Cut the whole requests off the front of ``buf``. ``length`` is the body
     length still awaited from an earlier call (-1: none). Returns (bodies,
-    length now awaited). Raises BadRequest as LengthSepFramer would."""
+    length now awaited). Raises BadRequestError as LengthSepFramer would."""
     bodies = []
     while True:
         if length < 0:
             newline = buf.find(b"\n", 0, MAX_DIGITS + 1)
             if newline < 0:
                 if len(buf) > MAX_DIGITS or (buf and not buf.isdigit()):
-                    raise BadRequest(f"bad length line {bytes(buf[:MAX_DIGITS + 1])!r}")
+                    raise BadRequestError(f"bad length line {bytes(buf[:MAX_DIGITS + 1])!r}")
                 return bodies, -1
             head = buf[:newline]
             if not head.isdigit():
-                raise BadRequest(f"bad length line {bytes(head)!r}")
+                raise BadRequestError(f"bad length line {bytes(head)!r}")
             length = int(head)
             if length > MAX_SIZE:
-                raise BadRequest(f"length {length} over the limit")
+                raise BadRequestError(f"length {length} over the limit")
             del buf[:newline + 1]
         if len(buf) < length:
             return bodies, length
@@ -93,29 +100,29 @@ def check_length_line(line: bytes) -> int:
     """The body length from a length line read by a stream API (with its \\n)."""
     head = line[:-1]
     if not line.endswith(b"\n") or not head.isdigit() or len(head) > MAX_DIGITS:
-        raise BadRequest(f"bad length line {line[:MAX_DIGITS + 1]!r}")
+        raise BadRequestError(f"bad length line {line[:MAX_DIGITS + 1]!r}")
     length = int(head)
     if length > MAX_SIZE:
-        raise BadRequest(f"length {length} over the limit")
+        raise BadRequestError(f"length {length} over the limit")
     return length
 
 
 def check_json_header(header: bytes) -> tuple:
     magic, length, checksum = JSON_HEADER.unpack(header)
     if magic != JSON_MAGIC:
-        raise BadRequest(f"bad magic {magic!r}")
+        raise BadRequestError(f"bad magic {magic!r}")
     if length > JSON_MAX_SIZE:
-        raise BadRequest(f"payload length {length} over the limit")
+        raise BadRequestError(f"payload length {length} over the limit")
     return length, checksum
 
 
 def decode_json(payload: bytes, checksum: int) -> object:
     if zlib.crc32(payload) != checksum:
-        raise BadRequest("checksum mismatch")
+        raise BadRequestError("checksum mismatch")
     try:
         return _decode_text(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadRequest(f"bad payload: {exc}") from None
+        raise BadRequestError(f"bad payload: {exc}") from None
 
 
 def split_json(buf: bytearray) -> list:
@@ -130,7 +137,7 @@ def split_json(buf: bytearray) -> list:
         del buf[:end]
         objects.append(decode_json(payload, checksum))
     if buf and len(buf) < 4 and not JSON_MAGIC.startswith(bytes(buf)):
-        raise BadRequest(f"bad magic {bytes(buf)!r}")
+        raise BadRequestError(f"bad magic {bytes(buf)!r}")
     return objects
 
 
@@ -172,7 +179,7 @@ class _CallbackLogic:
                         close()
                     return
                 replies = [b"%d\n" % len(body) + body for body in bodies]
-        except BadRequest as exc:
+        except BadRequestError as exc:
             logger.warning("closing a connection: %s", exc)
             self.done = True
             close()
@@ -227,7 +234,7 @@ def _streams_handler(workload: str):
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except (BadRequest, asyncio.LimitOverrunError) as exc:
+        except (BadRequestError, asyncio.LimitOverrunError) as exc:
             logger.warning("closing a connection: %s", exc)
         writer.close()
 
@@ -252,7 +259,8 @@ def serve_evloop(workload, port, started, selector=None, limits=None):
     from evloop import Server, loop
     from protocols import LengthSepBody, LengthSepEcho
     if workload == "json":
-        from protocols.jsonmsg import JsonEcho as handler
+        from protocols.jsonmsg import JsonEcho
+        handler = JsonEcho
     else:
         handler = LengthSepEcho if workload == "echo" else LengthSepBody
     server = Server("127.0.0.1", port, limits=limits)
@@ -319,7 +327,7 @@ def serve_threading(workload, port, started, selector=None):
                         wfile.write(body)
                         return
                     wfile.write(b"%d\n" % len(body) + body)
-            except BadRequest as exc:
+            except BadRequestError as exc:
                 logger.warning("%s: closing the connection: %s", self.client_address, exc)
             except ConnectionError:
                 pass
@@ -346,14 +354,14 @@ def serve_twisted(workload, port, started, selector=None):
     from twisted.internet import protocol, reactor
 
     class Peer(protocol.Protocol):
-        def connectionMade(self):
+        def connectionMade(self):  # noqa: N802 (Twisted's name)
             # Twisted leaves Nagle on; evloop, asyncio and uvloop turn it off.
             self.transport.setTcpNoDelay(True)
             self.logic = _CallbackLogic(workload)
             self.write = self.transport.write
             self.close = self.transport.loseConnection
 
-        def dataReceived(self, data):
+        def dataReceived(self, data):  # noqa: N802 (Twisted's name)
             self.logic.received(data, self.write, self.close)
 
     factory = protocol.Factory.forProtocol(Peer)

@@ -37,11 +37,11 @@ __all__ = ["main"]
 
 def profiled_command(tool: str, output: str, server_args: list) -> list:
     if tool == "cprofile":
-        return [sys.executable, "-m", "cProfile", "-o", output, run.PEERS] + server_args
+        return [sys.executable, "-m", "cProfile", "-o", output, run.PEERS, *server_args]
     if tool == "pyinstrument":
         return [sys.executable, "-m", "pyinstrument", "--renderer", "text", "--outfile", output,
-                run.PEERS] + server_args
-    return [sys.executable, run.PEERS] + server_args
+                run.PEERS, *server_args]
+    return [sys.executable, run.PEERS, *server_args]
 
 
 def main(argv=None) -> int:
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
                                     "--native", "--rate", "500", "--output", output,
                                     "--duration", str(int(args.duration + 2))],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        result = run.run_loadgen(load_args + ["--warmup", "0.5", "--duration", str(args.duration)],
+        result = run.run_loadgen([*load_args, "--warmup", "0.5", "--duration", str(args.duration)],
                                  server, timeout=120)
     finally:
         if spy is not None:
@@ -149,7 +149,7 @@ def _print_collapsed(path: str, top: int) -> None:
     print(f"{total} samples; most frequent innermost frames:")
     for frame, count in leaves.most_common(top):
         print(f"{count / total:6.1%}  {frame}")
-    print(f"\nfunctions by inclusive share (on the stack, callees included):")
+    print("\nfunctions by inclusive share (on the stack, callees included):")
     for frame, count in inclusive.most_common(top):
         print(f"{count / total:6.1%}  {frame}")
 

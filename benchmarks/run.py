@@ -39,7 +39,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import report  # noqa: E402
 
-__all__ = ["main", "build_loadgen", "ServerProcess", "WORKLOADS"]
+__all__ = ["WORKLOADS", "ServerProcess", "build_loadgen", "main"]
 
 BUILD_DIR = os.path.join(HERE, "build")
 LOADGEN_SOURCE = os.path.join(HERE, "loadgen.c")
@@ -49,12 +49,12 @@ RESULTS = os.path.join(HERE, "results", "latest.json")
 
 BASELINE = "asyncio-protocol"
 ECHO_IMPLS = ["evloop", "asyncio-protocol", "asyncio-streams", "uvloop", "threading", "twisted"]
-JSON_IMPLS = ECHO_IMPLS + ["jsocket"]
+JSON_IMPLS = [*ECHO_IMPLS, "jsocket"]
 # evloop with its idle, request and write timeouts off (none of the peers has
 # them): where they cost the most, a connection each, it runs as well.
 REFERENCE = "evloop-notimeouts"
-CONN_IMPLS = ["evloop", REFERENCE] + ECHO_IMPLS[1:]
-ALL_IMPLS = ["evloop", REFERENCE] + JSON_IMPLS[1:]
+CONN_IMPLS = ["evloop", REFERENCE, *ECHO_IMPLS[1:]]
+ALL_IMPLS = ["evloop", REFERENCE, *JSON_IMPLS[1:]]
 PEER_MODULES = {"uvloop": "uvloop", "twisted": "twisted", "jsocket": "jsocket"}
 
 # name: (title, server workload, load generator arguments, implementations)
@@ -127,7 +127,7 @@ def raise_fd_limit() -> int:
 
 # -- one server -------------------------------------------------------------------
 
-class ServerFailed(RuntimeError):
+class ServerFailedError(RuntimeError):
     """The server did not start, or died during the measurement."""
 
 
@@ -135,7 +135,7 @@ class ServerProcess:
     """``peers.py IMPL WORKLOAD`` in a child process pinned to the server core;
     ``port`` is parsed from its ``listening on HOST:PORT`` line."""
 
-    def __init__(self, impl: str, workload: str, selector: str = None, log_dir: str = None):
+    def __init__(self, impl: str, workload: str, selector: str | None = None, log_dir: str | None = None):
         command = [sys.executable, PEERS, impl, workload, "--port", "0"]
         if selector:
             command += ["--selector", selector]
@@ -155,7 +155,7 @@ class ServerProcess:
         line = out.readline().decode() if ready else ""
         if not line.startswith("listening on "):
             self.stop()
-            raise ServerFailed(f"{self.name} did not start: {line!r} {self.stderr_tail()}")
+            raise ServerFailedError(f"{self.name} did not start: {line!r} {self.stderr_tail()}")
         return int(line.rsplit(":", 1)[1])
 
     def alive(self) -> bool:
@@ -166,7 +166,7 @@ class ServerProcess:
             for line in status:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
-        raise ServerFailed(f"{self.name}: no VmRSS")
+        raise ServerFailedError(f"{self.name}: no VmRSS")
 
     def open_fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
@@ -196,14 +196,14 @@ class ServerProcess:
 
 
 def run_loadgen(args: list, server: ServerProcess, timeout: float) -> dict:
-    command = [LOADGEN, "--port", str(server.port), "--server-pid", str(server.pid)] + args
+    command = [LOADGEN, "--port", str(server.port), "--server-pid", str(server.pid), *args]
     done = subprocess.run(command, capture_output=True, timeout=timeout,
                           preexec_fn=_pinned(LOADGEN_CPUS))
     lines = done.stdout.decode().strip().splitlines()
     if not lines:
-        raise ServerFailed(f"load generator printed nothing: {done.stderr.decode()[-300:]}")
+        raise ServerFailedError(f"load generator printed nothing: {done.stderr.decode()[-300:]}")
     result = json.loads(lines[-1])
-    if result.get("errors") and result["mode"] != "conn" or not result.get("requests"):
+    if (result.get("errors") and result["mode"] != "conn") or not result.get("requests"):
         why = result.get("first_error") or "no requests completed"
         try:
             # A server that crashed closes its connections just before it exits.
@@ -212,7 +212,7 @@ def run_loadgen(args: list, server: ServerProcess, timeout: float) -> dict:
             pass
         state = "server died" if not server.alive() else "server log"
         tail = server.stderr_tail(1)
-        raise ServerFailed(f"{server.name}: {why}" + (f" ({state}: {tail})" if tail else ""))
+        raise ServerFailedError(f"{server.name}: {why}" + (f" ({state}: {tail})" if tail else ""))
     return result
 
 
@@ -252,7 +252,7 @@ def run_throughput(name: str, impls: list, settings: dict) -> dict:
             try:
                 with ServerProcess(impl, server_workload, log_dir=settings["log_dir"]) as server:
                     row[impl] = summarise(run_loadgen(args + timing, server, timeout=120))
-            except (ServerFailed, subprocess.TimeoutExpired) as exc:
+            except (ServerFailedError, subprocess.TimeoutExpired) as exc:
                 failures[impl] = str(exc)
                 continue
             log(f"  {name} round {round_index + 1} {impl:17s} {row[impl]['rate']:10.0f}/s  "
@@ -271,7 +271,7 @@ def run_idle(impls: list, settings: dict) -> dict:
         for impl in impls:
             try:
                 row[impl] = measure_held(impl, count, settings)
-            except (ServerFailed, subprocess.TimeoutExpired, OSError) as exc:
+            except (ServerFailedError, subprocess.TimeoutExpired, OSError) as exc:
                 failures[impl] = str(exc)
                 continue
             log(f"  idle round {round_index + 1} {impl:17s} "
@@ -303,10 +303,10 @@ def _hold_clients(server: ServerProcess, total: int, settings: dict, silent: boo
 def _read_json_line(process, timeout: float) -> dict:
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     if not ready:
-        raise ServerFailed("load generator did not report in time")
+        raise ServerFailedError("load generator did not report in time")
     line = process.stdout.readline()
     if not line:
-        raise ServerFailed("load generator exited without a report")
+        raise ServerFailedError("load generator exited without a report")
     return json.loads(line)
 
 
@@ -373,7 +373,7 @@ def run_held(impls: list, settings: dict) -> dict:
     if "evloop" in impls:
         try:
             result.update(measure_held("evloop", count, settings))
-        except (ServerFailed, subprocess.TimeoutExpired, OSError) as exc:
+        except (ServerFailedError, subprocess.TimeoutExpired, OSError) as exc:
             result["failure"] = str(exc)
     log(f"  held: {result}")
     return result
@@ -388,7 +388,7 @@ def run_scaling(impls: list, settings: dict) -> dict:
     for total in sizes:
         active = min(50, total)
         args = ["--mode", "echo", "--clients", str(active), "--idle", str(total - active),
-                "--sources", "8"] + timing
+                "--sources", "8", *timing]
         for impl, sel in cases:
             name = f"{impl}/{sel}"
             samples, failure = [], None
@@ -397,7 +397,7 @@ def run_scaling(impls: list, settings: dict) -> dict:
                     with ServerProcess(impl, "echo", selector=sel,
                                        log_dir=settings["log_dir"]) as server:
                         samples.append(summarise(run_loadgen(args, server, timeout=180)))
-                except (ServerFailed, subprocess.TimeoutExpired) as exc:
+                except (ServerFailedError, subprocess.TimeoutExpired) as exc:
                     failure = str(exc)
                     break
             table.setdefault(name, {})[str(total)] = {"samples": samples, "failure": failure}
@@ -473,7 +473,9 @@ def parse_args(argv):
     parser.add_argument("--docs-dir", default=os.path.join(ROOT, "docs"),
                         help="where benchmarks.md and benchmarks.png go")
     parser.add_argument("--no-docs", action="store_true", help="print the table only")
-    parser.add_argument("--results", default=RESULTS, help="raw results as JSON")
+    parser.add_argument("--results", default=None,
+                        help=f"raw results as JSON (default {os.path.relpath(RESULTS, ROOT)}, "
+                             "not written with --no-docs)")
     parser.add_argument("--from-results", action="store_true",
                         help="do not measure: rewrite the report from --results")
     args = parser.parse_args(argv)
@@ -499,6 +501,9 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args, settings, workloads, impls = parse_args(argv)
+    if args.results is None and (args.from_results or not args.no_docs):
+        # A small --no-docs run must not overwrite the results the page came from.
+        args.results = RESULTS
     if args.from_results:
         with open(args.results) as saved:
             results = json.load(saved)
@@ -525,9 +530,10 @@ def main(argv=None) -> int:
                 results["workloads"][name] = run_scaling(impls, settings)
         results["elapsed"] = time.monotonic() - started
         results["environment"]["load_after"] = os.getloadavg()
-        os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-        with open(args.results, "w") as saved:
-            json.dump(results, saved, indent=1)
+        if args.results:
+            os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
+            with open(args.results, "w") as saved:
+                json.dump(results, saved, indent=1)
     print(report.text_table(results))
     if not args.no_docs:
         os.makedirs(args.docs_dir, exist_ok=True)
