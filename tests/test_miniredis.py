@@ -5,11 +5,9 @@ redis-server where one is installed; expiry on a clock the test moves."""
 import contextlib
 import importlib.util
 import logging
-import re
 import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings
@@ -510,18 +508,3 @@ def test_the_asyncio_version_serves_the_same_commands():
             assert recv_all(sock) == b"+PONG\r\n-ERR Protocol error: invalid bulk length\r\n"
 
 
-
-# -- the documentation page runs as written ---------------------------------------
-
-def test_every_python_block_of_the_miniredis_page_runs(monkeypatch):
-    text = (ROOT / "docs" / "miniredis.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.+?)```", text, re.S)
-    assert len(blocks) >= 5
-    monkeypatch.chdir(ROOT)                      # the page imports from examples/
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delitem(sys.modules, "miniredis", raising=False)
-    namespace = {"__name__": "docs_miniredis"}
-    for number, block in enumerate(blocks, 1):
-        exec(compile(block, f"docs/miniredis.md block {number}", "exec"), namespace)
-    assert not namespace["thread"].is_alive()
-    sys.modules.pop("miniredis", None)
