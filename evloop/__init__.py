@@ -6,12 +6,14 @@ from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE, EventLoop
 from .handler import ClientHandler, format_address
 from .lifecycle import ServerLifecycle
+from .limits import DEFAULT_LIMITS, Limits
 from .multiplexer import make_selector
 from .offload import offload_executor, set_offload_executor
 from .serve import loop
 from .server import Server
 from .threaded import LoopThread
 from .timers import Handle, TimerHandle
+from .tls import make_client_context, make_server_context
 from .unix import UnixServer
 from .workers import WorkerProcesses, serve_workers
 
@@ -19,13 +21,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClientHandler",
+    "Connector",
+    "DEFAULT_LIMITS",
     "DatagramHandler",
     "DatagramServer",
-    "Connector",
     "EVENT_READ",
     "EVENT_WRITE",
     "EventLoop",
     "Handle",
+    "Limits",
     "LocalProtocolError",
     "LoopThread",
     "ProtocolError",
@@ -38,7 +42,9 @@ __all__ = [
     "WorkerProcesses",
     "format_address",
     "loop",
+    "make_client_context",
     "make_selector",
+    "make_server_context",
     "offload_executor",
     "open_connection",
     "serve_workers",

@@ -33,9 +33,10 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Deque, Optional, Set, Union
+from typing import Any, Callable, Deque, Dict, Optional, Set, Union
 
 from .multiplexer import make_selector
+from .shutdown import begin_graceful_shutdown
 from .timers import Handle, TimerHandle, TimerQueue
 
 __all__ = ["EventLoop", "EVENT_READ", "EVENT_WRITE"]
@@ -117,6 +118,10 @@ class EventLoop:
         # Run by close() after the connections are closed: resources made
         # lazily for this loop, such as the offload worker pool.
         self._close_callbacks: list = []
+        # The graceful shutdown in progress (evloop.shutdown), and the
+        # figures of the last one that ended.
+        self._shutdown: Any = None
+        self.last_shutdown: Optional[Dict[str, Any]] = None
 
     # -- what the loop is built on ------------------------------------------
 
@@ -220,9 +225,18 @@ class EventLoop:
             self._stopping = False
             self._running_thread = None
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = False, timeout: Optional[float] = None) -> None:
         """Make :meth:`run` return after the current pass. Safe from any
-        thread and from a signal handler; wakes a sleeping loop at once."""
+        thread and from a signal handler; wakes a sleeping loop at once.
+
+        ``graceful=True`` first stops accepting, lets the responses in
+        flight finish for up to ``timeout`` seconds (default: the servers'
+        ``Limits.shutdown_timeout``), cuts what is left, logs how many
+        finished and how many were cut, and then stops (see
+        :mod:`evloop.shutdown`)."""
+        if graceful:
+            self.call_soon_threadsafe(begin_graceful_shutdown, self, timeout)
+            return
         self._stopping = True
         self._waker.wake()
 

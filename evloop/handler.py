@@ -30,7 +30,10 @@ from typing import Any, List, Optional, Union
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE, RECV_BUFFER_SIZE
+from .limits import (DEFAULT_MAX_REQUEST_SIZE, arm_timeouts, limits_of, note_read,
+                     note_write_stall)
 from .output import EMPTY, WANT_WRITE, OutputQueue
+from .tls import WOULD_BLOCK, is_tls, read_pending, send_close_notify
 
 __all__ = ["ClientHandler", "format_address"]
 
@@ -63,23 +66,34 @@ class ClientHandler:
     - ``blocksize``: bytes read at a time from a file that cannot go out with
       ``os.sendfile``.
     - ``recv_size``: most bytes asked of one ``recv()``.
-    - ``write_high_water``: stop reading from this client while more than
-      this many bytes of its replies wait unsent (they pile up when a client
-      sends requests and never reads); reading resumes once they have gone.
+    - ``write_high_water`` / ``write_low_water``: stop reading from this
+      client while more than ``write_high_water`` bytes of its replies wait
+      unsent (they pile up when a client sends requests and never reads);
+      read again once no more than ``write_low_water`` wait. None (the
+      default): the server's :class:`~evloop.limits.Limits`.
+    - ``busy_reply``: bytes sent to a client refused because the server is
+      at ``Limits.max_connections`` (None: it is just closed).
     - ``max_offloaded``: most :meth:`offload` calls of this client in the
       worker pool at once; more wait their turn and reading pauses, so one
       client cannot fill the pool that every client shares.
+
+    ``self.limits`` is the server's :class:`~evloop.limits.Limits`: request
+    size, output marks and timeouts are read from it.
     """
 
     close_when_done = True
     blocksize = 64 * 1024
     recv_size = 256 * 1024
-    write_high_water = 1024 * 1024
+    write_high_water: Optional[int] = None
+    write_low_water: Optional[int] = None
+    busy_reply: Optional[bytes] = None
     max_offloaded = 16
 
     __slots__ = ("server", "loop", "client_socket", "client_address", "incoming",
                  "closed", "_events", "_reading", "_closing", "_batch", "_output",
-                 "_dirty", "_read_paused", "__dict__", "__weakref__")
+                 "_dirty", "_read_paused", "__dict__", "__weakref__",
+                 # Limits and the timeout clocks (evloop.limits).
+                 "limits", "_timer", "_active", "_request_since", "_write_since")
 
     def __init__(self, server: Any, client_socket: socket.socket, client_address: Any) -> None:
         self.server = server
@@ -95,6 +109,10 @@ class ClientHandler:
         self._output: Optional[OutputQueue] = None
         self._dirty = False
         self._read_paused = False
+        self.limits = limits_of(server)
+        self._timer: Any = None
+        self._active = self._write_since = 0.0
+        self._request_since: Optional[float] = None
 
     # -- hooks for subclasses -----------------------------------------------
 
@@ -128,6 +146,10 @@ class ClientHandler:
         while not self._closing:
             used = self.request_complete()
             if not used:
+                limit = self.limits.max_request_size or DEFAULT_MAX_REQUEST_SIZE
+                if len(self.incoming) > limit:
+                    raise RemoteProtocolError(
+                        f"request over the limit of {limit} bytes and not complete")
                 return
             response = self.make_response()
             incoming = self.incoming
@@ -245,6 +267,41 @@ class ClientHandler:
         from .offload import offload_call
         return offload_call(self, func, args, kwargs)
 
+    def pending_input(self) -> int:
+        """Bytes of an incomplete request buffered now (0: between
+        requests). The request timeout runs while this is not 0; a handler
+        that buffers input elsewhere than ``incoming`` says how much here."""
+        return len(self.incoming)
+
+    def handle_timeout(self, kind: str, seconds: float) -> None:
+        """A timeout fired: ``kind`` is ``"idle"``, ``"request"`` or
+        ``"write"`` (see :mod:`evloop.limits`). The default logs which (a
+        warning; idle is only info) and closes the connection; a protocol
+        with a reply for it (HTTP's 408) may send that and call
+        :meth:`close_when_sent` instead."""
+        level = logging.INFO if kind == "idle" else logging.WARNING
+        logger.log(level, "%s: %s timeout (%gs) fired; closing the connection",
+                   self.peer, kind, seconds)
+        self.close()
+
+    def shutdown_gracefully(self) -> bool:
+        """The loop is shutting down gracefully: finish what is in flight,
+        then close. A connection with nothing in flight closes now (returns
+        True); one in the middle of a request is served that request; a
+        reply already queued goes out first. Returns False while something
+        is still in flight."""
+        if self.closed:
+            return True
+        idle = (not self.pending_input() and self._output is None and self._batch is None
+                and not self._dirty)
+        if idle:
+            self.close()
+            return True
+        if not self.pending_input():
+            self.close_when_sent()
+        # Otherwise handle_read() closes it once the request is whole.
+        return False
+
     def close(self) -> None:
         """Close the connection now, dropping unsent output. Idempotent."""
         if self.closed:
@@ -261,11 +318,20 @@ class ClientHandler:
             self._output.close()
             self._output = None
         self._batch = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         try:
             sock.close()
         except OSError:
             pass
+        gone = getattr(self.server, "_client_gone", None)
+        if gone is not None:
+            gone()
         self.loop.handlers.discard(self)
+        shutdown = self.loop._shutdown
+        if shutdown is not None:
+            shutdown.connection_closed(self)
         try:
             self.finish()
         except Exception:
@@ -278,6 +344,7 @@ class ClientHandler:
         self.loop.handlers.add(self)
         self._events = EVENT_READ
         self.loop.set_events(self.client_socket, 0, EVENT_READ, self)
+        arm_timeouts(self)
         self.setup()
 
     def handle_read(self) -> None:
@@ -290,16 +357,28 @@ class ClientHandler:
                 data = bytes(buffer[:sock.recv_into(buffer, self.recv_size)])
             else:
                 data = sock.recv(self.recv_size)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:  # TLS: SSLWantRead/WriteError mean "not now" too
             return
         if data:
-            self.data_received(data)
+            if type(sock) is not socket.socket and is_tls(sock):
+                data = read_pending(sock, data, self.recv_size)
+            if self._timer is None:
+                self.data_received(data)
+            else:
+                before = self.pending_input()
+                self.data_received(data)
+                note_read(self, before, len(data))
+            if self.loop._shutdown is not None and not self.closed and not self.pending_input():
+                self.close_when_sent()  # a graceful shutdown waited for this request
         else:
             self._reading = False
             if not self.eof_received():
                 self.close_when_sent()
 
     def handle_write(self) -> None:
+        if self._timer is not None:
+            # Writable again: the client is taking its output.
+            self._write_since = self._active = self.loop.time()
         self.flush()
 
     def flush(self) -> None:
@@ -318,7 +397,7 @@ class ClientHandler:
             if output is None:
                 try:
                     sent = sock.send(data)
-                except (BlockingIOError, InterruptedError):
+                except WOULD_BLOCK:
                     sent = 0
                 if sent == len(data):
                     state = EMPTY
@@ -347,11 +426,32 @@ class ClientHandler:
             self._close_gracefully()
             return
         events = 0
-        if self._reading and not self._closing and not self._read_paused and (
-                output is None or output.buffered <= self.write_high_water):
-            events = EVENT_READ
+        if self._reading and not self._closing and not self._read_paused:
+            if output is None:
+                events = EVENT_READ
+            else:
+                # Hysteresis: reading stops above the high-water mark and
+                # starts again only at the low one, so a client that never
+                # reads is not read from a little at each send.
+                if self._events & EVENT_READ:
+                    mark = self.write_high_water
+                    if mark is None:
+                        mark = self.limits.write_high_water
+                else:
+                    mark = self.write_low_water
+                    if mark is None:
+                        # The server's low mark, unless the class set a high
+                        # one below it.
+                        high = self.write_high_water
+                        mark = self.limits.write_low_water
+                        if high is not None and high < mark:
+                            mark = high
+                if output.buffered <= mark:
+                    events = EVENT_READ
         if state == WANT_WRITE:
             events |= EVENT_WRITE
+            if not self._events & EVENT_WRITE and self._timer is not None:
+                note_write_stall(self)
         if events != self._events:
             self.loop.set_events(sock, self._events, events, self)
             self._events = events
@@ -387,6 +487,8 @@ class ClientHandler:
     def _close_gracefully(self) -> None:
         sock = self.client_socket
         try:
+            if type(sock) is not socket.socket:
+                send_close_notify(sock)  # TLS: the end of the stream, signed
             sock.shutdown(socket.SHUT_WR)
             if self._reading:
                 drained = 0

@@ -31,6 +31,7 @@ import threading
 from typing import Any, Dict, Optional, Tuple
 
 from .eventloop import EventLoop
+from .shutdown import handle_signals
 
 __all__ = ["ServerLifecycle"]
 
@@ -74,7 +75,11 @@ class ServerLifecycle:
     def serve_forever(self, handler_class: Any = None, poll_interval: Optional[float] = 0.5,
                       *, selector: Any = None) -> None:
         """Serve until :meth:`shutdown` (from another thread or a handler) or
-        ``KeyboardInterrupt``, which propagates as in socketserver.
+        ``KeyboardInterrupt`` raised by a handler, which propagates as in
+        socketserver. In the main thread SIGINT (Ctrl-C) and SIGTERM shut
+        down gracefully instead (unless the program handles them itself):
+        no new clients, responses in flight finish, then it returns (see
+        :mod:`evloop.shutdown`).
 
         ``handler_class`` is needed only the first time, when the server is
         not on a loop yet: a loop is made (``selector`` picks its
@@ -114,7 +119,8 @@ class ServerLifecycle:
                 done.set()
                 return
         try:
-            loop.run(max_wait=poll_interval)
+            with handle_signals(loop):
+                loop.run(max_wait=poll_interval)
         finally:
             with _LOCK:
                 self._shutdown_request = False

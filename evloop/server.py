@@ -5,7 +5,15 @@ is the selector's target for that socket: on readability it accepts as many
 clients as are waiting (up to ``accepts_per_wakeup``, so a connect flood
 cannot starve established clients) and gives each its own handler. Accept
 errors that mean "out of descriptors or memory" pause accepting for a moment
-instead of spinning; errors that concern one client skip that client.
+instead of spinning, with one rate-limited log line however long it lasts;
+errors that concern one client skip that client.
+
+Each server counts its connections against ``Limits.max_connections`` (by
+default derived from the descriptor limit, see :mod:`evloop.limits`): over
+it a new client is accepted, sent the handler class's ``busy_reply`` and
+closed, so it learns at once instead of waiting in the backlog. With
+``ssl=`` a context, each client first goes through a non-blocking TLS
+handshake (:mod:`evloop.tls`), then gets the same handler.
 """
 
 import errno
@@ -15,6 +23,8 @@ from typing import Any, Optional, Tuple
 
 from .eventloop import EVENT_READ
 from .lifecycle import ServerLifecycle
+from .limits import DEFAULT_LIMITS, Limits, RateLimitedLog, default_max_connections
+from .tls import TLSHandshake
 
 __all__ = ["Server"]
 
@@ -37,6 +47,11 @@ class Server(ServerLifecycle):
     :attr:`address` and :attr:`port` tell which. ``sock`` serves an already
     bound listening socket instead.
 
+    ``ssl`` is an ``ssl.SSLContext`` (see :func:`evloop.tls.make_server_context`)
+    to serve TLS; ``limits`` a :class:`~evloop.limits.Limits` for this
+    server's clients (default :data:`~evloop.limits.DEFAULT_LIMITS`).
+    :attr:`connections` counts the clients it holds now.
+
     socketserver's ``serve_forever()``, ``shutdown()``, ``server_close()``
     and ``with`` come from :class:`~evloop.lifecycle.ServerLifecycle`.
     """
@@ -46,7 +61,9 @@ class Server(ServerLifecycle):
 
     def __init__(self, host: str = "localhost", port: int = 0, *, family: int = 0,
                  backlog: int = 1024, reuse_port: bool = False,
-                 sock: Optional[socket.socket] = None) -> None:
+                 sock: Optional[socket.socket] = None, ssl: Any = None,
+                 limits: Optional[Limits] = None) -> None:
+        self._init_limits(ssl, limits)
         if sock is None:
             sock = _bind_tcp(host, port, family, backlog, reuse_port)
         sock.setblocking(False)
@@ -66,6 +83,13 @@ class Server(ServerLifecycle):
     def port(self) -> int:
         return int(self.address[1])
 
+    def _init_limits(self, ssl: Any, limits: Optional[Limits]) -> None:
+        self.ssl_context = ssl
+        self.limits = limits if limits is not None else DEFAULT_LIMITS
+        self.connections = 0
+        self.max_connections = 0  # set when served: the descriptor limit is read then
+        self.refused = 0
+
     # -- what the loop calls ------------------------------------------------
 
     def _start_serving(self, loop: Any, handler_class: Any) -> None:
@@ -73,6 +97,12 @@ class Server(ServerLifecycle):
             raise RuntimeError("this server is already served by a loop")
         self.loop = loop
         self.handler_class = handler_class
+        self.max_connections = (self.limits.max_connections
+                                or default_max_connections(loop.selector))
+        # Conditions that repeat as fast as clients connect get one log
+        # line per 10 seconds of loop time, not one per client.
+        self._accept_log = RateLimitedLog(10.0, loop.time, logger)
+        self._refuse_log = RateLimitedLog(10.0, loop.time, logger)
         self._resume_accepting()
 
     def _resume_accepting(self) -> None:
@@ -97,24 +127,86 @@ class Server(ServerLifecycle):
                 if exc.errno in _ACCEPT_SKIP:
                     continue
                 if exc.errno in _ACCEPT_PAUSE:
-                    logger.error("%s: accept failed (%s); pausing for %.2fs",
-                                 self, exc.strerror, self.accept_pause)
+                    # Retrying at once would spin: the backlog stays
+                    # readable until a descriptor frees up.
+                    self._accept_log(logging.ERROR, "%s: accept failed (%s); pausing "
+                                     "accepting for %.2fs at a time until it works",
+                                     self, exc.strerror, self.accept_pause)
                     self._pause_accepting(self.accept_pause)
                     return
                 raise
+            if self.connections >= self.max_connections:
+                self._refuse(client, address)
+                continue
             self.connection_made(client, address)
 
+    def _refuse(self, client: socket.socket, address: Any) -> None:
+        """Over max_connections: tell the client (``busy_reply``) and close."""
+        from .handler import format_address
+        self.refused += 1
+        self._refuse_log(logging.WARNING, "%s: refused %s: %d connections open, the limit "
+                         "(Limits.max_connections) is %d", self, format_address(address),
+                         self.connections, self.max_connections)
+        reply = getattr(self.handler_class, "busy_reply", None)
+        try:
+            client.setblocking(False)
+            if reply and self.ssl_context is None:
+                client.send(reply)
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        client.close()
+
+    def _client_gone(self) -> None:
+        """A connection of this server closed (its handler or its handshake)."""
+        if self.connections > 0:
+            self.connections -= 1
+
+    def _share_host(self, address: Tuple[Any, ...]) -> Tuple[Any, ...]:
+        # accept() makes a new host string for every client; many clients
+        # share a few hosts (a proxy, a NAT), so keep one copy of each and
+        # save an idle connection ~60 bytes. The cache is bounded.
+        hosts = self._hosts
+        host = address[0]
+        shared = hosts.get(host)
+        if shared is None:
+            if len(hosts) >= 4096:
+                hosts.clear()
+            hosts[host] = host
+            return address
+        return (shared,) + address[1:]
+
     def connection_made(self, client: socket.socket, address: Any) -> None:
-        """Make a handler for a freshly accepted client and start it."""
+        """Make a handler for a freshly accepted client and start it (after
+        the TLS handshake, on a TLS server)."""
         client.setblocking(False)
         if self._tcp:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connections += 1
+        if self.ssl_context is not None:
+            try:
+                handshake = TLSHandshake(self, client, address)
+            except Exception:
+                logger.exception("%s: could not start TLS for %s", self, address)
+                client.close()
+                self._client_gone()
+                return
+            try:
+                handshake.start()
+            except Exception as exc:
+                self.loop._report_error(handshake, exc)
+            return
+        self._start_handler(client, address)
+
+    def _start_handler(self, client: socket.socket, address: Any) -> None:
+        """Make the handler for a counted connection and start it."""
         try:
             handler = self.handler_class(self, client, address)
         except Exception:
             logger.exception("%s: could not create %s for %s", self,
                              getattr(self.handler_class, "__name__", self.handler_class), address)
             client.close()
+            self._client_gone()
             return
         try:
             handler.start()

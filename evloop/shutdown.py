@@ -18,8 +18,9 @@ own thread. It
    were cut, keeps those figures in ``loop.last_shutdown``, and stops the
    loop, so ``run()`` returns.
 
-Nothing polls: the loop tells the shutdown each time a connection closes
-(``EventLoop._connection_closed``), and one timer holds the deadline.
+Nothing polls: a connection that closes tells the shutdown
+(``ClientHandler.close``), which keeps the set of those it waits for; one
+timer holds the deadline.
 
 :func:`handle_signals` makes SIGINT and SIGTERM start a graceful shutdown
 (a second signal stops at once); ``loop()`` and ``serve_forever()`` use it.
@@ -29,7 +30,7 @@ import contextlib
 import logging
 import signal
 import threading
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Set
 
 from .limits import DEFAULT_LIMITS, limits_of
 
@@ -54,6 +55,7 @@ class GracefulShutdown:
         self.cut = 0
         self.done = False
         self._deadline: Any = None
+        self._waiting: Set[Any] = set()  # connections with something in flight
         self._counting = False  # begin() is still going through the connections
 
     @property
@@ -67,39 +69,49 @@ class GracefulShutdown:
         self.started = loop.time()
         for server in loop.servers:
             loop.remove_server(server)
-        connections = loop.handlers
+        connections = list(loop.handlers)  # closing one changes the loop's set
         logger.info("graceful shutdown: no longer accepting; %d connections open, "
                     "waiting up to %gs for them to finish", len(connections), self.timeout)
         self._counting = True
+        waiting = self._waiting
         for connection in connections:
             finish = getattr(connection, "shutdown_gracefully", None)
-            if finish is None or finish():
-                if finish is None:
-                    connection.close()
+            if finish is None:
+                connection.close()  # a kind of connection that cannot finish by itself
                 self.idle += 1
-            else:
-                self.in_flight += 1
+            elif finish():
+                self.idle += 1
+            elif not connection.closed:
+                waiting.add(connection)
+        self.in_flight = len(waiting)
         self._counting = False
         if self.timeout > 0:
             self._deadline = loop.call_later(self.timeout, self._cut)
         else:
             self._cut()
-        self.connection_closed()
+        if not waiting:
+            self._end()
 
-    def connection_closed(self) -> None:
-        """A connection closed: end the shutdown if it was the last."""
-        # The loop's count, not its handler set: that would make N closes cost N^2.
-        if not self.done and not self._counting and self.loop.connection_count <= 0:
+    def connection_closed(self, connection: Any) -> None:
+        """``connection`` closed: end the shutdown if it was the last one
+        waited for. O(1), so N connections finishing cost O(N)."""
+        waiting = self._waiting
+        waiting.discard(connection)
+        if not waiting and not self.done and not self._counting:
             self._end()
 
     def _cut(self) -> None:
         self._deadline = None
         if self.done:
             return
-        remaining = self.loop.handlers
-        self.cut = len(remaining)
-        for connection in remaining:
+        self.cut = sum(1 for connection in self._waiting if not connection.closed)
+        self._waiting.clear()
+        # Whatever else is still open (a connection made during the
+        # shutdown) goes too.
+        self._counting = True
+        for connection in list(self.loop.handlers):
             connection.close()
+        self._counting = False
         self._end()
 
     def _end(self) -> None:

@@ -145,11 +145,12 @@ class UnixServer(Server):
     ``FileExistsError``. ``mode`` sets the file's permission bits (who may
     connect). ``sock`` serves an already bound listening socket instead (its
     file is then removed on close as well). The file is removed when the
-    server closes.
+    server closes. ``ssl`` and ``limits`` are as for :class:`Server`.
     """
 
     def __init__(self, path: Optional[PathLike] = None, *, backlog: int = 1024,
-                 mode: Optional[int] = None, sock: Optional[socket.socket] = None) -> None:
+                 mode: Optional[int] = None, sock: Optional[socket.socket] = None,
+                 ssl: Any = None, limits: Any = None) -> None:
         if sock is None:
             if path is None:
                 raise TypeError("UnixServer needs a path or a sock")
@@ -159,7 +160,7 @@ class UnixServer(Server):
             except BaseException:
                 sock.close()
                 raise
-        super().__init__(sock=sock)
+        super().__init__(sock=sock, ssl=ssl, limits=limits)
         self._socket_file = _SocketFile(self.address)
 
     @property

@@ -96,8 +96,9 @@ class FramedHandler(ClientHandler):
     Set ``framer_class`` (or override :meth:`make_framer`); override
     :meth:`make_response`, which finds the current request in
     ``self.request``. (socketserver users: the socket is
-    ``self.client_socket``.) ``max_size`` is handed to the framer. Persistent
-    by default: ``close_when_done = False``.
+    ``self.client_socket``.) ``max_size`` is handed to the framer (None: the
+    server's ``Limits.max_request_size``, else the framer's own default).
+    Persistent by default: ``close_when_done = False``.
     """
 
     close_when_done = False
@@ -123,8 +124,14 @@ class FramedHandler(ClientHandler):
 
     def make_framer(self) -> Framer:
         """The framer for this connection."""
-        framer: Framer = self.framer_class(self.max_size)
+        size = self.max_size if self.max_size is not None else self.limits.max_request_size
+        framer: Framer = self.framer_class(size)
         return framer
+
+    def pending_input(self) -> int:
+        """Bytes of an incomplete request the framer holds (for the request timeout)."""
+        framer = self._framer
+        return framer.buffered if framer is not None else 0
 
     def data_received(self, data: bytes) -> None:
         self.framer.feed(data)
