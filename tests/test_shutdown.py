@@ -103,7 +103,7 @@ def test_the_deadline_comes_from_the_servers_limits(shutting_loop):
     server = shutting_loop.serve(LengthSepEcho, limits=Limits(shutdown_timeout=0.2))
     with connect(server) as stuck:
         stuck.sendall(b"9\nab")
-        assert wait_on_loop(shutting_loop, lambda: shutting_loop.loop.connection_count == 1
+        assert wait_on_loop(shutting_loop, lambda: len(shutting_loop.loop.handlers) == 1
                             and any(h.pending_input() for h in shutting_loop.loop.handlers))
         shutting_loop.loop.stop(graceful=True)
         assert recv_all(stuck) == b""
