@@ -82,6 +82,7 @@ class ClientHandler:
     """
 
     close_when_done = True
+    is_client_handler = True  # how the loop tells connections from listeners
     blocksize = 64 * 1024
     recv_size = 256 * 1024
     write_high_water: Optional[int] = None
@@ -89,9 +90,11 @@ class ClientHandler:
     busy_reply: Optional[bytes] = None
     max_offloaded = 16
 
+    # Slots keep an idle connection small (a subclass without __slots__ still
+    # gets a __dict__ for its own attributes).
     __slots__ = ("server", "loop", "client_socket", "client_address", "incoming",
                  "closed", "_events", "_reading", "_closing", "_batch", "_output",
-                 "_dirty", "_read_paused", "__dict__", "__weakref__",
+                 "_dirty", "_read_paused",
                  # Limits and the timeout clocks (evloop.limits).
                  "limits", "_timer", "_active", "_request_since", "_write_since")
 
@@ -100,7 +103,8 @@ class ClientHandler:
         self.loop = server.loop
         self.client_socket = client_socket
         self.client_address = client_address
-        self.incoming = bytearray()
+        # The shared empty bytes until data arrives: an idle client costs nothing here.
+        self.incoming: Any = b""
         self.closed = False
         self._events = 0
         self._reading = True
@@ -152,6 +156,7 @@ class ClientHandler:
                         f"request over the limit of {limit} bytes and not complete")
                 return
             response = self.make_response()
+            self.loop.requests += 1
             incoming = self.incoming
             if used is True:
                 del incoming[:]
@@ -328,7 +333,7 @@ class ClientHandler:
         gone = getattr(self.server, "_client_gone", None)
         if gone is not None:
             gone()
-        self.loop.handlers.discard(self)
+        self.loop._connection_closed(self)
         shutdown = self.loop._shutdown
         if shutdown is not None:
             shutdown.connection_closed(self)
@@ -341,7 +346,7 @@ class ClientHandler:
 
     def start(self) -> None:
         """Begin serving: register for reading and run :meth:`setup`."""
-        self.loop.handlers.add(self)
+        self.loop._connection_opened(self)
         self._events = EVENT_READ
         self.loop.set_events(self.client_socket, 0, EVENT_READ, self)
         arm_timeouts(self)
@@ -362,6 +367,7 @@ class ClientHandler:
         if data:
             if type(sock) is not socket.socket and is_tls(sock):
                 data = read_pending(sock, data, self.recv_size)
+            self.loop.bytes_received += len(data)
             if self._timer is None:
                 self.data_received(data)
             else:
@@ -399,6 +405,7 @@ class ClientHandler:
                     sent = sock.send(data)
                 except WOULD_BLOCK:
                     sent = 0
+                self.loop.bytes_sent += sent
                 if sent == len(data):
                     state = EMPTY
                 else:
@@ -418,6 +425,8 @@ class ClientHandler:
                 self._output = None
                 self._batch = None
                 raise
+            finally:
+                self.loop.bytes_sent += output.take_sent_count()
             if state == EMPTY:
                 self._output = output = None
         elif batch is None:
@@ -454,6 +463,10 @@ class ClientHandler:
                 note_write_stall(self)
         if events != self._events:
             self.loop.set_events(sock, self._events, events, self)
+            if not events:
+                self.loop._parked.add(self)
+            elif not self._events:
+                self.loop._parked.discard(self)
             self._events = events
 
     # -- internals ------------------------------------------------------------

@@ -85,13 +85,14 @@ class OutputQueue:
     generators not yet read).
     """
 
-    __slots__ = ("_items", "blocksize", "buffered", "_on_future_done")
+    __slots__ = ("_items", "blocksize", "buffered", "_on_future_done", "_sent")
 
     def __init__(self, blocksize: int, on_future_done: Any) -> None:
         self._items: Deque[Any] = collections.deque()
         self.blocksize = blocksize
         self.buffered = 0
         self._on_future_done = on_future_done
+        self._sent = 0
 
     def __bool__(self) -> bool:
         return bool(self._items)
@@ -152,6 +153,7 @@ class OutputQueue:
                     # it does: the unsent data stays at the head.
                     return WANT_WRITE
                 self.buffered -= sent
+                self._sent += sent
                 if sent == len(head):
                     items.popleft()
                     continue
@@ -177,6 +179,11 @@ class OutputQueue:
                     continue
                 items.extendleft(reversed(self._pieces(chunk)))
         return EMPTY
+
+    def take_sent_count(self) -> int:
+        """Bytes sent since the last call (for the loop's statistics)."""
+        sent, self._sent = self._sent, 0
+        return sent
 
     def _join_head(self) -> bytes:
         items = self._items
@@ -223,6 +230,7 @@ class OutputQueue:
                 return True
             if sent:
                 source.offset += sent
+                self._sent += sent
                 return True
             self._items.popleft()
             source.close()

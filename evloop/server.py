@@ -74,6 +74,7 @@ class Server(ServerLifecycle):
         self.closed = False
         self._listening = False
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._hosts: dict = {}
 
     @property
     def host(self) -> str:
@@ -182,6 +183,7 @@ class Server(ServerLifecycle):
         client.setblocking(False)
         if self._tcp:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            address = self._share_host(address)
         self.connections += 1
         if self.ssl_context is not None:
             try:

@@ -53,6 +53,7 @@ class FakeSocket:
         self.eof = False
         self.sent = bytearray()
         self.send_calls = 0
+        self.options_set: List[Tuple[int, int, Any]] = []
         self.closed = False
         self.write_shut = False
         self._window_size = send_window
@@ -100,8 +101,8 @@ class FakeSocket:
     def getpeername(self) -> Any:
         return self.peer
 
-    def setsockopt(self, *args: Any) -> None:
-        pass
+    def setsockopt(self, level: int, option: int, value: Any) -> None:
+        self.options_set.append((level, option, value))
 
     def setblocking(self, flag: bool) -> None:
         pass

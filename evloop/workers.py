@@ -68,13 +68,15 @@ class WorkerProcesses:
     ``selector`` picks each worker's multiplexer. ``worker_setup(loop,
     index)``, if given, runs in each worker before it serves, e.g. to open
     the worker's own database connection. ``shutdown_timeout`` is how long a
-    stopping worker lets open connections finish.
+    stopping worker lets open connections finish. ``limits`` (an
+    :class:`~evloop.limits.Limits`) bounds each worker's clients.
     """
 
     def __init__(self, handler_class: Any, host: str = "localhost", port: int = 0, *,
                  workers: int = 2, family: int = 0, backlog: int = 1024, selector: Any = None,
                  worker_setup: Optional[Callable[[EventLoop, int], None]] = None,
-                 shutdown_timeout: float = 5.0, max_wait: Optional[float] = None) -> None:
+                 shutdown_timeout: float = 5.0, max_wait: Optional[float] = None,
+                 limits: Any = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers!r}")
         if not hasattr(os, "fork") or not hasattr(socket, "SO_REUSEPORT"):
@@ -86,6 +88,7 @@ class WorkerProcesses:
         self.worker_setup = worker_setup
         self.shutdown_timeout = shutdown_timeout
         self.max_wait = max_wait
+        self.limits = limits
         self._reserved = _reserve_address(host, port, family)
         self.address = self._reserved.getsockname()
         self.family = self._reserved.family
@@ -316,7 +319,7 @@ class WorkerProcesses:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             _Lifeline(loop, self._lifeline_r, lambda: on_stop_signal(0, None))
             server = Server(self.host, self.port, family=self.family, backlog=self.backlog,
-                            reuse_port=True)
+                            reuse_port=True, limits=self.limits)
             loop.add_server(server, self.handler_class)
             if self.worker_setup is not None:
                 self.worker_setup(loop, index)

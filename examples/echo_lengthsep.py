@@ -18,7 +18,7 @@ class UpperBody(LengthSepBody):
     """The recipe's way to write a protocol: override make_response()."""
 
     def make_response(self):
-        return [self.msg_body.upper()] if self.server.upper else [self.msg_body]
+        return [self.msg_body.upper()]
 
 
 def main(argv=None):
@@ -30,9 +30,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     server = Server(args.host, args.port)
-    server.upper = args.upper
     print(f"listening on {server.host}:{server.port}", flush=True)
-    loop(server, LengthSepEcho if args.persistent else UpperBody)
+    if args.persistent:
+        handler = LengthSepEcho
+    else:
+        handler = UpperBody if args.upper else LengthSepBody
+    loop(server, handler)
 
 
 if __name__ == "__main__":

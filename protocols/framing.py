@@ -149,6 +149,7 @@ class FramedHandler(ClientHandler):
             if request is NEED_DATA:
                 return
             self.request = request
+            self.loop.requests += 1
             self.send(self.make_response())
             if self.close_when_done:
                 self.close_when_sent()

@@ -43,7 +43,8 @@ def split_address(address: str, *, server: bool = False) -> Tuple[str, int]:
       (``server=True``) binds every interface (``""``), which is how the
       machine's public addresses come to accept connections.
 
-    Raises ValueError if there is no port or it is not a number in 0-65535.
+    Raises ValueError if the host is missing or the port is not a number
+    in 0-65535 (yoton's port words, hashed into numbers, are not taken).
     """
     host, _, port_text = address.rpartition(":")
     if not (host and port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:

@@ -1,0 +1,238 @@
+"""The command line: ``python -m evloop serve MODULE:HANDLER``.
+
+It imports a handler class, builds the server the options ask for, serves it
+on one loop until Ctrl-C or SIGTERM, and turns the errors a person makes
+(a module that is not there, a port in use, a port they may not bind) into
+one clear line instead of a traceback.
+"""
+
+import argparse
+import errno
+import importlib
+import importlib.util
+import logging
+import os
+import signal
+import sys
+from typing import Any, List, Optional
+
+from . import __version__
+
+__all__ = ["main", "load_handler"]
+
+logger = logging.getLogger("evloop")
+
+EXAMPLE = """\
+example:
+  python -m evloop serve protocols:LengthSepEcho --port 8000
+  printf '5\\nhello' | nc localhost 8000     # answers: 5\\nhello
+
+MODULE:HANDLER names a handler class: a module on the path (protocols,
+myapp.handlers) or a file (examples/echo_lengthsep.py), then the class.
+"""
+
+
+class CommandError(Exception):
+    """A mistake on the command line or in the environment: one line, exit 2."""
+
+
+def load_handler(spec: str) -> Any:
+    """Import ``MODULE:NAME`` (a dotted module or a ``.py`` file) and return
+    the named class. Raises CommandError with a one-line reason."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise CommandError(f"expected MODULE:HANDLER, got {spec!r}")
+    if module_name.endswith(".py") or os.sep in module_name:
+        if not os.path.isfile(module_name):
+            raise CommandError(f"no such file: {module_name}")
+        name = os.path.splitext(os.path.basename(module_name))[0]
+        location = importlib.util.spec_from_file_location(name, module_name)
+        if location is None or location.loader is None:
+            raise CommandError(f"cannot import {module_name}")
+        module = importlib.util.module_from_spec(location)
+        sys.modules[name] = module
+        location.loader.exec_module(module)
+    else:
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # as `python -m` would, for local modules
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise CommandError(f"module not found: {exc.name}") from None
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        raise CommandError(f"module {module_name!r} has no attribute {attribute!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evloop", description="Serve a protocol handler on a single-threaded event loop.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"evloop {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="serve MODULE:HANDLER", epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("handler", metavar="MODULE:HANDLER", help="the handler class to serve")
+    where = serve.add_argument_group("where to listen")
+    where.add_argument("--host", default="localhost",
+                       help="address to bind (default: localhost; 0.0.0.0 or :: for every interface)")
+    where.add_argument("--port", type=int, default=8000, help="TCP or UDP port (default: 8000; 0 picks one)")
+    where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket at PATH instead")
+    where.add_argument("--udp", action="store_true", help="serve datagrams (the handler is a DatagramHandler)")
+    where.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain (PEM)")
+    where.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    how = serve.add_argument_group("how to run")
+    how.add_argument("--selector", default=None,
+                     help="select, poll, epoll, kqueue (default: the best this platform has)")
+    how.add_argument("--workers", type=int, default=1,
+                     help="processes sharing the port with SO_REUSEPORT (default: 1)")
+    limits = serve.add_argument_group(
+        "limits and timeouts", "per-connection bounds; see docs/security.md (seconds; 0 switches a timeout off)")
+    limits.add_argument("--max-connections", type=int, metavar="N",
+                        help="connections held at once (default: from the descriptor limit)")
+    limits.add_argument("--max-request-size", type=int, metavar="BYTES",
+                        help="bytes one incomplete request may buffer (default: the protocol's own)")
+    for name, default in (("idle", 300), ("request", 60), ("write", 60), ("handshake", 10)):
+        limits.add_argument(f"--{name}-timeout", type=float, metavar="SECONDS",
+                            help=f"{name} timeout (default: {default})")
+    limits.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
+                        help="how long a graceful stop lets responses finish (default: 10)")
+    how.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error", "critical"])
+    how.add_argument("--stats", type=float, metavar="SECONDS",
+                     help="log a one-line report (connections, requests/s, bytes, loop lag) this often")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return serve(args)
+    except CommandError as exc:
+        print(f"evloop: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"evloop: error: {_describe_os_error(exc, args)}", file=sys.stderr)
+        return 1
+
+
+def _describe_os_error(exc: OSError, args: argparse.Namespace) -> str:
+    where = args.unix or f"{args.host}:{args.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where} is already in use"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied binding {where}" + (
+            " (ports below 1024 need privileges)" if not args.unix and 0 < args.port < 1024 else "")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{args.host} is not an address of this machine"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    from .limits import DEFAULT_LIMITS
+    changes = {}
+    if args.max_connections is not None:
+        changes["max_connections"] = args.max_connections
+    if args.max_request_size is not None:
+        changes["max_request_size"] = args.max_request_size
+    for name in ("idle_timeout", "request_timeout", "write_timeout", "handshake_timeout"):
+        value = getattr(args, name)
+        if value is not None:
+            changes[name] = value or None  # 0 switches it off
+    if args.shutdown_timeout is not None:
+        changes["shutdown_timeout"] = args.shutdown_timeout
+    try:
+        return DEFAULT_LIMITS.replace(**changes)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _make_server(args: argparse.Namespace, ssl_context: Any, limits: Any) -> Any:
+    if args.udp:
+        if ssl_context is not None:
+            raise CommandError("--tls-cert/--tls-key do not apply to --udp")
+        from .datagram import DatagramServer, UnixDatagramServer
+        if args.unix:
+            return UnixDatagramServer(args.unix)
+        return DatagramServer(args.host, args.port)
+    if args.unix:
+        from .unix import UnixServer
+        return UnixServer(args.unix, ssl=ssl_context, limits=limits)
+    from .server import Server
+    return Server(args.host, args.port, ssl=ssl_context, limits=limits)
+
+
+def _ssl_context(args: argparse.Namespace) -> Any:
+    if not args.tls_cert and not args.tls_key:
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise CommandError("--tls-cert and --tls-key go together")
+    import ssl
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CommandError(f"cannot load the TLS certificate or key: {exc}") from None
+    return context
+
+
+def _serve_workers(args: argparse.Namespace, handler_class: Any, ssl_context: Any, limits: Any) -> int:
+    from .workers import WorkerProcesses
+    if args.unix or args.udp or ssl_context is not None:
+        raise CommandError("--workers serves plain TCP; it does not combine with --unix, --udp or TLS")
+    supervisor = WorkerProcesses(handler_class, args.host, args.port, workers=args.workers,
+                                 selector=args.selector, shutdown_timeout=limits.shutdown_timeout,
+                                 limits=limits)
+
+    def ready(processes: Any) -> None:
+        logger.info("listening on %s:%d with %d workers", processes.host, processes.port, args.workers)
+
+    supervisor.run(ready)
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .eventloop import EventLoop
+    from .multiplexer import make_selector
+    handler_class = load_handler(args.handler)
+    if not isinstance(handler_class, type):
+        raise CommandError(f"{args.handler} is not a class")
+    if args.workers < 1:
+        raise CommandError("--workers must be at least 1")
+    try:
+        make_selector(args.selector).close()
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    ssl_context = _ssl_context(args)
+    limits = _limits(args)
+    if args.workers > 1:
+        return _serve_workers(args, handler_class, ssl_context, limits)
+    server = _make_server(args, ssl_context, limits)
+    where = args.unix or f"{server.host}:{server.port}"
+    event_loop = EventLoop(args.selector)
+    reporter = None
+    try:
+        event_loop.add_server(server, handler_class)
+        if args.stats:
+            from .stats import StatsReporter
+            reporter = StatsReporter(event_loop, args.stats)
+        # SIGTERM and Ctrl-C stop gracefully: no new clients, in-flight
+        # responses finish within --shutdown-timeout, the rest are cut.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: event_loop.stop(graceful=True))
+        logger.info("listening on %s", where)
+        event_loop.run()
+        logger.info("stopped")
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+        event_loop.close()
+    return 0

@@ -1,0 +1,166 @@
+"""`python -m evloop`: help, version, clear one-line errors, serving, stats."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from evloop import __version__
+from tests.conftest import recv_exactly
+from tests.examples import ROOT
+
+
+def run_cli(*args, timeout=30, **options):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "evloop", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT, **options)
+
+
+def test_no_arguments_prints_help_with_a_working_example():
+    result = run_cli()
+    assert result.returncode == 0
+    assert "python -m evloop serve protocols:LengthSepEcho --port 8000" in result.stdout
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"evloop {__version__}"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no_such_module:Handler", "evloop: error: module not found: no_such_module"),
+    ("protocols:NoSuchHandler", "evloop: error: module 'protocols' has no attribute 'NoSuchHandler'"),
+    ("missing/file.py:Handler", "evloop: error: no such file: missing/file.py"),
+    ("protocols", "evloop: error: expected MODULE:HANDLER, got 'protocols'"),
+])
+def test_mistakes_are_one_clear_line(spec, message):
+    result = run_cli("serve", spec)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message
+
+
+def test_port_in_use_is_one_clear_line():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "protocols:LengthSepEcho", "--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"evloop: error: 127.0.0.1:{port} is already in use"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to run the command as an unprivileged user")
+def test_permission_denied_is_one_clear_line():
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-m", "evloop", "serve", "protocols:LengthSepEcho", "--port", "80"],
+        capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd="/")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "evloop: error: permission denied binding localhost:80 (ports below 1024 need privileges)")
+
+
+def test_serve_answers_and_reports_stats():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evloop", "serve", "protocols:LengthSepEcho", "--port", "0",
+         "--stats", "0.05"], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        for line in process.stderr:
+            found = re.search(r"listening on (\S+):(\d+)", line)
+            if found:
+                break
+        with socket.create_connection((found.group(1), int(found.group(2))), timeout=10) as sock:
+            sock.sendall(b"5\nhello" * 10)
+            assert recv_exactly(sock, 70) == b"5\nhello" * 10
+            for line in process.stderr:
+                stats = re.search(r"connections=(\d+) requests/s=(\d+) in=\S+ out=\S+ lag=[\d.]+ms", line)
+                if stats and int(stats.group(2)) > 0:
+                    assert int(stats.group(1)) == 1
+                    break
+        process.terminate()  # SIGTERM: a clean stop
+        assert process.wait(10) == 0
+        assert "stopped" in process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+
+
+def test_serve_a_handler_from_a_file():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evloop", "serve", "examples/echo_lengthsep.py:UpperBody",
+         "--port", "0"], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        for line in process.stderr:
+            found = re.search(r"listening on (\S+):(\d+)", line)
+            if found:
+                break
+        with socket.create_connection((found.group(1), int(found.group(2))), timeout=10) as sock:
+            sock.sendall(b"2\nhi")
+            assert recv_exactly(sock, 2) == b"HI"
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+
+
+def _start_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-m", "evloop", "serve", *args],
+                               stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    for line in process.stderr:
+        found = re.search(r"listening on (\S+):(\d+)", line)
+        if found:
+            return process, found.group(1), int(found.group(2))
+    raise AssertionError("the server did not start")
+
+
+def test_workers_share_the_port_and_stop_on_sigterm():
+    process, host, port = _start_cli("protocols:LengthSepEcho", "--port", "0", "--workers", "2")
+    try:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(b"2\nhi")
+            assert recv_exactly(sock, 4) == b"2\nhi"
+        process.terminate()
+        assert process.wait(20) == 0
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    with socket.socket() as probe:  # the port is free again
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
+def test_timeouts_from_the_command_line_close_idle_clients():
+    process, host, port = _start_cli("protocols:LengthSepEcho", "--port", "0", "--idle-timeout", "0.2")
+    try:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            assert sock.recv(10) == b""  # closed by the server's idle timeout
+        for line in process.stderr:
+            if "idle" in line and "timeout" in line:
+                break
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--idle-timeout", "-1"], "idle_timeout must be a number of seconds"),
+    (["--workers", "2", "--udp"], "--workers serves plain TCP"),
+    (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
+])
+def test_bad_option_combinations_are_one_clear_line(options, message):
+    result = run_cli("serve", "protocols:LengthSepEcho", "--port", "0", *options)
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.count("\n") == 1
