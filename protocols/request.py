@@ -121,7 +121,7 @@ def do_request(address: str, request: str, timeout: Optional[float] = -1, *,
     ``ssl`` is an ``ssl.SSLContext`` to speak TLS with (see
     :func:`evloop.tls.make_client_context`); the server's certificate is
     checked against the host. A TLS stream cannot be half-closed without
-    ending the session, so over TLS the request is ended by its ``\r\n``
+    ending the session, so over TLS the request is ended by its ``\\r\\n``
     alone; ``ssl.SSLError`` (an OSError) reports a failed handshake.
     """
     if not isinstance(request, str):

@@ -96,11 +96,12 @@ def main(argv):
     sys.path.insert(0, str(ROOT))
     text = render()
     if "--check" in argv:
-        if not PAGE.exists() or PAGE.read_text() != text:
+        # Bytes, not text: a docstring's "\r\n" must not be read back as "\n".
+        if not PAGE.exists() or PAGE.read_bytes().decode("utf-8") != text:
             print("docs/api.md is out of date: run python tools/make_api_docs.py", file=sys.stderr)
             return 1
         return 0
-    PAGE.write_text(text)
+    PAGE.write_bytes(text.encode("utf-8"))
     return 0
 
 
