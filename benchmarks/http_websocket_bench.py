@@ -42,8 +42,7 @@ loop(server, App)
 
 def start(command):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     line = process.stdout.readline()
     match = re.search(r"listening on (\S+):(\d+)", line)
     if not match:
@@ -62,8 +61,10 @@ def websocket_numbers(port):
             ws.send(message)
             ws.recv()
         elapsed = time.perf_counter() - began
-        print(f"websocket: {count} sequential 32-byte round trips: {count / elapsed:,.0f}/s "
-              f"({elapsed / count * 1e6:.0f} us each)")
+        print(
+            f"websocket: {count} sequential 32-byte round trips: {count / elapsed:,.0f}/s "
+            f"({elapsed / count * 1e6:.0f} us each)"
+        )
         big = os.urandom(16 * 1024 * 1024)
         began = time.perf_counter()
         ws.send(big)
@@ -74,8 +75,10 @@ def websocket_numbers(port):
         began = time.perf_counter()
         ws.send(fragment for _ in range(fragments))
         assert len(ws.recv()) == fragments * 64
-        print(f"websocket: 4 MiB text in {fragments} fragments of 64 bytes (Autobahn 9.3.1 shape): "
-              f"{time.perf_counter() - began:.3f} s")
+        print(
+            f"websocket: 4 MiB text in {fragments} fragments of 64 bytes (Autobahn 9.3.1 shape): "
+            f"{time.perf_counter() - began:.3f} s"
+        )
 
 
 def http_numbers(port):
@@ -98,13 +101,13 @@ def http_numbers(port):
             while seen < batch:
                 seen += sock.recv(1 << 20).count(b"HTTP/1.1 200")
         elapsed = time.perf_counter() - began
-    print(f"http: {batch * rounds} GETs pipelined {batch} per write: "
-          f"{batch * rounds / elapsed:,.0f}/s")
+    print(f"http: {batch * rounds} GETs pipelined {batch} per write: {batch * rounds / elapsed:,.0f}/s")
 
 
 def main():
-    echo, port = start([sys.executable, str(ROOT / "examples" / "websocket_echo.py"),
-                        "--host", "127.0.0.1", "--port", "0"])
+    echo, port = start(
+        [sys.executable, str(ROOT / "examples" / "websocket_echo.py"), "--host", "127.0.0.1", "--port", "0"]
+    )
     try:
         websocket_numbers(port)
     finally:

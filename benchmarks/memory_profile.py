@@ -49,6 +49,7 @@ def _snapshot(loop):
     def take():
         gc.collect()
         return tracemalloc.take_snapshot()
+
     return _on_loop(loop, take)
 
 
@@ -94,9 +95,11 @@ def main(argv=None) -> int:
     loadgen = run.build_loadgen()
     if args.handler == "json":
         from protocols.jsonmsg import JsonEcho
+
         handler = JsonEcho
     else:
         from protocols import LengthSepEcho
+
         handler = LengthSepEcho
     loop = EventLoop()
     server = Server("127.0.0.1", 0)
@@ -107,18 +110,47 @@ def main(argv=None) -> int:
     tracemalloc.start()
     try:
         # Warm up the code paths and the allocator, as the benchmark does.
-        warm = subprocess.run([loadgen, "--port", str(server.port), "--mode", "echo",
-                               "--clients", "50", "--warmup", "0", "--duration", "0.2"],
-                              capture_output=True, timeout=60)
+        warm = subprocess.run(
+            [
+                loadgen,
+                "--port",
+                str(server.port),
+                "--mode",
+                "echo",
+                "--clients",
+                "50",
+                "--warmup",
+                "0",
+                "--duration",
+                "0.2",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
         if warm.returncode != 0:
             raise RuntimeError(f"warm-up failed: {warm.stdout!r}")
         _on_loop(loop, lambda: None)
         if not _wait_for_zero(loop):
             raise RuntimeError("the warm-up connections did not close")
         before = _snapshot(loop)
-        client = subprocess.Popen([loadgen, "--port", str(server.port), "--mode", "hold",
-                                   "--clients", str(count), "--silent", "1", "--sources", "8"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        client = subprocess.Popen(
+            [
+                loadgen,
+                "--port",
+                str(server.port),
+                "--mode",
+                "hold",
+                "--clients",
+                str(count),
+                "--silent",
+                "1",
+                "--sources",
+                "8",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             held = json.loads(client.stdout.readline())
             if held["held"] != count or not _wait_for(loop, count):
@@ -139,10 +171,8 @@ def main(argv=None) -> int:
         thread.join(30)
         loop.close()
     name = handler.__name__
-    _print_top(f"{name}, {count} connections, accepted, nothing sent yet", before, idle, count,
-               args.top)
-    _print_top(f"{name}, {count} connections, each answered once", before, answered, count,
-               args.top)
+    _print_top(f"{name}, {count} connections, accepted, nothing sent yet", before, idle, count, args.top)
+    _print_top(f"{name}, {count} connections, each answered once", before, answered, count, args.top)
     return 0
 
 

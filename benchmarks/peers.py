@@ -51,8 +51,16 @@ __all__ = [
 
 logger = logging.getLogger("evloop.bench")
 
-IMPLS = ["evloop", "evloop-notimeouts", "asyncio-protocol", "asyncio-streams", "uvloop",
-         "threading", "twisted", "jsocket"]
+IMPLS = [
+    "evloop",
+    "evloop-notimeouts",
+    "asyncio-protocol",
+    "asyncio-streams",
+    "uvloop",
+    "threading",
+    "twisted",
+    "jsocket",
+]
 WORKLOADS = ["echo", "body", "json"]
 
 # LengthSepFramer's default limit, and so its digit limit.
@@ -80,7 +88,7 @@ def split_lengthsep(buf: bytearray, length: int) -> tuple:
             newline = buf.find(b"\n", 0, MAX_DIGITS + 1)
             if newline < 0:
                 if len(buf) > MAX_DIGITS or (buf and not buf.isdigit()):
-                    raise BadRequestError(f"bad length line {bytes(buf[:MAX_DIGITS + 1])!r}")
+                    raise BadRequestError(f"bad length line {bytes(buf[: MAX_DIGITS + 1])!r}")
                 return bodies, -1
             head = buf[:newline]
             if not head.isdigit():
@@ -88,7 +96,7 @@ def split_lengthsep(buf: bytearray, length: int) -> tuple:
             length = int(head)
             if length > MAX_SIZE:
                 raise BadRequestError(f"length {length} over the limit")
-            del buf[:newline + 1]
+            del buf[: newline + 1]
         if len(buf) < length:
             return bodies, length
         bodies.append(bytes(buf[:length]))
@@ -100,7 +108,7 @@ def check_length_line(line: bytes) -> int:
     """The body length from a length line read by a stream API (with its \\n)."""
     head = line[:-1]
     if not line.endswith(b"\n") or not head.isdigit() or len(head) > MAX_DIGITS:
-        raise BadRequestError(f"bad length line {line[:MAX_DIGITS + 1]!r}")
+        raise BadRequestError(f"bad length line {line[: MAX_DIGITS + 1]!r}")
     length = int(head)
     if length > MAX_SIZE:
         raise BadRequestError(f"length {length} over the limit")
@@ -129,11 +137,11 @@ def split_json(buf: bytearray) -> list:
     """Cut the whole JSN1 messages off the front of ``buf``, decoded."""
     objects = []
     while len(buf) >= JSON_HEADER.size:
-        length, checksum = check_json_header(bytes(buf[:JSON_HEADER.size]))
+        length, checksum = check_json_header(bytes(buf[: JSON_HEADER.size]))
         end = JSON_HEADER.size + length
         if len(buf) < end:
             break
-        payload = bytes(buf[JSON_HEADER.size:end])
+        payload = bytes(buf[JSON_HEADER.size : end])
         del buf[:end]
         objects.append(decode_json(payload, checksum))
     if buf and len(buf) < 4 and not JSON_MAGIC.startswith(bytes(buf)):
@@ -151,6 +159,7 @@ def frame(body: bytes) -> bytes:
 
 
 # -- callback peers: asyncio Protocol, uvloop, Twisted share these --------------
+
 
 class _CallbackLogic:
     """The per-read work of a callback-style peer; ``write`` and
@@ -243,8 +252,7 @@ def _streams_handler(workload: str):
 
 async def _serve_streams(workload, port, started):
     loop = asyncio.get_running_loop()
-    server = await asyncio.start_server(_streams_handler(workload), "127.0.0.1", port,
-                                        backlog=1024)
+    server = await asyncio.start_server(_streams_handler(workload), "127.0.0.1", port, backlog=1024)
     started(server.sockets[0].getsockname())
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -255,11 +263,14 @@ async def _serve_streams(workload, port, started):
 
 # -- the implementations --------------------------------------------------------
 
+
 def serve_evloop(workload, port, started, selector=None, limits=None):
     from evloop import Server, loop
     from protocols import LengthSepBody, LengthSepEcho
+
     if workload == "json":
         from protocols.jsonmsg import JsonEcho
+
         handler = JsonEcho
     else:
         handler = LengthSepEcho if workload == "echo" else LengthSepBody
@@ -273,6 +284,7 @@ def serve_evloop_notimeouts(workload, port, started, selector=None):
     """evloop with its per-connection timeouts off (the peers have none):
     what the idle, request and write timers cost."""
     from evloop.limits import DEFAULT_LIMITS
+
     limits = DEFAULT_LIMITS.replace(idle_timeout=None, request_timeout=None, write_timeout=None)
     serve_evloop(workload, port, started, selector, limits)
 
@@ -283,6 +295,7 @@ def serve_asyncio_protocol(workload, port, started, selector=None):
         event_loop = asyncio.new_event_loop()
     else:
         from evloop import make_selector
+
         event_loop = asyncio.SelectorEventLoop(make_selector(selector))
     event_loop.run_until_complete(_serve_asyncio(factory, port, started))
 
@@ -293,8 +306,10 @@ def serve_asyncio_streams(workload, port, started, selector=None):
 
 def serve_uvloop(workload, port, started, selector=None):
     import uvloop
+
     uvloop.new_event_loop().run_until_complete(
-        _serve_asyncio(asyncio_protocol_class(workload), port, started))
+        _serve_asyncio(asyncio_protocol_class(workload), port, started)
+    )
 
 
 def serve_threading(workload, port, started, selector=None):
@@ -350,6 +365,7 @@ def serve_threading(workload, port, started, selector=None):
 
 def serve_twisted(workload, port, started, selector=None):
     from twisted.internet import epollreactor
+
     epollreactor.install()
     from twisted.internet import protocol, reactor
 
@@ -417,8 +433,9 @@ def main(argv=None) -> None:
     parser.add_argument("impl", choices=IMPLS)
     parser.add_argument("workload", choices=WORKLOADS)
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--selector", default=None,
-                        help="evloop / asyncio-protocol: select, poll, epoll or default")
+    parser.add_argument(
+        "--selector", default=None, help="evloop / asyncio-protocol: select, poll, epoll or default"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     raise_fd_limit()

@@ -39,8 +39,17 @@ def profiled_command(tool: str, output: str, server_args: list) -> list:
     if tool == "cprofile":
         return [sys.executable, "-m", "cProfile", "-o", output, run.PEERS, *server_args]
     if tool == "pyinstrument":
-        return [sys.executable, "-m", "pyinstrument", "--renderer", "text", "--outfile", output,
-                run.PEERS, *server_args]
+        return [
+            sys.executable,
+            "-m",
+            "pyinstrument",
+            "--renderer",
+            "text",
+            "--outfile",
+            output,
+            run.PEERS,
+            *server_args,
+        ]
     return [sys.executable, run.PEERS, *server_args]
 
 
@@ -64,20 +73,38 @@ def main(argv=None) -> int:
             spy_path = shutil.which("py-spy")
             if spy_path is None:
                 raise SystemExit("py-spy is not installed (pip install -e '.[bench]')")
-            spy = subprocess.Popen([spy_path, "record", "--pid", str(server.pid), "--format", "raw",
-                                    "--native", "--rate", "500", "--output", output,
-                                    "--duration", str(int(args.duration + 2))],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        result = run.run_loadgen([*load_args, "--warmup", "0.5", "--duration", str(args.duration)],
-                                 server, timeout=120)
+            spy = subprocess.Popen(
+                [
+                    spy_path,
+                    "record",
+                    "--pid",
+                    str(server.pid),
+                    "--format",
+                    "raw",
+                    "--native",
+                    "--rate",
+                    "500",
+                    "--output",
+                    output,
+                    "--duration",
+                    str(int(args.duration + 2)),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        result = run.run_loadgen(
+            [*load_args, "--warmup", "0.5", "--duration", str(args.duration)], server, timeout=120
+        )
     finally:
         if spy is not None:
             spy.wait(60)
         server.stop()
     requests = result["requests"]
-    print(f"{args.workload}: {requests} requests in {result['seconds']:.2f} s under {args.tool} "
-          f"({requests / result['seconds']:,.0f}/s, server CPU "
-          f"{result['server_cpu'] / requests * 1e6:.1f} us per request with the profiler on)")
+    print(
+        f"{args.workload}: {requests} requests in {result['seconds']:.2f} s under {args.tool} "
+        f"({requests / result['seconds']:,.0f}/s, server CPU "
+        f"{result['server_cpu'] / requests * 1e6:.1f} us per request with the profiler on)"
+    )
     if args.tool == "cprofile":
         _print_cprofile(output, requests, args.top)
     elif args.tool == "pyinstrument":
@@ -95,8 +122,13 @@ def _start(command):
             self.stderr_path = os.path.join(run.BUILD_DIR, "server-profiled.log")
             os.makedirs(run.BUILD_DIR, exist_ok=True)
             self._stderr = open(self.stderr_path, "wb")
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr,
-                                            preexec_fn=run._pinned(run.SERVER_CPUS), cwd=run.ROOT)
+            self.process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                preexec_fn=run._pinned(run.SERVER_CPUS),
+                cwd=run.ROOT,
+            )
             self.pid = self.process.pid
             self.port = self._wait_listening(timeout=30)
 
@@ -124,8 +156,10 @@ def _print_cprofile(path: str, requests: int, top: int) -> None:
     print(f"{'own us/req':>10} {'share':>6} {'calls/req':>9}  function")
     for (filename, line, name), (_cc, calls, tottime, _ct, _callers) in rows[:top]:
         where = f"{os.path.basename(filename)}:{line}" if line else filename
-        print(f"{tottime / requests * 1e6:10.2f} {tottime / total:6.1%} {calls / requests:9.2f}  "
-              f"{name} ({where})")
+        print(
+            f"{tottime / requests * 1e6:10.2f} {tottime / total:6.1%} {calls / requests:9.2f}  "
+            f"{name} ({where})"
+        )
 
 
 def _print_collapsed(path: str, top: int) -> None:

@@ -59,21 +59,41 @@ class Server:
 
     def __init__(self, name: str, core: Optional[int]) -> None:
         self.name = name
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        )
         if name == "redis-server":
             self.port = free_port()
-            command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                       "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+            command = [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ]
             ready = "Ready to accept connections"
         else:
-            script = (ROOT / "examples" / "miniredis.py" if "evloop" in name
-                      else ROOT / "benchmarks" / "miniredis_asyncio.py")
+            script = (
+                ROOT / "examples" / "miniredis.py"
+                if "evloop" in name
+                else ROOT / "benchmarks" / "miniredis_asyncio.py"
+            )
             command = [sys.executable, str(script), "--host", "127.0.0.1", "--port", "0"]
             ready = "listening on"
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=env,
-                                        preexec_fn=pin(core))
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            preexec_fn=pin(core),
+        )
         assert self.process.stdout is not None
         seen = []
         for line in self.process.stdout:
@@ -103,21 +123,35 @@ class Server:
 
 
 class Sample(NamedTuple):
-    rps: float                 # requests per second, as redis-benchmark counted them
-    server_us: float           # server CPU per request, microseconds
-    server_cpu: float          # server CPU over the run, % of one core
-    client_cpu: float          # redis-benchmark's CPU over the run, % of one core
+    rps: float  # requests per second, as redis-benchmark counted them
+    server_us: float  # server CPU per request, microseconds
+    server_cpu: float  # server CPU over the run, % of one core
+    client_cpu: float  # redis-benchmark's CPU over the run, % of one core
 
 
-def run_benchmark(server: Server, test: str, pipeline: int, requests: int,
-                  core: Optional[int]) -> Sample:
+def run_benchmark(server: Server, test: str, pipeline: int, requests: int, core: Optional[int]) -> Sample:
     """One redis-benchmark run of one test."""
-    command = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(server.port), "-c", "50",
-               "-n", str(requests), "-P", str(pipeline), "-t", test.lower(), "--csv"]
+    command = [
+        "redis-benchmark",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(server.port),
+        "-c",
+        "50",
+        "-n",
+        str(requests),
+        "-P",
+        str(pipeline),
+        "-t",
+        test.lower(),
+        "--csv",
+    ]
     cpu_before = server.cpu_seconds()
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               preexec_fn=pin(core))
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=pin(core)
+    )
     assert process.stdout is not None
     out = process.stdout.read().decode()
     # wait4, not wait: it also says how much CPU the client used.
@@ -135,14 +169,18 @@ def run_benchmark(server: Server, test: str, pipeline: int, requests: int,
     # Shares of a core over the time redis-benchmark measured, not the
     # process's whole life: its start and its 50 connects are not the test.
     measured = min(elapsed, requests / rps[0])
-    return Sample(rps[0], 1e6 * server_cpu / requests, 100 * server_cpu / measured,
-                  100 * client_cpu / measured)
+    return Sample(
+        rps[0], 1e6 * server_cpu / requests, 100 * server_cpu / measured, 100 * client_cpu / measured
+    )
 
 
 def version(command: List[str]) -> str:
     try:
-        return subprocess.run(command, capture_output=True, text=True,
-                              check=False).stdout.strip().splitlines()[0]
+        return (
+            subprocess.run(command, capture_output=True, text=True, check=False)
+            .stdout.strip()
+            .splitlines()[0]
+        )
     except (OSError, IndexError):
         return "unknown"
 
@@ -171,8 +209,9 @@ def starved(sample: Sample) -> bool:
     return sample.server_cpu < STARVED and sample.client_cpu < STARVED
 
 
-def measure(tests: List[str], pipelines: List[int], runs: int,
-            requests: Dict[int, int]) -> Tuple[Result, int]:
+def measure(
+    tests: List[str], pipelines: List[int], runs: int, requests: Dict[int, int]
+) -> Tuple[Result, int]:
     """Every test against every server, ``runs`` times; returns the samples
     and how many starved ones were measured again."""
     cores = sorted(os.sched_getaffinity(0))
@@ -189,20 +228,20 @@ def measure(tests: List[str], pipelines: List[int], runs: int,
             for pipeline in pipelines:
                 for test in tests:
                     for server in servers:
-                        sample = run_benchmark(server, test, pipeline, requests[pipeline],
-                                               client_core)
+                        sample = run_benchmark(server, test, pipeline, requests[pipeline], client_core)
                         for _ in range(2):
                             if not starved(sample):
                                 break
                             retried += 1
-                            sample = run_benchmark(server, test, pipeline, requests[pipeline],
-                                                   client_core)
+                            sample = run_benchmark(server, test, pipeline, requests[pipeline], client_core)
                         results.setdefault((server.name, test, pipeline), []).append(sample)
-                        print(f"run {run} {server.name:20} {test:10} -P {pipeline:<2} "
-                              f"{sample.rps:>11,.0f} req/s  "
-                              f"server {sample.server_us:5.2f} us/req, CPU "
-                              f"{sample.server_cpu:3.0f}%  client CPU {sample.client_cpu:3.0f}%",
-                              flush=True)
+                        print(
+                            f"run {run} {server.name:20} {test:10} -P {pipeline:<2} "
+                            f"{sample.rps:>11,.0f} req/s  "
+                            f"server {sample.server_us:5.2f} us/req, CPU "
+                            f"{sample.server_cpu:3.0f}%  client CPU {sample.client_cpu:3.0f}%",
+                            flush=True,
+                        )
     finally:
         for server in servers:
             server.stop()
@@ -220,18 +259,23 @@ def spread(results: Result, name: str, test: str, pipeline: int) -> str:
 
 
 def throughput_table(results: Result, tests: List[str], pipelines: List[int]) -> List[str]:
-    lines = ["| test | -P | redis-server req/s | evloop req/s | asyncio req/s "
-             "| evloop / redis | evloop / asyncio | caveats |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| test | -P | redis-server req/s | evloop req/s | asyncio req/s "
+        "| evloop / redis | evloop / asyncio | caveats |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for pipeline in pipelines:
         for test in tests:
             rate = {name: median(results, name, test, pipeline, "rps") for name in SERVERS}
             lines.append(
                 f"| {test} | {pipeline} "
-                + "".join(f"| {rate[name]:,.0f} ({spread(results, name, test, pipeline)}) "
-                          for name in (REAL, EVLOOP, ASYNCIO))
+                + "".join(
+                    f"| {rate[name]:,.0f} ({spread(results, name, test, pipeline)}) "
+                    for name in (REAL, EVLOOP, ASYNCIO)
+                )
                 + f"| {rate[EVLOOP] / rate[REAL]:.2f}x | {rate[EVLOOP] / rate[ASYNCIO]:.2f}x "
-                f"| {caveats(results, test, pipeline) or '-'} |")
+                f"| {caveats(results, test, pipeline) or '-'} |"
+            )
     return lines
 
 
@@ -249,18 +293,23 @@ def caveats(results: Result, test: str, pipeline: int) -> str:
 
 
 def cpu_table(results: Result, tests: List[str], pipelines: List[int]) -> List[str]:
-    lines = ["| test | -P | redis-server us/req | evloop us/req | asyncio us/req "
-             "| redis / evloop | asyncio / evloop | client CPU % (redis, evloop, asyncio) |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| test | -P | redis-server us/req | evloop us/req | asyncio us/req "
+        "| redis / evloop | asyncio / evloop | client CPU % (redis, evloop, asyncio) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for pipeline in pipelines:
         for test in tests:
             cost = {name: median(results, name, test, pipeline, "server_us") for name in SERVERS}
-            client = ", ".join(f"{median(results, name, test, pipeline, 'client_cpu'):.0f}"
-                               for name in (REAL, EVLOOP, ASYNCIO))
+            client = ", ".join(
+                f"{median(results, name, test, pipeline, 'client_cpu'):.0f}"
+                for name in (REAL, EVLOOP, ASYNCIO)
+            )
             lines.append(
                 f"| {test} | {pipeline} | {cost[REAL]:.2f} | {cost[EVLOOP]:.2f} "
                 f"| {cost[ASYNCIO]:.2f} | {cost[REAL] / cost[EVLOOP]:.2f}x "
-                f"| {cost[ASYNCIO] / cost[EVLOOP]:.2f}x | {client} |")
+                f"| {cost[ASYNCIO] / cost[EVLOOP]:.2f}x | {client} |"
+            )
     return lines
 
 
@@ -270,17 +319,21 @@ def verdict(results: Result) -> List[str]:
         if (REAL, test, 16) in results and (EVLOOP, test, 16) in results:
             ours = median(results, EVLOOP, test, 16, "rps")
             real = median(results, REAL, test, 16, "rps")
-            efficiency = (median(results, REAL, test, 16, "server_us")
-                          / median(results, EVLOOP, test, 16, "server_us"))
+            efficiency = median(results, REAL, test, 16, "server_us") / median(
+                results, EVLOOP, test, 16, "server_us"
+            )
             mark = "met" if ours / real >= 0.30 else "NOT met"
-            lines.append(f"- {test} with `-P 16`: {ours / real:.2f}x redis-server's requests "
-                         f"per second (target 0.30x: {mark}); by server CPU per request, "
-                         f"{efficiency:.2f}x.")
+            lines.append(
+                f"- {test} with `-P 16`: {ours / real:.2f}x redis-server's requests "
+                f"per second (target 0.30x: {mark}); by server CPU per request, "
+                f"{efficiency:.2f}x."
+            )
     return lines
 
 
-def write_report(results: Result, tests: List[str], pipelines: List[int], runs: int,
-                 retried: int, command: str) -> None:
+def write_report(
+    results: Result, tests: List[str], pipelines: List[int], runs: int, retried: int, command: str
+) -> None:
     cores = len(os.sched_getaffinity(0))
     text = [
         "# miniredis against redis-server and asyncio",
@@ -300,10 +353,10 @@ def write_report(results: Result, tests: List[str], pipelines: List[int], runs: 
         "## Requests per second",
         "",
         f"Median of {runs} run(s), spread (min-max) in brackets; ratios are of medians.",
-        "Caveats: \"client-bound\" marks a server against which redis-benchmark",
+        'Caveats: "client-bound" marks a server against which redis-benchmark',
         f"itself used {CLIENT_BOUND:.0f}% or more of its core: the rate is then the",
         "client's limit as much as the server's, and the ratio flatters the slower",
-        "server. \"starved\" marks one whose server and client both stayed under",
+        'server. "starved" marks one whose server and client both stayed under',
         f"{STARVED:.0f}% of their cores: other work on the machine held the run back,",
         "and its rate (and any ratio built on it) is not to be trusted. A starved",
         f"sample is measured again, twice at most: {retried} were, in this report.",
@@ -315,7 +368,7 @@ def write_report(results: Result, tests: List[str], pipelines: List[int], runs: 
         "",
         "Microseconds of CPU (user + system, from `/proc`) the server process used",
         "per request, median of the runs: the server's own cost, which a saturated",
-        "client cannot hide. \"redis / evloop\" is the share of redis-server's",
+        'client cannot hide. "redis / evloop" is the share of redis-server\'s',
         "efficiency miniredis reaches.",
         "",
         *cpu_table(results, tests, pipelines),
@@ -349,16 +402,15 @@ def write_report(results: Result, tests: List[str], pipelines: List[int], runs: 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--tests", default=",".join(TESTS),
-                        help="redis-benchmark tests, comma-separated")
+    parser.add_argument("--tests", default=",".join(TESTS), help="redis-benchmark tests, comma-separated")
     parser.add_argument("--pipelines", default="1,16", help="-P values, comma-separated")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer requests per run; the report is not written")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer requests per run; the report is not written"
+    )
     args = parser.parse_args(argv)
     for tool in ("redis-benchmark", "redis-server"):
         if shutil.which(tool) is None:
-            print(f"{tool} not found: apt-get install redis-tools redis-server",
-                  file=sys.stderr)
+            print(f"{tool} not found: apt-get install redis-tools redis-server", file=sys.stderr)
             return 2
     tests = [t.strip().upper() for t in args.tests.split(",") if t.strip()]
     pipelines = [int(p) for p in args.pipelines.split(",")]
@@ -370,7 +422,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("\n".join(verdict(results)))
     if not args.quick:
         command = "python benchmarks/redis_bench.py" + "".join(
-            f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+            f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+        )
         write_report(results, tests, pipelines, args.runs, retried, command)
     return 0
 

@@ -48,8 +48,7 @@ def _spread(values):
     values = [v for v in values if v is not None]
     if not values:
         return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "n": len(values)}
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
 def stats(workload: dict) -> dict:
@@ -60,15 +59,19 @@ def stats(workload: dict) -> dict:
         rows = [r[impl] for r in workload["rounds"] if impl in r]
         if not rows:
             continue
-        ratios = [r[impl]["rate"] / r[BASELINE]["rate"]
-                  for r in workload["rounds"] if impl in r and BASELINE in r]
-        vs_jsocket = [r[impl]["rate"] / r["jsocket"]["rate"]
-                      for r in workload["rounds"] if impl in r and "jsocket" in r]
+        ratios = [
+            r[impl]["rate"] / r[BASELINE]["rate"] for r in workload["rounds"] if impl in r and BASELINE in r
+        ]
+        vs_jsocket = [
+            r[impl]["rate"] / r["jsocket"]["rate"] for r in workload["rounds"] if impl in r and "jsocket" in r
+        ]
         # Requests per second of server CPU, over asyncio's: what the server
         # costs, whatever share of the core it was given.
-        cpu_ratios = [r[BASELINE]["server_us"] / r[impl]["server_us"]
-                      for r in workload["rounds"] if impl in r and BASELINE in r
-                      and r[impl]["server_us"] and r[BASELINE]["server_us"]]
+        cpu_ratios = [
+            r[BASELINE]["server_us"] / r[impl]["server_us"]
+            for r in workload["rounds"]
+            if impl in r and BASELINE in r and r[impl]["server_us"] and r[BASELINE]["server_us"]
+        ]
         out[impl] = {
             "rate": _spread([r["rate"] for r in rows]),
             "server_cpu": _spread([r["server_cpu"] for r in rows]),
@@ -86,11 +89,12 @@ def _idle_stats(workload: dict) -> dict:
     for impl in workload["impls"]:
         rows = [r[impl] for r in workload["rounds"] if impl in r]
         if rows:
-            out[impl] = {"per_connection": _spread([r["per_connection"] for r in rows]),
-                         "per_connection_silent": _spread([r["per_connection_silent"]
-                                                           for r in rows]),
-                         "held": min(r["held"] for r in rows),
-                         "served": min(r["served"] for r in rows)}
+            out[impl] = {
+                "per_connection": _spread([r["per_connection"] for r in rows]),
+                "per_connection_silent": _spread([r["per_connection_silent"] for r in rows]),
+                "held": min(r["held"] for r in rows),
+                "served": min(r["served"] for r in rows),
+            }
     return out
 
 
@@ -107,29 +111,43 @@ def check_targets(results: dict) -> list:
         else:
             value = stats(workloads[name]).get("evloop", {}).get(key)
             unit = " us per connection" if key == "server_us" else "x"
-        what = {"ratio": f"{name}: evloop / asyncio Protocol",
-                "server_us": "connection per request: evloop server CPU",
-                "cpu_ratio": "connection per request: asyncio Protocol's server CPU / evloop's",
-                "vs_jsocket": "json: evloop / jsocket's own server",
-                "per_connection_silent": "idle: evloop memory, connected, nothing sent yet",
-                "per_connection": "idle: evloop memory, after one request each"}[key]
+        what = {
+            "ratio": f"{name}: evloop / asyncio Protocol",
+            "server_us": "connection per request: evloop server CPU",
+            "cpu_ratio": "connection per request: asyncio Protocol's server CPU / evloop's",
+            "vs_jsocket": "json: evloop / jsocket's own server",
+            "per_connection_silent": "idle: evloop memory, connected, nothing sent yet",
+            "per_connection": "idle: evloop memory, after one request each",
+        }[key]
         if value is None:
             checks.append((f"{what} {direction} {bound:g}", "not measured", None))
             continue
         median = value["median"]
         met = median >= bound if direction == ">=" else median <= bound
         shown = f"{bound:.2f}" if key == "cpu_ratio" else f"{bound:g}"
-        checks.append((f"{what} {direction} {shown}{unit}",
-                       f"{_num(median, key)} ({_num(value['min'], key)}-{_num(value['max'], key)})",
-                       met))
+        checks.append(
+            (
+                f"{what} {direction} {shown}{unit}",
+                f"{_num(median, key)} ({_num(value['min'], key)}-{_num(value['max'], key)})",
+                met,
+            )
+        )
     held = workloads.get("held")
     if held:
         got = held.get("served", 0)
         met = held.get("asked") == held.get("wanted") and got >= held["wanted"]
-        note = "" if held["asked"] == held["wanted"] else (
-            f" (asked {held['asked']:,}: RLIMIT_NOFILE hard limit {held['fd_limit']:,})")
-        checks.append((f"{held['wanted']:,} simultaneous connections held and served",
-                       f"{held.get('held', 0):,} held, {got:,} served{note}", met))
+        note = (
+            ""
+            if held["asked"] == held["wanted"]
+            else (f" (asked {held['asked']:,}: RLIMIT_NOFILE hard limit {held['fd_limit']:,})")
+        )
+        checks.append(
+            (
+                f"{held['wanted']:,} simultaneous connections held and served",
+                f"{held.get('held', 0):,} held, {got:,} served{note}",
+                met,
+            )
+        )
     return checks
 
 
@@ -174,17 +192,34 @@ def _throughput_rows(workload: dict, conn: bool) -> list:
         s = table[impl]
         ratio = "1.00x" if impl == BASELINE else _fmt_ratio(s["ratio"])
         cpu_ratio = "1.00x" if impl == BASELINE else _fmt_ratio(s["cpu_ratio"])
-        rows.append([impl, _fmt_rate(s["rate"]), _fmt_range(s["rate"]), ratio,
-                     _fmt_us(s["server_us"]), cpu_ratio, _fmt_pct(s["server_cpu"]),
-                     _fmt_pct(s["loadgen_cpu"])])
+        rows.append(
+            [
+                impl,
+                _fmt_rate(s["rate"]),
+                _fmt_range(s["rate"]),
+                ratio,
+                _fmt_us(s["server_us"]),
+                cpu_ratio,
+                _fmt_pct(s["server_cpu"]),
+                _fmt_pct(s["loadgen_cpu"]),
+            ]
+        )
     return rows
 
 
 def _headers(conn: bool) -> list:
     unit = "connections/s" if conn else "requests/s"
     per = "server us/connection" if conn else "server us/request"
-    return ["server", f"{unit} (median)", "spread (min-max)", "vs asyncio Protocol",
-            per, "CPU efficiency vs asyncio", "server CPU", "load generator CPU"]
+    return [
+        "server",
+        f"{unit} (median)",
+        "spread (min-max)",
+        "vs asyncio Protocol",
+        per,
+        "CPU efficiency vs asyncio",
+        "server CPU",
+        "load generator CPU",
+    ]
 
 
 def _text(headers, rows) -> str:
@@ -207,9 +242,13 @@ def _sections(results: dict, render) -> list:
     for name, workload in workloads.items():
         if "rounds" in workload and name != "idle":
             notes = [f"{impl}: {why}" for impl, why in workload.get("failures", {}).items()]
-            sections.append((f"{name}: {workload['title']}",
-                             render(_headers(name == "conn"), _throughput_rows(workload, name == "conn")),
-                             notes))
+            sections.append(
+                (
+                    f"{name}: {workload['title']}",
+                    render(_headers(name == "conn"), _throughput_rows(workload, name == "conn")),
+                    notes,
+                )
+            )
         elif name == "idle":
             table = _idle_stats(workload)
             rows = []
@@ -219,34 +258,74 @@ def _sections(results: dict, render) -> list:
                     rows.append([impl, "failed", "", "", "", ""])
                     continue
                 silent, pc = s["per_connection_silent"], s["per_connection"]
-                rows.append([impl, f"{silent['median']:,.0f}", _fmt_range(silent),
-                             f"{pc['median']:,.0f}", _fmt_range(pc),
-                             f"{s['held']:,} / {s['served']:,}"])
+                rows.append(
+                    [
+                        impl,
+                        f"{silent['median']:,.0f}",
+                        _fmt_range(silent),
+                        f"{pc['median']:,.0f}",
+                        _fmt_range(pc),
+                        f"{s['held']:,} / {s['served']:,}",
+                    ]
+                )
             notes = [f"{impl}: {why}" for impl, why in workload.get("failures", {}).items()]
-            sections.append((f"idle: {workload['title']}",
-                             render(["server", "bytes per connection, nothing sent yet",
-                                     "spread", "bytes per connection, after one request",
-                                     "spread", "held / served"], rows), notes))
+            sections.append(
+                (
+                    f"idle: {workload['title']}",
+                    render(
+                        [
+                            "server",
+                            "bytes per connection, nothing sent yet",
+                            "spread",
+                            "bytes per connection, after one request",
+                            "spread",
+                            "held / served",
+                        ],
+                        rows,
+                    ),
+                    notes,
+                )
+            )
         elif name == "held":
             notes = []
             if workload["asked"] < workload["wanted"]:
-                notes.append(f"{workload['wanted']:,} were asked for, but this process may hold "
-                             f"at most {workload['fd_limit']:,} descriptors (RLIMIT_NOFILE hard "
-                             f"limit; raising it needs CAP_SYS_RESOURCE), so {workload['asked']:,} "
-                             "were opened.")
+                notes.append(
+                    f"{workload['wanted']:,} were asked for, but this process may hold "
+                    f"at most {workload['fd_limit']:,} descriptors (RLIMIT_NOFILE hard "
+                    f"limit; raising it needs CAP_SYS_RESOURCE), so {workload['asked']:,} "
+                    "were opened."
+                )
             if workload.get("failure"):
                 notes.append(f"failed: {workload['failure']}")
-            rows = [["evloop", f"{workload['asked']:,}", f"{workload.get('server_fds', 0):,}",
-                     f"{workload.get('served', 0):,}",
-                     f"{workload.get('per_connection_silent', 0):,.0f}",
-                     f"{workload.get('per_connection', 0):,.0f}",
-                     "yes" if workload.get("alive") else "no"]]
-            sections.append(("held: the most simultaneous connections",
-                             render(["server", "connections opened", "accepted (server descriptors)",
-                                     "then served one request each",
-                                     "bytes per connection, idle",
-                                     "bytes per connection, after a request",
-                                     "still serving"], rows), notes))
+            rows = [
+                [
+                    "evloop",
+                    f"{workload['asked']:,}",
+                    f"{workload.get('server_fds', 0):,}",
+                    f"{workload.get('served', 0):,}",
+                    f"{workload.get('per_connection_silent', 0):,.0f}",
+                    f"{workload.get('per_connection', 0):,.0f}",
+                    "yes" if workload.get("alive") else "no",
+                ]
+            ]
+            sections.append(
+                (
+                    "held: the most simultaneous connections",
+                    render(
+                        [
+                            "server",
+                            "connections opened",
+                            "accepted (server descriptors)",
+                            "then served one request each",
+                            "bytes per connection, idle",
+                            "bytes per connection, after a request",
+                            "still serving",
+                        ],
+                        rows,
+                    ),
+                    notes,
+                )
+            )
         elif name == "scaling":
             headers = ["connections"]
             for case in workload["cases"]:
@@ -259,16 +338,22 @@ def _sections(results: dict, render) -> list:
                     cell = workload["table"].get(case, {}).get(str(total), {})
                     samples = cell.get("samples") or []
                     if samples:
-                        row += [f"{statistics.median(s['rate'] for s in samples):,.0f}",
-                                f"{statistics.median(s['server_us'] for s in samples):.1f}"]
+                        row += [
+                            f"{statistics.median(s['rate'] for s in samples):,.0f}",
+                            f"{statistics.median(s['server_us'] for s in samples):.1f}",
+                        ]
                     else:
                         row += ["fails", "-"]
                         failures.setdefault(case, (total, cell.get("failure")))
                 rows.append(row)
-            notes = [f"{case} from {total:,} connections: {why}"
-                     for case, (total, why) in failures.items()]
-            sections.append(("scaling: 50 active clients (one request at a time) among N "
-                             "connections, the rest idle", render(headers, rows), notes))
+            notes = [f"{case} from {total:,} connections: {why}" for case, (total, why) in failures.items()]
+            sections.append(
+                (
+                    "scaling: 50 active clients (one request at a time) among N connections, the rest idle",
+                    render(headers, rows),
+                    notes,
+                )
+            )
     return sections
 
 
@@ -290,30 +375,42 @@ def markdown_results(results: dict, chart_name=None) -> str:
     env = results.get("environment", {})
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
     settings = results.get("settings", {})
-    out = [BEGIN, "",
-           f"Measured {env.get('date', '?')} at commit `{env.get('commit', '?')}` with "
-           f"`{results.get('command', 'python benchmarks/run.py')}` "
-           f"({settings.get('runs', '?')} rounds of {settings.get('duration', '?')} s after "
-           f"{settings.get('warmup', '?')} s of warm-up; the whole run took "
-           f"{results.get('elapsed', 0) / 60:.1f} minutes).", "",
-           f"- Machine: {env.get('cpu', '?')}, {env.get('cpus', '?')} CPUs, Linux "
-           f"{env.get('kernel', '?')}; {env.get('pinning', '?')}.",
-           f"- {env.get('python_impl', 'Python')} {env.get('python', '?')}; {versions}; "
-           f"load generator built with {env.get('gcc', '?')}.",
-           f"- Descriptor limit (RLIMIT_NOFILE, hard): {env.get('fd_limit', '?'):,}."
-           if isinstance(env.get("fd_limit"), int) else "- Descriptor limit: ?"]
+    out = [
+        BEGIN,
+        "",
+        f"Measured {env.get('date', '?')} at commit `{env.get('commit', '?')}` with "
+        f"`{results.get('command', 'python benchmarks/run.py')}` "
+        f"({settings.get('runs', '?')} rounds of {settings.get('duration', '?')} s after "
+        f"{settings.get('warmup', '?')} s of warm-up; the whole run took "
+        f"{results.get('elapsed', 0) / 60:.1f} minutes).",
+        "",
+        f"- Machine: {env.get('cpu', '?')}, {env.get('cpus', '?')} CPUs, Linux "
+        f"{env.get('kernel', '?')}; {env.get('pinning', '?')}.",
+        f"- {env.get('python_impl', 'Python')} {env.get('python', '?')}; {versions}; "
+        f"load generator built with {env.get('gcc', '?')}.",
+        f"- Descriptor limit (RLIMIT_NOFILE, hard): {env.get('fd_limit', '?'):,}."
+        if isinstance(env.get("fd_limit"), int)
+        else "- Descriptor limit: ?",
+    ]
     if env.get("load_before"):
-        out.append("- Load average (1, 5, 15 min) before the run "
-                   f"{', '.join(f'{x:.1f}' for x in env['load_before'])}, after "
-                   f"{', '.join(f'{x:.1f}' for x in env.get('load_after', []))}: the machine is "
-                   "shared, so read ratios from one round, and server CPU per request, "
-                   "rather than absolute rates.")
+        out.append(
+            "- Load average (1, 5, 15 min) before the run "
+            f"{', '.join(f'{x:.1f}' for x in env['load_before'])}, after "
+            f"{', '.join(f'{x:.1f}' for x in env.get('load_after', []))}: the machine is "
+            "shared, so read ratios from one round, and server CPU per request, "
+            "rather than absolute rates."
+        )
     if results.get("missing"):
         out.append(f"- Not installed, so not measured: {', '.join(results['missing'])}.")
     checks = check_targets(results)
     if checks:
-        out += ["", "### Targets (issue 6)", "", "| target | measured: median (min-max) | met |",
-                "|---|---|---|"]
+        out += [
+            "",
+            "### Targets (issue 6)",
+            "",
+            "| target | measured: median (min-max) | met |",
+            "|---|---|---|",
+        ]
         for what, measured, met in checks:
             verdict = {True: "yes", False: "**no**", None: "-"}[met]
             out.append(f"| {what} | {measured} | {verdict} |")
@@ -360,12 +457,14 @@ def write_chart(results: dict, path: str) -> bool:
     second of server CPU) below. False if matplotlib is missing."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    workloads = {name: w for name, w in results.get("workloads", {}).items()
-                 if "rounds" in w and name != "idle"}
+    workloads = {
+        name: w for name, w in results.get("workloads", {}).items() if "rounds" in w and name != "idle"
+    }
     if not workloads:
         return False
     impls = []
@@ -373,8 +472,7 @@ def write_chart(results: dict, path: str) -> bool:
         impls += [i for i in w["impls"] if i not in impls]
     tables = {name: stats(workload) for name, workload in workloads.items()}
     fig, axes = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
-    panels = [("ratio", "throughput / asyncio Protocol"),
-              ("cpu_ratio", "CPU efficiency / asyncio Protocol")]
+    panels = [("ratio", "throughput / asyncio Protocol"), ("cpu_ratio", "CPU efficiency / asyncio Protocol")]
     width = 0.8 / max(len(impls), 1)
     for ax, (key, label) in zip(axes, panels, strict=True):
         for index, impl in enumerate(impls):
@@ -390,18 +488,28 @@ def write_chart(results: dict, path: str) -> bool:
                 heights.append(s["median"])
                 low.append(s["median"] - s["min"])
                 high.append(s["max"] - s["median"])
-            ax.bar(xs, heights, width, yerr=[low, high], capsize=2, label=impl,
-                   edgecolor="black" if impl == "evloop" else None)
+            ax.bar(
+                xs,
+                heights,
+                width,
+                yerr=[low, high],
+                capsize=2,
+                label=impl,
+                edgecolor="black" if impl == "evloop" else None,
+            )
         if key == "ratio":
             targets = {name: bound for name, k, bound, _ in TARGETS if k == "ratio"}
             for position, name in enumerate(workloads):
                 if name in targets:
-                    ax.hlines(targets[name], position - 0.4, position + 0.4, colors="red",
-                              linestyles="dotted")
+                    ax.hlines(
+                        targets[name], position - 0.4, position + 0.4, colors="red", linestyles="dotted"
+                    )
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_ylabel(label)
-    axes[0].set_title("evloop and its peers, ratios within each round (median, min-max); "
-                      "red dots: evloop's targets", fontsize="medium")
+    axes[0].set_title(
+        "evloop and its peers, ratios within each round (median, min-max); red dots: evloop's targets",
+        fontsize="medium",
+    )
     axes[0].legend(fontsize="small", ncol=4)
     axes[1].set_xticks(range(len(workloads)))
     axes[1].set_xticklabels(list(workloads))

@@ -59,18 +59,36 @@ PEER_MODULES = {"uvloop": "uvloop", "twisted": "twisted", "jsocket": "jsocket"}
 
 # name: (title, server workload, load generator arguments, implementations)
 WORKLOADS = {
-    "echo-1": ("LengthSepEcho, 50 clients, 1 request in flight, 64-byte bodies", "echo",
-               ["--mode", "echo", "--clients", "50", "--depth", "1", "--size", "64"], ECHO_IMPLS),
-    "echo-32": ("LengthSepEcho, 50 clients, 32 requests in flight each, 64-byte bodies", "echo",
-                ["--mode", "echo", "--clients", "50", "--depth", "32", "--size", "64"], ECHO_IMPLS),
-    "echo-16k": ("LengthSepEcho, 50 clients, 1 request in flight, 16 KiB bodies", "echo",
-                 ["--mode", "echo", "--clients", "50", "--depth", "1", "--size", "16384"],
-                 ECHO_IMPLS),
-    "conn": ("LengthSepBody, a connection per request, 50 at a time, 64-byte bodies", "body",
-             ["--mode", "conn", "--clients", "50", "--size", "64", "--sources", "16"],
-             CONN_IMPLS),
-    "json": ("JSON messages (JSN1), 50 clients, 1 request in flight, 86-byte payload", "json",
-             ["--mode", "json", "--clients", "50", "--depth", "1"], JSON_IMPLS),
+    "echo-1": (
+        "LengthSepEcho, 50 clients, 1 request in flight, 64-byte bodies",
+        "echo",
+        ["--mode", "echo", "--clients", "50", "--depth", "1", "--size", "64"],
+        ECHO_IMPLS,
+    ),
+    "echo-32": (
+        "LengthSepEcho, 50 clients, 32 requests in flight each, 64-byte bodies",
+        "echo",
+        ["--mode", "echo", "--clients", "50", "--depth", "32", "--size", "64"],
+        ECHO_IMPLS,
+    ),
+    "echo-16k": (
+        "LengthSepEcho, 50 clients, 1 request in flight, 16 KiB bodies",
+        "echo",
+        ["--mode", "echo", "--clients", "50", "--depth", "1", "--size", "16384"],
+        ECHO_IMPLS,
+    ),
+    "conn": (
+        "LengthSepBody, a connection per request, 50 at a time, 64-byte bodies",
+        "body",
+        ["--mode", "conn", "--clients", "50", "--size", "64", "--sources", "16"],
+        CONN_IMPLS,
+    ),
+    "json": (
+        "JSON messages (JSN1), 50 clients, 1 request in flight, 86-byte payload",
+        "json",
+        ["--mode", "json", "--clients", "50", "--depth", "1"],
+        JSON_IMPLS,
+    ),
 }
 THROUGHPUT = list(WORKLOADS)
 EXTRA = ["idle", "held", "scaling"]
@@ -84,11 +102,15 @@ def log(message: str) -> None:
 
 # -- building and pinning -------------------------------------------------------
 
+
 def build_loadgen(force: bool = False) -> str:
     """Compile the load generator if its binary is missing or older than its
     source; return its path. Raises RuntimeError without gcc."""
-    if (not force and os.path.exists(LOADGEN)
-            and os.path.getmtime(LOADGEN) >= os.path.getmtime(LOADGEN_SOURCE)):
+    if (
+        not force
+        and os.path.exists(LOADGEN)
+        and os.path.getmtime(LOADGEN) >= os.path.getmtime(LOADGEN_SOURCE)
+    ):
         return LOADGEN
     compiler = shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
@@ -127,6 +149,7 @@ def raise_fd_limit() -> int:
 
 # -- one server -------------------------------------------------------------------
 
+
 class ServerFailedError(RuntimeError):
     """The server did not start, or died during the measurement."""
 
@@ -144,8 +167,9 @@ class ServerProcess:
         os.makedirs(log_dir, exist_ok=True)
         self.stderr_path = os.path.join(log_dir, f"server-{impl}-{workload}.log")
         self._stderr = open(self.stderr_path, "wb")
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr,
-                                        preexec_fn=_pinned(SERVER_CPUS), cwd=ROOT)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=self._stderr, preexec_fn=_pinned(SERVER_CPUS), cwd=ROOT
+        )
         self.pid = self.process.pid
         self.port = self._wait_listening(timeout=30)
 
@@ -197,8 +221,7 @@ class ServerProcess:
 
 def run_loadgen(args: list, server: ServerProcess, timeout: float) -> dict:
     command = [LOADGEN, "--port", str(server.port), "--server-pid", str(server.pid), *args]
-    done = subprocess.run(command, capture_output=True, timeout=timeout,
-                          preexec_fn=_pinned(LOADGEN_CPUS))
+    done = subprocess.run(command, capture_output=True, timeout=timeout, preexec_fn=_pinned(LOADGEN_CPUS))
     lines = done.stdout.decode().strip().splitlines()
     if not lines:
         raise ServerFailedError(f"load generator printed nothing: {done.stderr.decode()[-300:]}")
@@ -229,6 +252,7 @@ def summarise(result: dict) -> dict:
 
 # -- workloads --------------------------------------------------------------------
 
+
 def available(impl: str) -> bool:
     module = PEER_MODULES.get(impl)
     if module is None:
@@ -255,8 +279,10 @@ def run_throughput(name: str, impls: list, settings: dict) -> dict:
             except (ServerFailedError, subprocess.TimeoutExpired) as exc:
                 failures[impl] = str(exc)
                 continue
-            log(f"  {name} round {round_index + 1} {impl:17s} {row[impl]['rate']:10.0f}/s  "
-                f"server {row[impl]['server_cpu']:4.0%}  loadgen {row[impl]['loadgen_cpu']:4.0%}")
+            log(
+                f"  {name} round {round_index + 1} {impl:17s} {row[impl]['rate']:10.0f}/s  "
+                f"server {row[impl]['server_cpu']:4.0%}  loadgen {row[impl]['loadgen_cpu']:4.0%}"
+            )
         rounds.append(row)
     return {"title": title, "impls": impls, "rounds": rounds, "failures": failures}
 
@@ -274,12 +300,19 @@ def run_idle(impls: list, settings: dict) -> dict:
             except (ServerFailedError, subprocess.TimeoutExpired, OSError) as exc:
                 failures[impl] = str(exc)
                 continue
-            log(f"  idle round {round_index + 1} {impl:17s} "
+            log(
+                f"  idle round {round_index + 1} {impl:17s} "
                 f"{row[impl]['per_connection_silent']:8.0f} bytes per connection before its "
-                f"first request, {row[impl]['per_connection']:8.0f} after ({row[impl]['served']} served)")
+                f"first request, {row[impl]['per_connection']:8.0f} after ({row[impl]['served']} served)"
+            )
         rounds.append(row)
-    return {"title": f"Memory per idle connection, {count:,} connections", "impls": impls,
-            "connections": count, "rounds": rounds, "failures": failures}
+    return {
+        "title": f"Memory per idle connection, {count:,} connections",
+        "impls": impls,
+        "connections": count,
+        "rounds": rounds,
+        "failures": failures,
+    }
 
 
 def _hold_clients(server: ServerProcess, total: int, settings: dict, silent: bool = True) -> list:
@@ -290,11 +323,28 @@ def _hold_clients(server: ServerProcess, total: int, settings: dict, silent: boo
     first, source = 0, 1
     while first < total:
         count = min(per_process, total - first)
-        command = [LOADGEN, "--port", str(server.port), "--mode", "hold", "--clients", str(count),
-                   "--sources", "8", "--source-first", str(source), "--silent", str(int(silent)),
-                   "--timeout", str(settings["hold_timeout"])]
-        clients.append(subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        preexec_fn=_pinned(LOADGEN_CPUS)))
+        command = [
+            LOADGEN,
+            "--port",
+            str(server.port),
+            "--mode",
+            "hold",
+            "--clients",
+            str(count),
+            "--sources",
+            "8",
+            "--source-first",
+            str(source),
+            "--silent",
+            str(int(silent)),
+            "--timeout",
+            str(settings["hold_timeout"]),
+        ]
+        clients.append(
+            subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=_pinned(LOADGEN_CPUS)
+            )
+        )
         first += count
         source += 8
     return clients
@@ -355,11 +405,17 @@ def measure_held(impl: str, count: int, settings: dict) -> dict:
                 client.wait(30)
         errors = [r["first_error"] for r in held_reports + served_reports if r["first_error"]]
         return {
-            "asked": count, "held": held, "served": served, "server_fds": held_fds,
-            "base_rss_kib": base_rss, "held_rss_kib": held_rss, "served_rss_kib": served_rss,
+            "asked": count,
+            "held": held,
+            "served": served,
+            "server_fds": held_fds,
+            "base_rss_kib": base_rss,
+            "held_rss_kib": held_rss,
+            "served_rss_kib": served_rss,
             "per_connection_silent": (held_rss - base_rss) * 1024 / max(held_fds, 1),
             "per_connection": (served_rss - base_rss) * 1024 / max(served, 1),
-            "alive": alive, "errors": errors[:3],
+            "alive": alive,
+            "errors": errors[:3],
         }
 
 
@@ -387,24 +443,34 @@ def run_scaling(impls: list, settings: dict) -> dict:
     table = {}
     for total in sizes:
         active = min(50, total)
-        args = ["--mode", "echo", "--clients", str(active), "--idle", str(total - active),
-                "--sources", "8", *timing]
+        args = [
+            "--mode",
+            "echo",
+            "--clients",
+            str(active),
+            "--idle",
+            str(total - active),
+            "--sources",
+            "8",
+            *timing,
+        ]
         for impl, sel in cases:
             name = f"{impl}/{sel}"
             samples, failure = [], None
             for _ in range(settings["runs"]):
                 try:
-                    with ServerProcess(impl, "echo", selector=sel,
-                                       log_dir=settings["log_dir"]) as server:
+                    with ServerProcess(impl, "echo", selector=sel, log_dir=settings["log_dir"]) as server:
                         samples.append(summarise(run_loadgen(args, server, timeout=180)))
                 except (ServerFailedError, subprocess.TimeoutExpired) as exc:
                     failure = str(exc)
                     break
             table.setdefault(name, {})[str(total)] = {"samples": samples, "failure": failure}
             if samples:
-                log(f"  scaling {total:6d} {name:24s} "
+                log(
+                    f"  scaling {total:6d} {name:24s} "
                     f"{statistics.median(s['rate'] for s in samples):9.0f}/s  "
-                    f"{statistics.median(s['server_us'] for s in samples):6.1f} us/request")
+                    f"{statistics.median(s['server_us'] for s in samples):6.1f} us/request"
+                )
             else:
                 log(f"  scaling {total:6d} {name:24s} failed: {failure}")
     return {"sizes": sizes, "cases": [f"{i}/{s}" for i, s in cases], "table": table}
@@ -412,10 +478,12 @@ def run_scaling(impls: list, settings: dict) -> dict:
 
 # -- the environment, for the report ----------------------------------------------
 
+
 def environment() -> dict:
     def version(module):
         try:
             from importlib.metadata import version as dist_version
+
             return dist_version(module)
         except Exception:
             return "not installed"
@@ -431,17 +499,22 @@ def environment() -> dict:
         return platform.processor() or "unknown"
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = ""
-    gcc = subprocess.run([shutil.which("gcc") or "cc", "--version"], capture_output=True,
-                         text=True).stdout.splitlines()
+    gcc = subprocess.run(
+        [shutil.which("gcc") or "cc", "--version"], capture_output=True, text=True
+    ).stdout.splitlines()
     return {
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
-        "pinning": (f"server on CPU {sorted(SERVER_CPUS)[0]}, load generator on CPU "
-                    f"{sorted(LOADGEN_CPUS)[0]}") if SERVER_CPUS else "not pinned (one core)",
+        "pinning": (
+            f"server on CPU {sorted(SERVER_CPUS)[0]}, load generator on CPU {sorted(LOADGEN_CPUS)[0]}"
+        )
+        if SERVER_CPUS
+        else "not pinned (one core)",
         "kernel": platform.release(),
         "python": platform.python_version(),
         "python_impl": platform.python_implementation(),
@@ -456,28 +529,38 @@ def environment() -> dict:
 
 # -- main ---------------------------------------------------------------------------
 
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="one short round of everything, smaller connection counts")
+    parser.add_argument(
+        "--quick", action="store_true", help="one short round of everything, smaller connection counts"
+    )
     parser.add_argument("--runs", type=int, help="rounds per workload (default 3; quick 1)")
     parser.add_argument("--duration", type=float, help="measured seconds per run (default 2)")
     parser.add_argument("--warmup", type=float, help="seconds before measuring (default 0.5)")
-    parser.add_argument("--workloads", default=",".join(ALL_WORKLOADS),
-                        help=f"comma-separated, from {','.join(ALL_WORKLOADS)}")
-    parser.add_argument("--impls", default=",".join(ALL_IMPLS),
-                        help=f"comma-separated, from {','.join(ALL_IMPLS)}")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(ALL_WORKLOADS),
+        help=f"comma-separated, from {','.join(ALL_WORKLOADS)}",
+    )
+    parser.add_argument(
+        "--impls", default=",".join(ALL_IMPLS), help=f"comma-separated, from {','.join(ALL_IMPLS)}"
+    )
     parser.add_argument("--idle-connections", type=int, help="default 10000 (quick 2000)")
     parser.add_argument("--held-connections", type=int, help="default 50000 (quick 3000)")
     parser.add_argument("--scaling", help="connection counts, default 100,1000,3000,10000")
-    parser.add_argument("--docs-dir", default=os.path.join(ROOT, "docs"),
-                        help="where benchmarks.md and benchmarks.png go")
+    parser.add_argument(
+        "--docs-dir", default=os.path.join(ROOT, "docs"), help="where benchmarks.md and benchmarks.png go"
+    )
     parser.add_argument("--no-docs", action="store_true", help="print the table only")
-    parser.add_argument("--results", default=None,
-                        help=f"raw results as JSON (default {os.path.relpath(RESULTS, ROOT)}, "
-                             "not written with --no-docs)")
-    parser.add_argument("--from-results", action="store_true",
-                        help="do not measure: rewrite the report from --results")
+    parser.add_argument(
+        "--results",
+        default=None,
+        help=f"raw results as JSON (default {os.path.relpath(RESULTS, ROOT)}, not written with --no-docs)",
+    )
+    parser.add_argument(
+        "--from-results", action="store_true", help="do not measure: rewrite the report from --results"
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     settings = {
@@ -486,8 +569,9 @@ def parse_args(argv):
         "warmup": args.warmup if args.warmup is not None else (0.2 if quick else 0.5),
         "idle_connections": args.idle_connections or (2000 if quick else 10000),
         "held_connections": args.held_connections or (3000 if quick else 50000),
-        "scaling": [int(n) for n in (args.scaling or ("100,1000" if quick else
-                                                       "100,1000,3000,10000")).split(",")],
+        "scaling": [
+            int(n) for n in (args.scaling or ("100,1000" if quick else "100,1000,3000,10000")).split(",")
+        ],
         "hold_timeout": 60,
         "log_dir": BUILD_DIR,
     }
@@ -514,9 +598,13 @@ def main(argv=None) -> int:
         if missing:
             log(f"not installed, skipped: {', '.join(missing)} (pip install -e '.[bench]')")
         impls = [impl for impl in impls if impl not in missing]
-        results = {"settings": {k: v for k, v in settings.items() if k != "log_dir"},
-                   "command": " ".join(["python", "benchmarks/run.py"] + (argv or sys.argv[1:])),
-                   "environment": environment(), "missing": missing, "workloads": {}}
+        results = {
+            "settings": {k: v for k, v in settings.items() if k != "log_dir"},
+            "command": " ".join(["python", "benchmarks/run.py"] + (argv or sys.argv[1:])),
+            "environment": environment(),
+            "missing": missing,
+            "workloads": {},
+        }
         started = time.monotonic()
         for name in workloads:
             log(f"{name}:")
@@ -541,8 +629,10 @@ def main(argv=None) -> int:
         png_path = os.path.join(args.docs_dir, "benchmarks.png")
         chart = report.write_chart(results, png_path)
         report.write_markdown(results, md_path, chart_name=os.path.basename(png_path) if chart else None)
-        log(f"wrote {md_path}" + (f" and {png_path}" if chart else
-                                  " (no chart: no throughput workload, or matplotlib missing)"))
+        log(
+            f"wrote {md_path}"
+            + (f" and {png_path}" if chart else " (no chart: no throughput workload, or matplotlib missing)")
+        )
     return 0
 
 

@@ -22,7 +22,15 @@ import tempfile
 import threading
 import time
 
-from evloop import ClientHandler, DatagramHandler, DatagramServer, LoopThread, Server, UnixDatagramServer, UnixServer
+from evloop import (
+    ClientHandler,
+    DatagramHandler,
+    DatagramServer,
+    LoopThread,
+    Server,
+    UnixDatagramServer,
+    UnixServer,
+)
 
 __all__ = ["main"]
 
@@ -37,7 +45,7 @@ class EvEcho(ClientHandler):
         return end + 1 if end >= 0 else False
 
     def make_response(self):
-        return bytes(self.incoming[:self.incoming.find(b"\n") + 1])
+        return bytes(self.incoming[: self.incoming.find(b"\n") + 1])
 
 
 class EvDatagramEcho(DatagramHandler):
@@ -86,8 +94,9 @@ def measure(servers, workdir, requests, tag):
     tcp, udp, unix, unix_dgram = servers
     return {
         "udp": datagram_rate(socket.AF_INET, udp, requests),
-        "unix-dgram": datagram_rate(socket.AF_UNIX, unix_dgram, requests,
-                                    bind=os.path.join(workdir, f"client-{tag}.sock")),
+        "unix-dgram": datagram_rate(
+            socket.AF_UNIX, unix_dgram, requests, bind=os.path.join(workdir, f"client-{tag}.sock")
+        ),
         "tcp": stream_rate(socket.AF_INET, tcp, requests),
         "unix-stream": stream_rate(socket.AF_UNIX, unix, requests),
     }
@@ -98,8 +107,9 @@ def run_evloop(workdir, requests):
         tcp = background.add_server(Server("127.0.0.1", 0), EvEcho)
         udp = background.add_server(DatagramServer("127.0.0.1", 0), EvDatagramEcho)
         unix = background.add_server(UnixServer(os.path.join(workdir, "ev.sock")), EvEcho)
-        unix_dgram = background.add_server(UnixDatagramServer(os.path.join(workdir, "evd.sock")),
-                                           EvDatagramEcho)
+        unix_dgram = background.add_server(
+            UnixDatagramServer(os.path.join(workdir, "evd.sock")), EvDatagramEcho
+        )
         return measure((tcp.address, udp.address, unix.path, unix_dgram.path), workdir, requests, "ev")
 
 
@@ -111,10 +121,12 @@ def run_socketserver(workdir, requests):
     class UnixStream(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         daemon_threads = True
 
-    servers = [TCP(("127.0.0.1", 0), SsStreamEcho),
-               socketserver.UDPServer(("127.0.0.1", 0), SsDatagramEcho),
-               UnixStream(os.path.join(workdir, "ss.sock"), SsStreamEcho),
-               socketserver.UnixDatagramServer(os.path.join(workdir, "ssd.sock"), SsDatagramEcho)]
+    servers = [
+        TCP(("127.0.0.1", 0), SsStreamEcho),
+        socketserver.UDPServer(("127.0.0.1", 0), SsDatagramEcho),
+        UnixStream(os.path.join(workdir, "ss.sock"), SsStreamEcho),
+        socketserver.UnixDatagramServer(os.path.join(workdir, "ssd.sock"), SsDatagramEcho),
+    ]
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for thread in threads:
         thread.start()
@@ -142,13 +154,17 @@ def main(argv=None):
     parser.add_argument("--requests", type=int, default=20000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
-        results = {"evloop": run_evloop(workdir, args.requests),
-                   "socketserver": run_socketserver(workdir, args.requests)}
+        results = {
+            "evloop": run_evloop(workdir, args.requests),
+            "socketserver": run_socketserver(workdir, args.requests),
+        }
     print(f"round trips per second, one client, {args.requests} requests each")
     print(f"{'transport':<12} {'evloop':>10} {'socketserver':>13}")
     for transport in results["evloop"]:
-        print(f"{transport:<12} {results['evloop'][transport]:>10.0f} "
-              f"{results['socketserver'][transport]:>13.0f}")
+        print(
+            f"{transport:<12} {results['evloop'][transport]:>10.0f} "
+            f"{results['socketserver'][transport]:>13.0f}"
+        )
     print(f"LoopThread stop() -> join() returned: median {stop_latency() * 1e6:.0f} us")
 
 

@@ -20,13 +20,13 @@ from .workers import WorkerProcesses, serve_workers
 __version__ = "0.1.0"
 
 __all__ = [
-    "ClientHandler",
-    "Connector",
     "DEFAULT_LIMITS",
-    "DatagramHandler",
-    "DatagramServer",
     "EVENT_READ",
     "EVENT_WRITE",
+    "ClientHandler",
+    "Connector",
+    "DatagramHandler",
+    "DatagramServer",
     "EventLoop",
     "Handle",
     "Limits",

@@ -18,7 +18,7 @@ from typing import Any, List, Optional
 
 from . import __version__
 
-__all__ = ["main", "load_handler"]
+__all__ = ["load_handler", "main"]
 
 logger = logging.getLogger("evloop")
 
@@ -67,42 +67,73 @@ def load_handler(spec: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="evloop", description="Serve a protocol handler on a single-threaded event loop.",
-        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="evloop",
+        description="Serve a protocol handler on a single-threaded event loop.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"evloop {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = commands.add_parser(
-        "serve", help="serve MODULE:HANDLER", epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "serve",
+        help="serve MODULE:HANDLER",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("handler", metavar="MODULE:HANDLER", help="the handler class to serve")
     where = serve.add_argument_group("where to listen")
-    where.add_argument("--host", default="localhost",
-                       help="address to bind (default: localhost; 0.0.0.0 or :: for every interface)")
+    where.add_argument(
+        "--host",
+        default="localhost",
+        help="address to bind (default: localhost; 0.0.0.0 or :: for every interface)",
+    )
     where.add_argument("--port", type=int, default=8000, help="TCP or UDP port (default: 8000; 0 picks one)")
     where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket at PATH instead")
-    where.add_argument("--udp", action="store_true", help="serve datagrams (the handler is a DatagramHandler)")
+    where.add_argument(
+        "--udp", action="store_true", help="serve datagrams (the handler is a DatagramHandler)"
+    )
     where.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain (PEM)")
     where.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     how = serve.add_argument_group("how to run")
-    how.add_argument("--selector", default=None,
-                     help="select, poll, epoll, kqueue (default: the best this platform has)")
-    how.add_argument("--workers", type=int, default=1,
-                     help="processes sharing the port with SO_REUSEPORT (default: 1)")
+    how.add_argument(
+        "--selector", default=None, help="select, poll, epoll, kqueue (default: the best this platform has)"
+    )
+    how.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default: 1)"
+    )
     limits = serve.add_argument_group(
-        "limits and timeouts", "per-connection bounds; see docs/security.md (seconds; 0 switches a timeout off)")
-    limits.add_argument("--max-connections", type=int, metavar="N",
-                        help="connections held at once (default: from the descriptor limit)")
-    limits.add_argument("--max-request-size", type=int, metavar="BYTES",
-                        help="bytes one incomplete request may buffer (default: the protocol's own)")
+        "limits and timeouts",
+        "per-connection bounds; see docs/security.md (seconds; 0 switches a timeout off)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections held at once (default: from the descriptor limit)",
+    )
+    limits.add_argument(
+        "--max-request-size",
+        type=int,
+        metavar="BYTES",
+        help="bytes one incomplete request may buffer (default: the protocol's own)",
+    )
     for name, default in (("idle", 300), ("request", 60), ("write", 60), ("handshake", 10)):
-        limits.add_argument(f"--{name}-timeout", type=float, metavar="SECONDS",
-                            help=f"{name} timeout (default: {default})")
-    limits.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
-                        help="how long a graceful stop lets responses finish (default: 10)")
-    how.add_argument("--log-level", default="info",
-                     choices=["debug", "info", "warning", "error", "critical"])
-    how.add_argument("--stats", type=float, metavar="SECONDS",
-                     help="log a one-line report (connections, requests/s, bytes, loop lag) this often")
+        limits.add_argument(
+            f"--{name}-timeout", type=float, metavar="SECONDS", help=f"{name} timeout (default: {default})"
+        )
+    limits.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a graceful stop lets responses finish (default: 10)",
+    )
+    how.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"])
+    how.add_argument(
+        "--stats",
+        type=float,
+        metavar="SECONDS",
+        help="log a one-line report (connections, requests/s, bytes, loop lag) this often",
+    )
     return parser
 
 
@@ -112,8 +143,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return serve(args)
     except CommandError as exc:
@@ -130,7 +163,8 @@ def _describe_os_error(exc: OSError, args: argparse.Namespace) -> str:
         return f"{where} is already in use"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied binding {where}" + (
-            " (ports below 1024 need privileges)" if not args.unix and 0 < args.port < 1024 else "")
+            " (ports below 1024 need privileges)" if not args.unix and 0 < args.port < 1024 else ""
+        )
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"{args.host} is not an address of this machine"
     return f"{where}: {exc.strerror or exc}"
@@ -138,6 +172,7 @@ def _describe_os_error(exc: OSError, args: argparse.Namespace) -> str:
 
 def _limits(args: argparse.Namespace) -> Any:
     from .limits import DEFAULT_LIMITS
+
     changes = {}
     if args.max_connections is not None:
         changes["max_connections"] = args.max_connections
@@ -160,13 +195,16 @@ def _make_server(args: argparse.Namespace, ssl_context: Any, limits: Any) -> Any
         if ssl_context is not None:
             raise CommandError("--tls-cert/--tls-key do not apply to --udp")
         from .datagram import DatagramServer, UnixDatagramServer
+
         if args.unix:
             return UnixDatagramServer(args.unix)
         return DatagramServer(args.host, args.port)
     if args.unix:
         from .unix import UnixServer
+
         return UnixServer(args.unix, ssl=ssl_context, limits=limits)
     from .server import Server
+
     return Server(args.host, args.port, ssl=ssl_context, limits=limits)
 
 
@@ -176,6 +214,7 @@ def _ssl_context(args: argparse.Namespace) -> Any:
     if not (args.tls_cert and args.tls_key):
         raise CommandError("--tls-cert and --tls-key go together")
     import ssl
+
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(args.tls_cert, args.tls_key)
@@ -186,11 +225,18 @@ def _ssl_context(args: argparse.Namespace) -> Any:
 
 def _serve_workers(args: argparse.Namespace, handler_class: Any, ssl_context: Any, limits: Any) -> int:
     from .workers import WorkerProcesses
+
     if args.unix or args.udp or ssl_context is not None:
         raise CommandError("--workers serves plain TCP; it does not combine with --unix, --udp or TLS")
-    supervisor = WorkerProcesses(handler_class, args.host, args.port, workers=args.workers,
-                                 selector=args.selector, shutdown_timeout=limits.shutdown_timeout,
-                                 limits=limits)
+    supervisor = WorkerProcesses(
+        handler_class,
+        args.host,
+        args.port,
+        workers=args.workers,
+        selector=args.selector,
+        shutdown_timeout=limits.shutdown_timeout,
+        limits=limits,
+    )
 
     def ready(processes: Any) -> None:
         logger.info("listening on %s:%d with %d workers", processes.host, processes.port, args.workers)
@@ -202,6 +248,7 @@ def _serve_workers(args: argparse.Namespace, handler_class: Any, ssl_context: An
 def serve(args: argparse.Namespace) -> int:
     from .eventloop import EventLoop
     from .multiplexer import make_selector
+
     handler_class = load_handler(args.handler)
     if not isinstance(handler_class, type):
         raise CommandError(f"{args.handler} is not a class")
@@ -223,6 +270,7 @@ def serve(args: argparse.Namespace) -> int:
         event_loop.add_server(server, handler_class)
         if args.stats:
             from .stats import StatsReporter
+
             reporter = StatsReporter(event_loop, args.stats)
         # SIGTERM and Ctrl-C stop gracefully: no new clients, in-flight
         # responses finish within --shutdown-timeout, the rest are cut.

@@ -38,7 +38,7 @@ from .eventloop import EVENT_WRITE
 from .handler import format_address
 from .offload import offload_executor
 
-__all__ = ["Connector", "open_connection", "shutdown_write_when_sent", "DEFAULT_CONNECT_TIMEOUT"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "Connector", "open_connection", "shutdown_write_when_sent"]
 
 logger = logging.getLogger("evloop")
 
@@ -52,9 +52,16 @@ _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EALREA
 _AddrInfo = Tuple[Any, ...]
 
 
-def open_connection(loop: Any, host: str, port: int, handler_class: Any, *,
-                    timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT, family: int = 0,
-                    source_address: Optional[Tuple[str, int]] = None) -> Any:
+def open_connection(
+    loop: Any,
+    host: str,
+    port: int,
+    handler_class: Any,
+    *,
+    timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT,
+    family: int = 0,
+    source_address: Optional[Tuple[str, int]] = None,
+) -> Any:
     """Connect to ``host:port`` from ``loop`` and serve the connection with a
     new ``handler_class(connector, socket, address)``; return that handler
     at once, before it is connected. Call it on the loop's thread (or before
@@ -62,8 +69,9 @@ def open_connection(loop: Any, host: str, port: int, handler_class: Any, *,
     and connecting together; ``family`` limits the address family;
     ``source_address`` binds the local end first. The outcome arrives later,
     as ``setup()`` (connected) or ``handle_error(exc)`` (failed)."""
-    return Connector(loop, host, port, handler_class, timeout=timeout, family=family,
-                     source_address=source_address).handler
+    return Connector(
+        loop, host, port, handler_class, timeout=timeout, family=family, source_address=source_address
+    ).handler
 
 
 class Connector:
@@ -73,9 +81,17 @@ class Connector:
     connected to (``(host, port)`` until then); ``error`` is the ``OSError``
     that ended a failed attempt."""
 
-    def __init__(self, loop: Any, host: str, port: int, handler_class: Any, *,
-                 timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT, family: int = 0,
-                 source_address: Optional[Tuple[str, int]] = None) -> None:
+    def __init__(
+        self,
+        loop: Any,
+        host: str,
+        port: int,
+        handler_class: Any,
+        *,
+        timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT,
+        family: int = 0,
+        source_address: Optional[Tuple[str, int]] = None,
+    ) -> None:
         if loop.is_closed():
             raise RuntimeError("this loop is closed")
         self.loop = loop
@@ -121,13 +137,15 @@ class Connector:
         if self.timeout is not None:
             self._timer = self.loop.call_later(self.timeout, self._timed_out)
         try:
-            infos = socket.getaddrinfo(self.host, self.port, self.family, socket.SOCK_STREAM,
-                                       0, socket.AI_NUMERICHOST)
+            infos = socket.getaddrinfo(
+                self.host, self.port, self.family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST
+            )
         except (socket.gaierror, UnicodeError):
             # A name: resolving may block for seconds, so not on this thread.
             try:
                 future = offload_executor(self.loop).submit(
-                    socket.getaddrinfo, self.host, self.port, self.family, socket.SOCK_STREAM)
+                    socket.getaddrinfo, self.host, self.port, self.family, socket.SOCK_STREAM
+                )
             except RuntimeError as exc:  # the pool is shut down
                 self._fail(OSError(errno.ECANCELED, str(exc)))
                 return
@@ -257,9 +275,12 @@ class Connector:
         if self.handler._events:
             self.loop.set_events(sock, self.handler._events, 0, self)
             self.handler._events = 0
-        self._fail(TimeoutError(errno.ETIMEDOUT,
-                                f"connecting to {format_address((self.host, self.port))} "
-                                f"timed out after {self.timeout:g} s"))
+        self._fail(
+            TimeoutError(
+                errno.ETIMEDOUT,
+                f"connecting to {format_address((self.host, self.port))} timed out after {self.timeout:g} s",
+            )
+        )
 
     def _fail(self, exc: OSError) -> None:
         handler = self.handler

@@ -48,9 +48,20 @@ logger = logging.getLogger("evloop")
 
 # Errors about one peer, not about our socket: a reply we sent earlier came
 # back as ICMP "port unreachable" and friends, reported on a later call.
-_PEER_ERRORS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH,
-                errno.EHOSTDOWN, errno.ENETDOWN, errno.EMSGSIZE, errno.ENOENT, errno.EACCES,
-                errno.EPERM, errno.ENOTCONN, errno.EDESTADDRREQ}
+_PEER_ERRORS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EHOSTDOWN,
+    errno.ENETDOWN,
+    errno.EMSGSIZE,
+    errno.ENOENT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTCONN,
+    errno.EDESTADDRREQ,
+}
 
 
 class DatagramHandler:
@@ -91,8 +102,7 @@ class DatagramHandler:
             if exc.reply:
                 self.send(exc.reply, address)
         else:
-            logger.error("%s: error in %s; datagram dropped", peer, type(self).__name__,
-                         exc_info=exc)
+            logger.error("%s: error in %s; datagram dropped", peer, type(self).__name__, exc_info=exc)
 
     def send(self, reply: Any, address: Any) -> None:
         """Send ``reply`` (as :meth:`handle_datagram` may return it) to
@@ -105,6 +115,7 @@ class DatagramHandler:
         return that from :meth:`handle_datagram` and the reply is sent when
         it is ready, while other datagrams are served meanwhile."""
         from .offload import offload_executor
+
         return offload_executor(self.loop).submit(func, *args, **kwargs)
 
 
@@ -120,9 +131,16 @@ class DatagramServer(ServerLifecycle):
     datagrams_per_wakeup = 64
     max_queued = 1024  # replies held while the send buffer is full
 
-    def __init__(self, host: str = "localhost", port: int = 0, *, family: int = 0,
-                 reuse_port: bool = False, sock: Optional[socket.socket] = None,
-                 max_size: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 0,
+        *,
+        family: int = 0,
+        reuse_port: bool = False,
+        sock: Optional[socket.socket] = None,
+        max_size: Optional[int] = None,
+    ) -> None:
         if sock is None:
             sock = _bind_udp(host, port, family, reuse_port)
         self._init_socket(sock, max_size)
@@ -183,8 +201,9 @@ class DatagramServer(ServerLifecycle):
                     continue
                 raise
             if size > limit:
-                logger.warning("%s: datagram over the limit of %d bytes; dropped",
-                               format_address(address), limit)
+                logger.warning(
+                    "%s: datagram over the limit of %d bytes; dropped", format_address(address), limit
+                )
                 continue
             self.datagram_received(bytes(view[:size]), address)
 
@@ -206,8 +225,9 @@ class DatagramServer(ServerLifecycle):
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:
-            logger.exception("%s: handle_error failed for the datagram from %s",
-                             self, format_address(address))
+            logger.exception(
+                "%s: handle_error failed for the datagram from %s", self, format_address(address)
+            )
 
     def sendto(self, reply: Any, address: Any) -> None:
         """Send ``reply`` to ``address`` as one datagram: bytes-like, str
@@ -218,7 +238,8 @@ class DatagramServer(ServerLifecycle):
             return
         if isinstance(reply, concurrent.futures.Future):
             reply.add_done_callback(
-                lambda future: self.loop.call_soon_threadsafe(self._future_done, future, address))
+                lambda future: self.loop.call_soon_threadsafe(self._future_done, future, address)
+            )
             return
         data = _as_bytes(reply)
         if not address:
@@ -243,8 +264,9 @@ class DatagramServer(ServerLifecycle):
         except OSError as exc:
             if exc.errno not in _PEER_ERRORS and exc.errno != errno.ENOBUFS:
                 raise
-            logger.warning("%s: reply of %d bytes not delivered: %s",
-                           format_address(address), len(data), exc.strerror)
+            logger.warning(
+                "%s: reply of %d bytes not delivered: %s", format_address(address), len(data), exc.strerror
+            )
         return True
 
     def _future_done(self, future: "concurrent.futures.Future[Any]", address: Any) -> None:
@@ -308,8 +330,14 @@ class UnixDatagramServer(DatagramServer):
     To get replies, a client binds a path of its own; a reply to a client
     that did not is logged and dropped."""
 
-    def __init__(self, path: Optional[PathLike] = None, *, mode: Optional[int] = None,
-                 sock: Optional[socket.socket] = None, max_size: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        path: Optional[PathLike] = None,
+        *,
+        mode: Optional[int] = None,
+        sock: Optional[socket.socket] = None,
+        max_size: Optional[int] = None,
+    ) -> None:
         if sock is None:
             if path is None:
                 raise TypeError("UnixDatagramServer needs a path or a sock")

@@ -6,7 +6,7 @@ connection) or our own code (:class:`LocalProtocolError`: a handler produced
 something the protocol cannot carry).
 """
 
-__all__ = ["ProtocolError", "RemoteProtocolError", "LocalProtocolError"]
+__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
 
 
 class ProtocolError(Exception):

@@ -39,7 +39,7 @@ from .multiplexer import make_selector
 from .shutdown import begin_graceful_shutdown
 from .timers import Handle, TimerHandle, TimerQueue
 
-__all__ = ["EventLoop", "EVENT_READ", "EVENT_WRITE"]
+__all__ = ["EVENT_READ", "EVENT_WRITE", "EventLoop"]
 
 logger = logging.getLogger("evloop")
 
@@ -95,8 +95,12 @@ class EventLoop:
     tests pass :class:`evloop.testing.FakeClock` to drive timers by hand.
     """
 
-    def __init__(self, selector: Optional[Union[str, selectors.BaseSelector]] = None,
-                 *, clock: Optional[Callable[[], float]] = None) -> None:
+    def __init__(
+        self,
+        selector: Optional[Union[str, selectors.BaseSelector]] = None,
+        *,
+        clock: Optional[Callable[[], float]] = None,
+    ) -> None:
         self._selector = make_selector(selector)
         self.time: Callable[[], float] = clock if clock is not None else time.monotonic
         self._ready: Deque[Handle] = collections.deque()
@@ -145,8 +149,11 @@ class EventLoop:
     @property
     def handlers(self) -> Set[Any]:
         """The open client handlers on this loop (a new set; O(connections))."""
-        found = {key.data for key in self._selector.get_map().values()
-                 if getattr(key.data, "is_client_handler", False)}
+        found = {
+            key.data
+            for key in self._selector.get_map().values()
+            if getattr(key.data, "is_client_handler", False)
+        }
         found.update(self._parked)
         return found
 

@@ -30,8 +30,7 @@ from typing import Any, List, Optional, Union
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE, RECV_BUFFER_SIZE
-from .limits import (DEFAULT_MAX_REQUEST_SIZE, arm_timeouts, limits_of, note_read,
-                     note_write_stall)
+from .limits import DEFAULT_MAX_REQUEST_SIZE, arm_timeouts, limits_of, note_read, note_write_stall
 from .output import EMPTY, WANT_WRITE, OutputQueue
 from .tls import WOULD_BLOCK, is_tls, read_pending, send_close_notify
 
@@ -92,11 +91,27 @@ class ClientHandler:
 
     # Slots keep an idle connection small (a subclass without __slots__ still
     # gets a __dict__ for its own attributes).
-    __slots__ = ("server", "loop", "client_socket", "client_address", "incoming",
-                 "closed", "_events", "_reading", "_closing", "_batch", "_output",
-                 "_dirty", "_read_paused",
-                 # Limits and the timeout clocks (evloop.limits).
-                 "limits", "_timer", "_active", "_request_since", "_write_since")
+    __slots__ = (
+        "server",
+        "loop",
+        "client_socket",
+        "client_address",
+        "incoming",
+        "closed",
+        "_events",
+        "_reading",
+        "_closing",
+        "_batch",
+        "_output",
+        "_dirty",
+        "_read_paused",
+        # Limits and the timeout clocks (evloop.limits).
+        "limits",
+        "_timer",
+        "_active",
+        "_request_since",
+        "_write_since",
+    )
 
     def __init__(self, server: Any, client_socket: socket.socket, client_address: Any) -> None:
         self.server = server
@@ -152,8 +167,7 @@ class ClientHandler:
             if not used:
                 limit = self.limits.max_request_size or DEFAULT_MAX_REQUEST_SIZE
                 if len(self.incoming) > limit:
-                    raise RemoteProtocolError(
-                        f"request over the limit of {limit} bytes and not complete")
+                    raise RemoteProtocolError(f"request over the limit of {limit} bytes and not complete")
                 return
             response = self.make_response()
             self.loop.requests += 1
@@ -164,7 +178,8 @@ class ClientHandler:
                 if used > len(incoming):
                     raise LocalProtocolError(
                         f"request_complete() said {used!r} bytes were used, "
-                        f"but only {len(incoming)} are buffered")
+                        f"but only {len(incoming)} are buffered"
+                    )
                 del incoming[:used]
             self.send(response)
             if self.close_when_done:
@@ -179,8 +194,9 @@ class ClientHandler:
         return True to keep it half-open instead (a proxy still has bytes
         to deliver) and close it yourself later."""
         if self.incoming:
-            logger.debug("%s: end of stream with %d bytes of an incomplete request",
-                         self.peer, len(self.incoming))
+            logger.debug(
+                "%s: end of stream with %d bytes of an incomplete request", self.peer, len(self.incoming)
+            )
         return None
 
     def handle_error(self, exc: BaseException) -> None:
@@ -198,8 +214,9 @@ class ClientHandler:
             logger.debug("%s: connection lost: %s", self.peer, exc)
             self.close()
         else:
-            logger.error("%s: error in %s; closing the connection",
-                         self.peer, type(self).__name__, exc_info=exc)
+            logger.error(
+                "%s: error in %s; closing the connection", self.peer, type(self).__name__, exc_info=exc
+            )
             self.close()
 
     # -- what a handler calls -----------------------------------------------
@@ -270,6 +287,7 @@ class ClientHandler:
         :meth:`make_response` (or :meth:`send` it) and the result goes out
         when it is ready, in request order. See :mod:`evloop.offload`."""
         from .offload import offload_call
+
         return offload_call(self, func, args, kwargs)
 
     def pending_input(self) -> int:
@@ -285,8 +303,7 @@ class ClientHandler:
         with a reply for it (HTTP's 408) may send that and call
         :meth:`close_when_sent` instead."""
         level = logging.INFO if kind == "idle" else logging.WARNING
-        logger.log(level, "%s: %s timeout (%gs) fired; closing the connection",
-                   self.peer, kind, seconds)
+        logger.log(level, "%s: %s timeout (%gs) fired; closing the connection", self.peer, kind, seconds)
         self.close()
 
     def shutdown_gracefully(self) -> bool:
@@ -297,8 +314,7 @@ class ClientHandler:
         is still in flight."""
         if self.closed:
             return True
-        idle = (not self.pending_input() and self._output is None and self._batch is None
-                and not self._dirty)
+        idle = not self.pending_input() and self._output is None and self._batch is None and not self._dirty
         if idle:
             self.close()
             return True
@@ -359,7 +375,7 @@ class ClientHandler:
                 # Into the loop's buffer, then copy out only what came: far
                 # cheaper than recv() allocating recv_size bytes every call.
                 buffer = self.loop._recv_buffer
-                data = bytes(buffer[:sock.recv_into(buffer, self.recv_size)])
+                data = bytes(buffer[: sock.recv_into(buffer, self.recv_size)])
             else:
                 data = sock.recv(self.recv_size)
         except WOULD_BLOCK:  # TLS: SSLWantRead/WriteError mean "not now" too
@@ -521,5 +537,9 @@ class ClientHandler:
 
 def _is_disconnect(exc: OSError) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError)) or exc.errno in (
-        errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN)
-
+        errno.EPIPE,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ENOTCONN,
+        errno.ESHUTDOWN,
+    )

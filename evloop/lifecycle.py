@@ -22,7 +22,8 @@ once it is no longer running. ``with server:`` calls it on the way out.
 
 Which loops are inside a ``serve_forever()`` is kept in one table under one
 module lock, and the mixin's per-instance state is two class-level defaults,
-so ``Server`` and the datagram servers need no cooperative ``__init__``. What it needs of the class it is mixed into:
+so ``Server`` and the datagram servers need no cooperative ``__init__``.
+What it needs of the class it is mixed into:
 ``loop``, ``handler_class``, ``closed``, ``close()``, ``socket``,
 ``address`` and the loop's ``add_server()`` protocol.
 """
@@ -51,8 +52,8 @@ class ServerLifecycle:
     """socketserver's ``serve_forever`` / ``shutdown`` / ``server_close`` /
     context manager, for ``Server``, ``UnixServer`` and the datagram servers."""
 
-    _owned_loop: Any = None          # the loop serve_forever() made, if any
-    _shutdown_request = False         # shutdown() came before serve_forever()
+    _owned_loop: Any = None  # the loop serve_forever() made, if any
+    _shutdown_request = False  # shutdown() came before serve_forever()
 
     # -- socketserver's names --------------------------------------------
 
@@ -72,8 +73,9 @@ class ServerLifecycle:
 
     # -- serving ------------------------------------------------------------
 
-    def serve_forever(self, handler_class: Any = None, poll_interval: Optional[float] = 0.5,
-                      *, selector: Any = None) -> None:
+    def serve_forever(
+        self, handler_class: Any = None, poll_interval: Optional[float] = 0.5, *, selector: Any = None
+    ) -> None:
         """Serve until :meth:`shutdown` (from another thread or a handler) or
         ``KeyboardInterrupt`` raised by a handler, which propagates as in
         socketserver. In the main thread SIGINT (Ctrl-C) and SIGTERM shut
@@ -92,8 +94,9 @@ class ServerLifecycle:
         loop = self.loop  # type: ignore[attr-defined]
         if loop is None:
             if handler_class is None:
-                raise TypeError(f"{self!r} is not served by a loop yet; "
-                                "pass serve_forever() its handler class")
+                raise TypeError(
+                    f"{self!r} is not served by a loop yet; pass serve_forever() its handler class"
+                )
             loop = EventLoop(selector)
             try:
                 loop.add_server(self, handler_class)

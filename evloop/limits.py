@@ -103,16 +103,25 @@ class Limits:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, not {value!r}")
         if not 0 <= self.write_low_water <= self.write_high_water:
-            raise ValueError(f"need 0 <= write_low_water ({self.write_low_water}) "
-                             f"<= write_high_water ({self.write_high_water})")
-        for name in ("idle_timeout", "request_timeout", "write_timeout", "handshake_timeout",
-                     "shutdown_timeout"):
+            raise ValueError(
+                f"need 0 <= write_low_water ({self.write_low_water}) "
+                f"<= write_high_water ({self.write_high_water})"
+            )
+        for name in (
+            "idle_timeout",
+            "request_timeout",
+            "write_timeout",
+            "handshake_timeout",
+            "shutdown_timeout",
+        ):
             value = getattr(self, name)
             if value is None and name != "shutdown_timeout":
                 continue
             if not isinstance(value, (int, float)) or not value >= 0 or math.isinf(value):
-                raise ValueError(f"{name} must be a number of seconds >= 0"
-                                 f"{'' if name == 'shutdown_timeout' else ' or None'}, not {value!r}")
+                raise ValueError(
+                    f"{name} must be a number of seconds >= 0"
+                    f"{'' if name == 'shutdown_timeout' else ' or None'}, not {value!r}"
+                )
 
     def replace(self, **changes: Any) -> "Limits":
         """A copy with ``changes`` applied: ``DEFAULT_LIMITS.replace(idle_timeout=30)``."""
@@ -121,8 +130,11 @@ class Limits:
     @property
     def has_timeouts(self) -> bool:
         """Whether any per-connection timeout is on (then each connection has a timer)."""
-        return (self.idle_timeout is not None or self.request_timeout is not None
-                or self.write_timeout is not None)
+        return (
+            self.idle_timeout is not None
+            or self.request_timeout is not None
+            or self.write_timeout is not None
+        )
 
 
 #: The limits of a server made without ``limits=``.
@@ -142,6 +154,7 @@ def default_max_connections(selector: Optional[selectors.BaseSelector] = None) -
     ``select()`` also below 1024, the highest descriptor it can watch."""
     try:
         import resource
+
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, OSError, ValueError):  # no resource module (Windows)
         soft = _FD_SETSIZE
@@ -159,8 +172,12 @@ class RateLimitedLog:
     repeat as fast as the loop turns (out of descriptors, refused clients),
     which must be seen but must not flood the log."""
 
-    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 log: logging.Logger = logger) -> None:
+    def __init__(
+        self,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        log: logging.Logger = logger,
+    ) -> None:
         self.interval = interval
         self.clock = clock
         self.log = log
@@ -185,6 +202,7 @@ class RateLimitedLog:
 
 # -- per-connection timeouts (the handler calls these) -----------------------
 
+
 def arm_timeouts(handler: Any) -> None:
     """Start the connection's timer, if its limits have any timeout on."""
     limits = handler.limits
@@ -192,8 +210,9 @@ def arm_timeouts(handler: Any) -> None:
         return
     now = handler.loop.time()
     handler._active = handler._write_since = now
-    first = min(t for t in (limits.idle_timeout, limits.request_timeout, limits.write_timeout)
-                if t is not None)
+    first = min(
+        t for t in (limits.idle_timeout, limits.request_timeout, limits.write_timeout) if t is not None
+    )
     handler._timer = handler.loop.call_at(now + first, check_timeouts, handler)
 
 
@@ -267,6 +286,7 @@ def check_timeouts(handler: Any) -> None:
         # after the shortest timeout.
         handler._active = now
         limits = handler.limits
-        deadline = now + min(t for t in (limits.idle_timeout, limits.request_timeout,
-                                         limits.write_timeout) if t is not None)
+        deadline = now + min(
+            t for t in (limits.idle_timeout, limits.request_timeout, limits.write_timeout) if t is not None
+        )
     handler._timer = handler.loop.call_at(deadline, check_timeouts, handler)

@@ -81,8 +81,9 @@ class _LoopPool:
             # Not waiting: a call blocked for good must not hang close().
             self.executor.shutdown(wait=False, cancel_futures=True)
 
-    def submit(self, handler: Any, func: Callable[..., Any], args: Tuple[Any, ...],
-               kwargs: Dict[str, Any]) -> Future[Any]:
+    def submit(
+        self, handler: Any, func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> Future[Any]:
         """Hand ``func`` to the executor or, past the connection's share,
         queue it; either way return the future of its result."""
         state = self.calls.get(handler)
@@ -101,8 +102,14 @@ class _LoopPool:
             handler.pause_reading()
         return future
 
-    def _start(self, handler: Any, state: _ConnectionCalls, func: Callable[..., Any],
-               args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Future[Any]:
+    def _start(
+        self,
+        handler: Any,
+        state: _ConnectionCalls,
+        func: Callable[..., Any],
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+    ) -> Future[Any]:
         future = self.executor.submit(func, *args, **kwargs)
         state.running.add(future)
         call_soon_threadsafe = self.loop.call_soon_threadsafe
@@ -156,9 +163,13 @@ def _pool_of(loop: Any) -> Optional[_LoopPool]:
     return getattr(loop, "_offload_pool", None)
 
 
-def set_offload_executor(loop: Any, executor: Optional[Executor] = None, *,
-                         max_workers: Optional[int] = None,
-                         shutdown_with_loop: bool = True) -> Executor:
+def set_offload_executor(
+    loop: Any,
+    executor: Optional[Executor] = None,
+    *,
+    max_workers: Optional[int] = None,
+    shutdown_with_loop: bool = True,
+) -> Executor:
     """Choose the pool that ``offload()`` uses on ``loop``: ``executor``
     (any ``concurrent.futures.Executor``, e.g. a ``ProcessPoolExecutor`` for
     CPU-bound calls whose arguments pickle), or a new ``ThreadPoolExecutor``
@@ -171,8 +182,7 @@ def set_offload_executor(loop: Any, executor: Optional[Executor] = None, *,
     if loop.is_closed():
         raise RuntimeError("this loop is closed")
     if executor is None:
-        executor = ThreadPoolExecutor(max_workers or DEFAULT_MAX_WORKERS,
-                                      thread_name_prefix="evloop-offload")
+        executor = ThreadPoolExecutor(max_workers or DEFAULT_MAX_WORKERS, thread_name_prefix="evloop-offload")
     old = _pool_of(loop)
     if old is not None:
         if old.calls:
@@ -193,8 +203,12 @@ def offload_executor(loop: Any) -> Executor:
     return pool.executor
 
 
-def offload_call(handler: Any, func: Callable[..., Any], args: Tuple[Any, ...] = (),
-                 kwargs: Optional[Dict[str, Any]] = None) -> Future[Any]:
+def offload_call(
+    handler: Any,
+    func: Callable[..., Any],
+    args: Tuple[Any, ...] = (),
+    kwargs: Optional[Dict[str, Any]] = None,
+) -> Future[Any]:
     """Run ``func(*args, **kwargs)`` for ``handler`` in its loop's pool and
     return a Future of the result (what ``ClientHandler.offload`` does).
     Call it on the loop thread. Raises RuntimeError once the loop is closed."""

@@ -24,20 +24,27 @@ from typing import Any, Deque, Iterable
 
 from .tls import WOULD_BLOCK
 
-__all__ = ["OutputQueue", "EMPTY", "WANT_WRITE", "WAITING"]
+__all__ = ["EMPTY", "WAITING", "WANT_WRITE", "OutputQueue"]
 
 # What send_to() reports.
-EMPTY = 0       # everything was sent
+EMPTY = 0  # everything was sent
 WANT_WRITE = 1  # the socket is full; call again when it is writable
-WAITING = 2     # the next piece is a future that has not finished
+WAITING = 2  # the next piece is a future that has not finished
 
 _BYTES_TYPES = (bytes, bytearray, memoryview)
 # Joining many small pieces is cheaper than many sends, up to about this much.
 _JOIN_LIMIT = 256 * 1024
 _SENDFILE_CHUNK = 1 << 30
 # sendfile errors that mean "this kind of file or socket can't": read instead.
-_SENDFILE_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP,
-                         errno.EOVERFLOW, errno.ESPIPE, errno.EBADF}
+_SENDFILE_UNSUPPORTED = {
+    errno.EINVAL,
+    errno.ENOSYS,
+    errno.ENOTSOCK,
+    errno.EOPNOTSUPP,
+    errno.EOVERFLOW,
+    errno.ESPIPE,
+    errno.EBADF,
+}
 
 
 class _FileSource:
@@ -132,7 +139,8 @@ class OutputQueue:
         else:
             raise TypeError(
                 f"a response must be bytes, str, a file, an iterable of those, a Future "
-                f"or None, not {kind.__name__}")
+                f"or None, not {kind.__name__}"
+            )
 
     def send_to(self, sock: socket.socket) -> int:
         """Send as much as ``sock`` takes without blocking. Returns EMPTY,
@@ -143,8 +151,11 @@ class OutputQueue:
             head = items[0]
             kind = type(head)
             if kind is bytes or kind is memoryview or kind is bytearray:
-                if len(items) > 1 and len(head) < _JOIN_LIMIT and (
-                        type(items[1]) in _BYTES_TYPES or _succeeded(items[1])):
+                if (
+                    len(items) > 1
+                    and len(head) < _JOIN_LIMIT
+                    and (type(items[1]) in _BYTES_TYPES or _succeeded(items[1]))
+                ):
                     head = self._join_head()
                 try:
                     sent = sock.send(head)
@@ -220,8 +231,11 @@ class OutputQueue:
             except (BlockingIOError, InterruptedError):
                 return False
             except (OSError, ValueError, AttributeError) as exc:
-                unsupported = (not isinstance(exc, OSError) or isinstance(exc, io.UnsupportedOperation)
-                               or exc.errno in _SENDFILE_UNSUPPORTED)
+                unsupported = (
+                    not isinstance(exc, OSError)
+                    or isinstance(exc, io.UnsupportedOperation)
+                    or exc.errno in _SENDFILE_UNSUPPORTED
+                )
                 if not unsupported:
                     raise
                 source.use_sendfile = False

@@ -11,8 +11,7 @@ __all__ = ["loop"]
 logger = logging.getLogger("evloop")
 
 
-def loop(server: Any, handler_class: Any, timeout: Optional[float] = 30, *,
-         selector: Any = None) -> None:
+def loop(server: Any, handler_class: Any, timeout: Optional[float] = 30, *, selector: Any = None) -> None:
     """Serve ``server`` with one ``handler_class`` per client until
     interrupted (Ctrl-C) or a handler calls ``self.loop.stop()``; then close
     the server and every connection, and return.

@@ -59,10 +59,18 @@ class Server(ServerLifecycle):
     accepts_per_wakeup = 128
     accept_pause = 0.1  # seconds accepting rests after EMFILE and friends
 
-    def __init__(self, host: str = "localhost", port: int = 0, *, family: int = 0,
-                 backlog: int = 1024, reuse_port: bool = False,
-                 sock: Optional[socket.socket] = None, ssl: Any = None,
-                 limits: Optional[Limits] = None) -> None:
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 0,
+        *,
+        family: int = 0,
+        backlog: int = 1024,
+        reuse_port: bool = False,
+        sock: Optional[socket.socket] = None,
+        ssl: Any = None,
+        limits: Optional[Limits] = None,
+    ) -> None:
         self._init_limits(ssl, limits)
         if sock is None:
             sock = _bind_tcp(host, port, family, backlog, reuse_port)
@@ -98,8 +106,7 @@ class Server(ServerLifecycle):
             raise RuntimeError("this server is already served by a loop")
         self.loop = loop
         self.handler_class = handler_class
-        self.max_connections = (self.limits.max_connections
-                                or default_max_connections(loop.selector))
+        self.max_connections = self.limits.max_connections or default_max_connections(loop.selector)
         # Conditions that repeat as fast as clients connect get one log
         # line per 10 seconds of loop time, not one per client.
         self._accept_log = RateLimitedLog(10.0, loop.time, logger)
@@ -130,9 +137,13 @@ class Server(ServerLifecycle):
                 if exc.errno in _ACCEPT_PAUSE:
                     # Retrying at once would spin: the backlog stays
                     # readable until a descriptor frees up.
-                    self._accept_log(logging.ERROR, "%s: accept failed (%s); pausing "
-                                     "accepting for %.2fs at a time until it works",
-                                     self, exc.strerror, self.accept_pause)
+                    self._accept_log(
+                        logging.ERROR,
+                        "%s: accept failed (%s); pausing accepting for %.2fs at a time until it works",
+                        self,
+                        exc.strerror,
+                        self.accept_pause,
+                    )
                     self._pause_accepting(self.accept_pause)
                     return
                 raise
@@ -144,10 +155,16 @@ class Server(ServerLifecycle):
     def _refuse(self, client: socket.socket, address: Any) -> None:
         """Over max_connections: tell the client (``busy_reply``) and close."""
         from .handler import format_address
+
         self.refused += 1
-        self._refuse_log(logging.WARNING, "%s: refused %s: %d connections open, the limit "
-                         "(Limits.max_connections) is %d", self, format_address(address),
-                         self.connections, self.max_connections)
+        self._refuse_log(
+            logging.WARNING,
+            "%s: refused %s: %d connections open, the limit (Limits.max_connections) is %d",
+            self,
+            format_address(address),
+            self.connections,
+            self.max_connections,
+        )
         reply = getattr(self.handler_class, "busy_reply", None)
         try:
             client.setblocking(False)
@@ -175,7 +192,7 @@ class Server(ServerLifecycle):
                 hosts.clear()
             hosts[host] = host
             return address
-        return (shared,) + address[1:]
+        return (shared, *address[1:])
 
     def connection_made(self, client: socket.socket, address: Any) -> None:
         """Make a handler for a freshly accepted client and start it (after
@@ -205,8 +222,12 @@ class Server(ServerLifecycle):
         try:
             handler = self.handler_class(self, client, address)
         except Exception:
-            logger.exception("%s: could not create %s for %s", self,
-                             getattr(self.handler_class, "__name__", self.handler_class), address)
+            logger.exception(
+                "%s: could not create %s for %s",
+                self,
+                getattr(self.handler_class, "__name__", self.handler_class),
+                address,
+            )
             client.close()
             self._client_gone()
             return
@@ -235,6 +256,7 @@ class Server(ServerLifecycle):
 
     def __repr__(self) -> str:
         from .handler import format_address
+
         return f"<{type(self).__name__} {format_address(self.address)}>"
 
 

@@ -45,8 +45,9 @@ class GracefulShutdown:
     def __init__(self, loop: Any, timeout: Optional[float] = None) -> None:
         if timeout is None:
             servers = loop.servers
-            timeout = max((limits_of(s).shutdown_timeout for s in servers),
-                          default=DEFAULT_LIMITS.shutdown_timeout)
+            timeout = max(
+                (limits_of(s).shutdown_timeout for s in servers), default=DEFAULT_LIMITS.shutdown_timeout
+            )
         self.loop = loop
         self.timeout = float(timeout)
         self.started = 0.0
@@ -70,8 +71,12 @@ class GracefulShutdown:
         for server in loop.servers:
             loop.remove_server(server)
         connections = list(loop.handlers)  # closing one changes the loop's set
-        logger.info("graceful shutdown: no longer accepting; %d connections open, "
-                    "waiting up to %gs for them to finish", len(connections), self.timeout)
+        logger.info(
+            "graceful shutdown: no longer accepting; %d connections open, "
+            "waiting up to %gs for them to finish",
+            len(connections),
+            self.timeout,
+        )
         self._counting = True
         waiting = self._waiting
         for connection in connections:
@@ -124,16 +129,28 @@ class GracefulShutdown:
         loop = self.loop
         elapsed = loop.time() - self.started
         level = logging.WARNING if self.cut else logging.INFO
-        logger.log(level, "graceful shutdown done in %.2fs: %d idle connections closed, "
-                   "%d finished, %d cut at the %gs deadline",
-                   elapsed, self.idle, self.finished, self.cut, self.timeout)
+        logger.log(
+            level,
+            "graceful shutdown done in %.2fs: %d idle connections closed, "
+            "%d finished, %d cut at the %gs deadline",
+            elapsed,
+            self.idle,
+            self.finished,
+            self.cut,
+            self.timeout,
+        )
         loop.last_shutdown = self.summary(elapsed)
         loop._shutdown = None
         loop.stop()
 
     def summary(self, elapsed: float) -> Dict[str, Any]:
-        return {"idle": self.idle, "finished": self.finished, "cut": self.cut,
-                "seconds": elapsed, "timeout": self.timeout}
+        return {
+            "idle": self.idle,
+            "finished": self.finished,
+            "cut": self.cut,
+            "seconds": elapsed,
+            "timeout": self.timeout,
+        }
 
 
 def begin_graceful_shutdown(loop: Any, timeout: Optional[float] = None) -> None:
@@ -177,6 +194,8 @@ def handle_signals(loop: Any, signals: Any = None) -> Iterator[None]:
             signal.signal(signum, handler)
         if received:
             name = signal.Signals(received[0]).name
-            logger.info("%s received; %s", name,
-                        "stopped at once on the second signal" if len(received) > 1
-                        else "shut down gracefully")
+            logger.info(
+                "%s received; %s",
+                name,
+                "stopped at once on the second signal" if len(received) > 1 else "shut down gracefully",
+            )

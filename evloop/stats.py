@@ -19,8 +19,7 @@ class StatsReporter:
     ``emit`` receives the line (default: an INFO log record on
     ``evloop.stats``)."""
 
-    def __init__(self, loop: Any, interval: float,
-                 emit: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(self, loop: Any, interval: float, emit: Optional[Callable[[str], None]] = None) -> None:
         if interval <= 0:
             raise ValueError("the stats interval must be positive")
         self.loop = loop
@@ -41,7 +40,8 @@ class StatsReporter:
             f"requests/s={(loop.requests - requests) / elapsed:.0f} "
             f"in={_rate(loop.bytes_received - received, elapsed)} "
             f"out={_rate(loop.bytes_sent - sent, elapsed)} "
-            f"lag={lag * 1000:.1f}ms")
+            f"lag={lag * 1000:.1f}ms"
+        )
         self._last = (now, loop.requests, loop.bytes_received, loop.bytes_sent)
         self._due = now + self.interval
         self._timer = loop.call_at(self._due, self._report)

@@ -19,8 +19,7 @@ from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tup
 
 from .eventloop import EVENT_READ, EVENT_WRITE, EventLoop
 
-__all__ = ["FakeClock", "FakeSocket", "HandlerHarness", "ManualLoop", "every_split",
-           "run_in_chunks"]
+__all__ = ["FakeClock", "FakeSocket", "HandlerHarness", "ManualLoop", "every_split", "run_in_chunks"]
 
 
 class FakeClock:
@@ -79,7 +78,7 @@ class FakeSocket:
         if self._window is not None:
             if self._window == 0:
                 raise BlockingIOError(11, "Resource temporarily unavailable")
-            data = data[:self._window]
+            data = data[: self._window]
             self._window -= len(data)
         self.send_calls += 1
         self.sent += data
@@ -139,16 +138,27 @@ class HandlerHarness:
     True
     """
 
-    def __init__(self, handler_class: Any, *, peer: Any = ("127.0.0.1", 40000),
-                 send_window: Optional[int] = None, clock: Optional[FakeClock] = None,
-                 server: Any = None, limits: Any = None) -> None:
+    def __init__(
+        self,
+        handler_class: Any,
+        *,
+        peer: Any = ("127.0.0.1", 40000),
+        send_window: Optional[int] = None,
+        clock: Optional[FakeClock] = None,
+        server: Any = None,
+        limits: Any = None,
+    ) -> None:
         self.clock = clock if clock is not None else FakeClock()
         self.loop = ManualLoop(self.clock)
         # ``limits``: an evloop.limits.Limits for the handler (timeouts run
         # on the fake clock: advance() fires them).
-        self.server = server if server is not None else SimpleNamespace(
-            loop=self.loop, address=("127.0.0.1", 8000), handler_class=handler_class,
-            limits=limits)
+        self.server = (
+            server
+            if server is not None
+            else SimpleNamespace(
+                loop=self.loop, address=("127.0.0.1", 8000), handler_class=handler_class, limits=limits
+            )
+        )
         self.socket = FakeSocket(peer, send_window)
         self._taken = 0
         self.handler = handler_class(self.server, self.socket, peer)
@@ -180,7 +190,7 @@ class HandlerHarness:
     def drain(self) -> bytes:
         """The peer reads: the send window opens and the handler writes."""
         self.socket.open_window()
-        while (not self.handler.closed and self.loop.events_of(self.socket) & EVENT_WRITE):
+        while not self.handler.closed and self.loop.events_of(self.socket) & EVENT_WRITE:
             before = len(self.socket.sent)
             self._guard(self.handler.handle_write)
             self.loop.run_once(0)
@@ -195,8 +205,11 @@ class HandlerHarness:
 
     def _read_all(self) -> None:
         sock = self.socket
-        while (not self.handler.closed and self.loop.events_of(sock) & EVENT_READ
-               and (sock.to_receive or sock.eof)):
+        while (
+            not self.handler.closed
+            and self.loop.events_of(sock) & EVENT_READ
+            and (sock.to_receive or sock.eof)
+        ):
             self._guard(self.handler.handle_read)
             self.loop.run_once(0)
             if sock.eof and not sock.to_receive:
@@ -217,7 +230,7 @@ class HandlerHarness:
             self.loop.run_once(0)
             if not self.loop._ready and not self.loop._dirty:
                 break
-        new = bytes(self.socket.sent[self._taken:])
+        new = bytes(self.socket.sent[self._taken :])
         self._taken = len(self.socket.sent)
         return new
 
@@ -231,16 +244,17 @@ def every_split(data: bytes) -> Iterator[Tuple[str, List[bytes]]]:
     bytes, and split in two at every point. Yields ``(label, chunks)``."""
     yield "whole", [data]
     if len(data) > 1:
-        yield "bytewise", [data[i:i + 1] for i in range(len(data))]
+        yield "bytewise", [data[i : i + 1] for i in range(len(data))]
     for size in range(2, 10):
         if size < len(data):
-            yield f"chunks of {size}", [data[i:i + size] for i in range(0, len(data), size)]
+            yield f"chunks of {size}", [data[i : i + size] for i in range(0, len(data), size)]
     for cut in range(1, len(data)):
         yield f"split at {cut}", [data[:cut], data[cut:]]
 
 
-def run_in_chunks(handler_class: Any, chunks: Sequence[bytes], *, eof: bool = False,
-                  **harness_options: Any) -> Tuple[bytes, bool]:
+def run_in_chunks(
+    handler_class: Any, chunks: Sequence[bytes], *, eof: bool = False, **harness_options: Any
+) -> Tuple[bytes, bool]:
     """Feed ``chunks`` one read each to a fresh handler (then end of stream if
     ``eof``); return everything it sent and whether it closed."""
     harness = HandlerHarness(handler_class, **harness_options)

@@ -54,9 +54,15 @@ class LoopThread:
             ...                         # the main thread does other work
     """
 
-    def __init__(self, loop: Optional[EventLoop] = None, *, selector: Any = None,
-                 name: Optional[str] = None, daemon: bool = False,
-                 max_wait: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        loop: Optional[EventLoop] = None,
+        *,
+        selector: Any = None,
+        name: Optional[str] = None,
+        daemon: bool = False,
+        max_wait: Optional[float] = None,
+    ) -> None:
         self.loop = loop if loop is not None else EventLoop(selector)
         self.max_wait = max_wait
         self.exception: Optional[BaseException] = None
@@ -139,7 +145,7 @@ class LoopThread:
         """Run ``function(*args)`` on the loop's thread; return a Future of
         its result. Safe from any thread. Before :meth:`start` the call is
         queued and runs once the loop does."""
-        future: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def run() -> None:
             if not future.set_running_or_notify_cancel():
@@ -179,6 +185,9 @@ class LoopThread:
         self.join()
 
     def __repr__(self) -> str:
-        state = "running" if self._thread.is_alive() else (
-            "stopped" if self._thread.ident is not None else "not started")
+        state = (
+            "running"
+            if self._thread.is_alive()
+            else ("stopped" if self._thread.ident is not None else "not started")
+        )
         return f"<{type(self).__name__} {self.name} {state}>"

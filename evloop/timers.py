@@ -35,12 +35,13 @@ class TimerHandle(Handle):
 
     __slots__ = ("when", "_seq", "_queue")
 
-    def __init__(self, when: float, seq: int, callback: Callable[..., Any],
-                 args: tuple, queue: "TimerQueue") -> None:
+    def __init__(
+        self, when: float, seq: int, callback: Callable[..., Any], args: tuple, queue: "TimerQueue"
+    ) -> None:
         super().__init__(callback, args)
         self.when = when
         self._seq = seq
-        self._queue: "Optional[TimerQueue]" = queue
+        self._queue: Optional[TimerQueue] = queue
 
     def __lt__(self, other: "TimerHandle") -> bool:
         return (self.when, self._seq) < (other.when, other._seq)

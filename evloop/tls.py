@@ -66,6 +66,7 @@ if ssl is not None:
     _SSLError: Any = ssl.SSLError
     _SSLSocket: Any = ssl.SSLSocket
 else:  # nothing can raise these, and no socket is one
+
     class SSLWantReadError(OSError):  # type: ignore[no-redef]
         pass
 
@@ -86,9 +87,14 @@ if ssl is not None:
     _GONE += (ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
 
-def make_server_context(certfile: str, keyfile: Optional[str] = None, *,
-                        cafile: Optional[str] = None, client_certs: str = "none",
-                        password: Any = None) -> "ssl.SSLContext":
+def make_server_context(
+    certfile: str,
+    keyfile: Optional[str] = None,
+    *,
+    cafile: Optional[str] = None,
+    client_certs: str = "none",
+    password: Any = None,
+) -> "ssl.SSLContext":
     """A server-side ``ssl.SSLContext`` with safe settings: TLS 1.2 or newer,
     renegotiation off, the certificate chain from ``certfile`` (and
     ``keyfile``). ``client_certs`` is ``"none"``, ``"optional"`` or
@@ -114,8 +120,9 @@ def make_server_context(certfile: str, keyfile: Optional[str] = None, *,
     return context
 
 
-def make_client_context(cafile: Optional[str] = None, *, certfile: Optional[str] = None,
-                        keyfile: Optional[str] = None) -> "ssl.SSLContext":
+def make_client_context(
+    cafile: Optional[str] = None, *, certfile: Optional[str] = None, keyfile: Optional[str] = None
+) -> "ssl.SSLContext":
     """A client-side context that verifies the server against ``cafile`` (the
     system's CAs when None) and its host name, presenting ``certfile`` /
     ``keyfile`` when the server asks for a client certificate."""
@@ -200,11 +207,13 @@ class TLSHandshake:
         self._events = 0
         self._timer: Any = None
         self.sock: Any = server.ssl_context.wrap_socket(
-            client, server_side=True, do_handshake_on_connect=False)
+            client, server_side=True, do_handshake_on_connect=False
+        )
 
     @property
     def peer(self) -> str:
         from .handler import format_address
+
         return format_address(self.client_address)
 
     def start(self) -> None:
@@ -230,8 +239,7 @@ class TLSHandshake:
             return
         except (_SSLError, OSError) as exc:
             reason = getattr(exc, "reason", None) or exc
-            logger.warning("%s: TLS handshake failed (%s); closing the connection",
-                           self.peer, reason)
+            logger.warning("%s: TLS handshake failed (%s); closing the connection", self.peer, reason)
             self.close()
             return
         self._detach()
@@ -246,8 +254,9 @@ class TLSHandshake:
     def _timed_out(self, seconds: float) -> None:
         self._timer = None
         if not self.closed:
-            logger.warning("%s: TLS handshake timeout (%gs) fired; closing the connection",
-                           self.peer, seconds)
+            logger.warning(
+                "%s: TLS handshake timeout (%gs) fired; closing the connection", self.peer, seconds
+            )
             self.close()
 
     def _detach(self) -> None:
@@ -268,8 +277,7 @@ class TLSHandshake:
         self._step()
 
     def handle_error(self, exc: BaseException) -> None:
-        logger.error("%s: error during the TLS handshake; closing the connection",
-                     self.peer, exc_info=exc)
+        logger.error("%s: error during the TLS handshake; closing the connection", self.peer, exc_info=exc)
         self.close()
 
     def shutdown_gracefully(self) -> bool:

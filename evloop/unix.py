@@ -62,8 +62,7 @@ def _remove_stale(path: Union[str, bytes], kind: int) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(info.st_mode):
-        raise FileExistsError(errno.EEXIST, "exists and is not a socket; not removing it",
-                              os.fsdecode(path))
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket; not removing it", os.fsdecode(path))
     probe = socket.socket(socket.AF_UNIX, kind)
     try:
         probe.setblocking(False)
@@ -72,8 +71,9 @@ def _remove_stale(path: Union[str, bytes], kind: int) -> None:
         if exc.errno not in _NOBODY_THERE:
             # EAGAIN: a listener with a full backlog; EPROTOTYPE: a socket of
             # the other kind is bound there. Either way it is alive.
-            raise OSError(errno.EADDRINUSE, f"a live socket is bound there ({exc.strerror})",
-                          os.fsdecode(path)) from None
+            raise OSError(
+                errno.EADDRINUSE, f"a live socket is bound there ({exc.strerror})", os.fsdecode(path)
+            ) from None
     else:
         raise OSError(errno.EADDRINUSE, "a server is listening there", os.fsdecode(path))
     finally:
@@ -148,9 +148,16 @@ class UnixServer(Server):
     server closes. ``ssl`` and ``limits`` are as for :class:`Server`.
     """
 
-    def __init__(self, path: Optional[PathLike] = None, *, backlog: int = 1024,
-                 mode: Optional[int] = None, sock: Optional[socket.socket] = None,
-                 ssl: Any = None, limits: Any = None) -> None:
+    def __init__(
+        self,
+        path: Optional[PathLike] = None,
+        *,
+        backlog: int = 1024,
+        mode: Optional[int] = None,
+        sock: Optional[socket.socket] = None,
+        ssl: Any = None,
+        limits: Any = None,
+    ) -> None:
         if sock is None:
             if path is None:
                 raise TypeError("UnixServer needs a path or a sock")
@@ -200,8 +207,9 @@ def _peer_process(client: socket.socket) -> str:
     if peercred is None:
         return ""
     try:
-        pid, _uid, _gid = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, peercred,
-                                                                 struct.calcsize("3i")))
+        pid, _uid, _gid = struct.unpack(
+            "3i", client.getsockopt(socket.SOL_SOCKET, peercred, struct.calcsize("3i"))
+        )
     except (OSError, struct.error):
         return ""
     return f" pid {pid}" if pid > 0 else ""

@@ -72,11 +72,21 @@ class WorkerProcesses:
     :class:`~evloop.limits.Limits`) bounds each worker's clients.
     """
 
-    def __init__(self, handler_class: Any, host: str = "localhost", port: int = 0, *,
-                 workers: int = 2, family: int = 0, backlog: int = 1024, selector: Any = None,
-                 worker_setup: Optional[Callable[[EventLoop, int], None]] = None,
-                 shutdown_timeout: float = 5.0, max_wait: Optional[float] = None,
-                 limits: Any = None) -> None:
+    def __init__(
+        self,
+        handler_class: Any,
+        host: str = "localhost",
+        port: int = 0,
+        *,
+        workers: int = 2,
+        family: int = 0,
+        backlog: int = 1024,
+        selector: Any = None,
+        worker_setup: Optional[Callable[[EventLoop, int], None]] = None,
+        shutdown_timeout: float = 5.0,
+        max_wait: Optional[float] = None,
+        limits: Any = None,
+    ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers!r}")
         if not hasattr(os, "fork") or not hasattr(socket, "SO_REUSEPORT"):
@@ -169,8 +179,7 @@ class WorkerProcesses:
         self._lifeline_r = self._lifeline_w = -1
 
     def _stop_signal(self, signum: int, frame: Any) -> None:
-        logger.info("supervisor got %s; stopping %d workers",
-                    signal.Signals(signum).name, len(self.pids))
+        logger.info("supervisor got %s; stopping %d workers", signal.Signals(signum).name, len(self.pids))
         self._stopping = True
 
     def _spawn(self, index: int) -> None:
@@ -240,9 +249,14 @@ class WorkerProcesses:
                 delay = 0.0
             self._delay[index] = delay
             self._restart_at[index] = now + delay
-            logger.warning("worker %d (pid %d) %s after %.1fs; restarting it%s", index, pid,
-                           _describe_status(status), lived,
-                           f" in {delay:.1f}s" if delay else "")
+            logger.warning(
+                "worker %d (pid %d) %s after %.1fs; restarting it%s",
+                index,
+                pid,
+                _describe_status(status),
+                lived,
+                f" in {delay:.1f}s" if delay else "",
+            )
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -263,7 +277,7 @@ class WorkerProcesses:
         self._wake_r.settimeout(timeout)
         try:
             self._wake_r.recv(4096)
-        except (TimeoutError, socket.timeout, BlockingIOError, InterruptedError):
+        except (TimeoutError, BlockingIOError, InterruptedError):
             pass
         self._drain_wakeups()
 
@@ -318,8 +332,14 @@ class WorkerProcesses:
                 signal.signal(signum, on_stop_signal)
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             _Lifeline(loop, self._lifeline_r, lambda: on_stop_signal(0, None))
-            server = Server(self.host, self.port, family=self.family, backlog=self.backlog,
-                            reuse_port=True, limits=self.limits)
+            server = Server(
+                self.host,
+                self.port,
+                family=self.family,
+                backlog=self.backlog,
+                reuse_port=True,
+                limits=self.limits,
+            )
             loop.add_server(server, self.handler_class)
             if self.worker_setup is not None:
                 self.worker_setup(loop, index)
@@ -341,9 +361,15 @@ class WorkerProcesses:
                 os._exit(code)
 
 
-def serve_workers(handler_class: Any, host: str = "localhost", port: int = 8000, *,
-                  workers: int = 2, ready: Optional[Callable[[WorkerProcesses], None]] = None,
-                  **options: Any) -> None:
+def serve_workers(
+    handler_class: Any,
+    host: str = "localhost",
+    port: int = 8000,
+    *,
+    workers: int = 2,
+    ready: Optional[Callable[[WorkerProcesses], None]] = None,
+    **options: Any,
+) -> None:
     """Serve ``handler_class`` on ``host:port`` from ``workers`` processes
     until SIGTERM or Ctrl-C (see :class:`WorkerProcesses` for ``options``)."""
     WorkerProcesses(handler_class, host, port, workers=workers, **options).run(ready)

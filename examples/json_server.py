@@ -63,10 +63,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=5489)
-    parser.add_argument("--client", action="store_true",
-                        help="talk to a running server instead of serving")
-    parser.add_argument("--max-size", type=int, default=None,
-                        help="largest message payload in bytes (default 10 MiB)")
+    parser.add_argument("--client", action="store_true", help="talk to a running server instead of serving")
+    parser.add_argument(
+        "--max-size", type=int, default=None, help="largest message payload in bytes (default 10 MiB)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.client:

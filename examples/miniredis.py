@@ -63,8 +63,7 @@ def bulk(value: bytes) -> bytes:
 def array(values: Iterable[Optional[bytes]], nil: bytes = NIL, kind: bytes = b"*") -> bytes:
     """An aggregate of bulk strings (None: ``nil``); ``kind`` is ``*`` for an
     array, RESP3's ``~`` for a set or ``%`` for a map of flat pairs."""
-    items = [nil if value is None else b"$%d\r\n%s\r\n" % (len(value), value)
-             for value in values]
+    items = [nil if value is None else b"$%d\r\n%s\r\n" % (len(value), value) for value in values]
     count = len(items) // 2 if kind == b"%" else len(items)
     return b"%s%d\r\n%s" % (kind, count, b"".join(items))
 
@@ -91,8 +90,7 @@ def parse_int(text: bytes, error: str = NOT_INTEGER) -> int:
     """A 64-bit integer written as Redis writes them (its ``string2ll``: an
     optional minus, digits, no leading zero, no spaces), else RespError."""
     digits = text[1:] if text[:1] == b"-" else text
-    if (not digits.isdigit() or (digits[:1] == b"0" and len(text) > 1)
-            or len(digits) > 19):
+    if not digits.isdigit() or (digits[:1] == b"0" and len(text) > 1) or len(digits) > 19:
         raise RespError(error)
     number = int(text)
     if not INT64_MIN <= number <= INT64_MAX:
@@ -213,8 +211,10 @@ class Database:
 
     def execute(self, *argv: Any, session: Optional[Session] = None) -> bytes:
         """The reply to one command: ``execute("SET", "k", "v")``."""
-        words = [arg.encode() if isinstance(arg, str) else
-                 b"%d" % arg if isinstance(arg, int) else bytes(arg) for arg in argv]
+        words = [
+            arg.encode() if isinstance(arg, str) else b"%d" % arg if isinstance(arg, int) else bytes(arg)
+            for arg in argv
+        ]
         return self.execute_many([words], session)
 
     def use_protocol(self, protocol: int) -> None:
@@ -259,8 +259,9 @@ class Database:
                 elif name == b"DISCARD":
                     replies.append(OK)
                 elif session.queue_failed:
-                    replies.append(RespError("EXECABORT Transaction discarded because of "
-                                             "previous errors.").reply)
+                    replies.append(
+                        RespError("EXECABORT Transaction discarded because of previous errors.").reply
+                    )
                 else:
                     results = [self.execute_many([queued], session) for queued in queue]
                     replies.append(b"*%d\r\n" % len(results) + b"".join(results))
@@ -344,8 +345,7 @@ class Database:
         # HELLO [protover [AUTH user pass] [SETNAME name]]: miniredis has no
         # users, so AUTH is refused rather than silently accepted.
         if len(argv) >= 2:
-            protocol = parse_int(argv[1], "ERR Protocol version is not an integer "
-                                          "or out of range")
+            protocol = parse_int(argv[1], "ERR Protocol version is not an integer or out of range")
             if protocol not in (2, 3):
                 raise RespError("NOPROTO unsupported protocol version")
             options = argv[2:]
@@ -357,15 +357,27 @@ class Database:
                 elif option == b"AUTH":
                     raise RespError("ERR AUTH is not supported by miniredis")
                 else:
-                    raise RespError(f"ERR Syntax error in HELLO option "
-                                    f"'{options[0].decode('utf-8', 'replace')}'")
+                    raise RespError(
+                        f"ERR Syntax error in HELLO option '{options[0].decode('utf-8', 'replace')}'"
+                    )
             if name is not None:
                 self.session.name = name
             self.use_protocol(protocol)
         protocol = self.session.protocol
-        fields = [bulk(b"server"), bulk(b"redis"), bulk(b"version"), bulk(b"7.0.0"),
-                  bulk(b"proto"), b":%d\r\n" % protocol, bulk(b"mode"), bulk(b"standalone"),
-                  bulk(b"role"), bulk(b"master"), bulk(b"modules"), EMPTY_ARRAY]
+        fields = [
+            bulk(b"server"),
+            bulk(b"redis"),
+            bulk(b"version"),
+            bulk(b"7.0.0"),
+            bulk(b"proto"),
+            b":%d\r\n" % protocol,
+            bulk(b"mode"),
+            bulk(b"standalone"),
+            bulk(b"role"),
+            bulk(b"master"),
+            bulk(b"modules"),
+            EMPTY_ARRAY,
+        ]
         if protocol == 3:
             return b"%%%d\r\n" % (len(fields) // 2) + b"".join(fields)
         return b"*%d\r\n" % len(fields) + b"".join(fields)
@@ -404,8 +416,7 @@ class Database:
             keys = [key for key in list(self.data) if self.lookup(key) is not None]
         else:
             match = glob_to_regex(pattern).fullmatch
-            keys = [key for key in list(self.data)
-                    if match(key) and self.lookup(key) is not None]
+            keys = [key for key in list(self.data) if match(key) and self.lookup(key) is not None]
         return array(keys)
 
     # -- any type -----------------------------------------------------------
@@ -467,8 +478,7 @@ class Database:
         i = 3
         while i < len(argv):
             option = argv[i].upper()
-            if option in (b"EX", b"PX") and deadline is None and not keep_ttl \
-                    and i + 1 < len(argv):
+            if option in (b"EX", b"PX") and deadline is None and not keep_ttl and i + 1 < len(argv):
                 amount = parse_int(argv[i + 1])
                 if amount <= 0:
                     raise RespError("ERR invalid expire time in 'set' command")
@@ -616,13 +626,35 @@ class Database:
 
 # Name and arity of every command (Redis's command table values).
 _COMMANDS = [
-    ("PING", -1), ("ECHO", 2), ("HELLO", -1), ("CONFIG", -2), ("CLIENT", -2),
-    ("FLUSHDB", -1), ("KEYS", 2), ("DEL", -2), ("EXISTS", -2),
-    ("GET", 2), ("SET", -3), ("MSET", -3), ("MGET", -2),
-    ("INCR", 2), ("DECR", 2), ("INCRBY", 3), ("DECRBY", 3),
-    ("LPUSH", -3), ("RPUSH", -3), ("LPOP", -2), ("RPOP", -2), ("LRANGE", 4),
-    ("SADD", -3), ("SMEMBERS", 2), ("HSET", -4), ("HGET", 3),
-    ("MULTI", 1), ("EXEC", 1), ("DISCARD", 1),
+    ("PING", -1),
+    ("ECHO", 2),
+    ("HELLO", -1),
+    ("CONFIG", -2),
+    ("CLIENT", -2),
+    ("FLUSHDB", -1),
+    ("KEYS", 2),
+    ("DEL", -2),
+    ("EXISTS", -2),
+    ("GET", 2),
+    ("SET", -3),
+    ("MSET", -3),
+    ("MGET", -2),
+    ("INCR", 2),
+    ("DECR", 2),
+    ("INCRBY", 3),
+    ("DECRBY", 3),
+    ("LPUSH", -3),
+    ("RPUSH", -3),
+    ("LPOP", -2),
+    ("RPOP", -2),
+    ("LRANGE", 4),
+    ("SADD", -3),
+    ("SMEMBERS", 2),
+    ("HSET", -4),
+    ("HGET", 3),
+    ("MULTI", 1),
+    ("EXEC", 1),
+    ("DISCARD", 1),
 ]
 
 
@@ -633,14 +665,15 @@ def _unknown_command(argv: Argv) -> bytes:
     for arg in argv[1:]:
         if len(shown) >= 128:
             break
-        shown += b"'%s' " % arg[:128 - len(shown)]
+        shown += b"'%s' " % arg[: 128 - len(shown)]
     line = b"-ERR unknown command '%s', with args beginning with: %s" % (argv[0][:128], shown)
     return line.replace(b"\r", b" ").replace(b"\n", b" ") + b"\r\n"
 
 
 def _arity_error(name: bytes) -> bytes:
-    return RespError(f"ERR wrong number of arguments for "
-                     f"'{name.decode('utf-8', 'replace').lower()}' command").reply
+    return RespError(
+        f"ERR wrong number of arguments for '{name.decode('utf-8', 'replace').lower()}' command"
+    ).reply
 
 
 class MiniRedisHandler(ClientHandler):
@@ -673,8 +706,7 @@ class MiniRedisHandler(ClientHandler):
             raise framer.error
 
 
-def serve(host: str = "localhost", port: int = 6379,
-          database: Optional[Database] = None) -> Server:
+def serve(host: str = "localhost", port: int = 6379, database: Optional[Database] = None) -> Server:
     """A listening Server whose clients share ``database``."""
     server = Server(host, port)
     server.database = database if database is not None else Database()  # type: ignore[attr-defined]

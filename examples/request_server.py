@@ -37,8 +37,7 @@ def main(argv=None):
     host, port = split_address(f"{args.host}:{args.port}", server=True)
     handler = TimeServer
     if args.threads:
-        handler = type("ThreadedTimeServer", (TimeServer,),
-                       {"executor": ThreadPoolExecutor(args.threads)})
+        handler = type("ThreadedTimeServer", (TimeServer,), {"executor": ThreadPoolExecutor(args.threads)})
     server = Server(host, port)
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, handler)

@@ -42,7 +42,7 @@ class UpperLines(ClientHandler):
                 self.close_when_sent()
             return False
         self._scanned = 0
-        self.line = bytes(self.incoming[:end + 1])
+        self.line = bytes(self.incoming[: end + 1])
         return end + 1  # the bytes this request used; the rest stays
 
     def make_response(self):
@@ -59,10 +59,14 @@ class UpperDatagram(DatagramHandler):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
-    parser.add_argument("--port", type=int, default=9000,
-                        help="TCP port; UDP is served on the same number (0: any free one)")
-    parser.add_argument("--unix", default=os.path.join(tempfile.gettempdir(), "evloop-upper.sock"),
-                        help="path of the Unix stream socket")
+    parser.add_argument(
+        "--port", type=int, default=9000, help="TCP port; UDP is served on the same number (0: any free one)"
+    )
+    parser.add_argument(
+        "--unix",
+        default=os.path.join(tempfile.gettempdir(), "evloop-upper.sock"),
+        help="path of the Unix stream socket",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 

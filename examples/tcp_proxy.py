@@ -26,8 +26,8 @@ class Relay(ClientHandler):
     close_when_done = False
     high_water = 256 * 1024
 
-    partner = None          # the Relay on the other socket
-    ended = False           # this side's peer has sent end of stream
+    partner = None  # the Relay on the other socket
+    ended = False  # this side's peer has sent end of stream
     paused_partner = False  # we paused the partner's reading
 
     def data_received(self, data):
@@ -66,8 +66,7 @@ class ProxyClient(Relay):
 
     def setup(self):
         host, port = self.server.target
-        upstream = open_connection(self.loop, host, port, Relay,
-                                   timeout=self.server.connect_timeout)
+        upstream = open_connection(self.loop, host, port, Relay, timeout=self.server.connect_timeout)
         upstream.partner = self
         self.partner = upstream
 

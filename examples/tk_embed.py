@@ -40,7 +40,7 @@ class Window:
         root.after(POLL_MS, self.tick)
 
     def tick(self):
-        self.event_loop.run_once(0)          # one pass, never blocks Tk
+        self.event_loop.run_once(0)  # one pass, never blocks Tk
         self.root.after(POLL_MS, self.tick)
 
     def note_request(self, peer, body):

@@ -96,7 +96,7 @@ class ChatSocket(WebSocketHandler):
             name = str(data.get("name") or "anonymous")[:40]
             text = str(data["text"])[:2000]
         except (ValueError, TypeError, KeyError, AttributeError):
-            self.send(json.dumps({"kind": "error", "text": "send {\"name\": ..., \"text\": ...}"}))
+            self.send(json.dumps({"kind": "error", "text": 'send {"name": ..., "text": ...}'}))
             return
         self.broadcast(json.dumps({"kind": "message", "from": name, "text": text}))
 

@@ -31,8 +31,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=9001)
-    parser.add_argument("--max-size", type=int, default=32 * 1024 * 1024,
-                        help="largest message accepted, in bytes")
+    parser.add_argument(
+        "--max-size", type=int, default=32 * 1024 * 1024, help="largest message accepted, in bytes"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     server = Server(args.host, args.port)

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from evloop import ClientHandler, RemoteProtocolError
 
-__all__ = ["NEED_DATA", "Framer", "FramedHandler"]
+__all__ = ["NEED_DATA", "FramedHandler", "Framer"]
 
 
 class _NeedData:

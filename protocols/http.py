@@ -55,8 +55,15 @@ from .http_message import (
     reason_phrase,
 )
 
-__all__ = ["HTTPError", "HTTPHandler", "Request", "Response", "SwitchProtocols",
-           "error_response", "http_date"]
+__all__ = [
+    "HTTPError",
+    "HTTPHandler",
+    "Request",
+    "Response",
+    "SwitchProtocols",
+    "error_response",
+    "http_date",
+]
 
 logger = logging.getLogger("evloop.http")
 
@@ -148,6 +155,7 @@ class HTTPHandler(ClientHandler):
         router = self._router
         if router is None:
             from .routing import Router  # routing imports this module
+
             routes = self.routes
             router = self._router = routes if isinstance(routes, Router) else Router(routes or {})
         return router.dispatch(request)
@@ -179,8 +187,11 @@ class HTTPHandler(ClientHandler):
         return self._unparsed
 
     def handle_timeout(self, kind: str, seconds: float) -> None:
-        if kind == "request" and self.upgraded is None and self.conn.our_state in (
-                h11.IDLE, h11.SEND_RESPONSE):
+        if (
+            kind == "request"
+            and self.upgraded is None
+            and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
+        ):
             # RFC 9110 section 15.5.9: say why before closing.
             logger.warning("%s: request not complete within %gs; 408", self.peer, seconds)
             self.send(self._error_reply(408))
@@ -254,8 +265,12 @@ class HTTPHandler(ClientHandler):
         # h11 bounds a head that is still incomplete; one that arrived whole
         # in a single read is measured here, so the limit does not depend on
         # how the bytes were split.
-        size = len(event.method) + len(event.target) + 12 + sum(
-            len(name) + len(value) + 4 for name, value in event.headers)
+        size = (
+            len(event.method)
+            + len(event.target)
+            + 12
+            + sum(len(name) + len(value) + 4 for name, value in event.headers)
+        )
         if size > self.max_head_size:
             self._refuse(431, f"request head of about {size} bytes over {self.max_head_size}")
         request = self.request = Request.from_h11(event, self)
@@ -287,13 +302,15 @@ class HTTPHandler(ClientHandler):
             self._set_busy()
             placeholder: Future[Any] = Future()
             self.send(placeholder)
-            answer.add_done_callback(lambda future: self.loop.call_soon_threadsafe(
-                self._future_answered, request, future, placeholder))
+            answer.add_done_callback(
+                lambda future: self.loop.call_soon_threadsafe(
+                    self._future_answered, request, future, placeholder
+                )
+            )
             return
         self.send(self._frame_answer(request, answer))
 
-    def _future_answered(self, request: Request, future: "Future[Any]",
-                         placeholder: "Future[Any]") -> None:
+    def _future_answered(self, request: Request, future: "Future[Any]", placeholder: "Future[Any]") -> None:
         try:
             answer = future.result()
         except HTTPError as exc:
@@ -353,8 +370,9 @@ class HTTPHandler(ClientHandler):
             if length is not None and "content-length" not in names:
                 headers.append(("Content-Length", str(length)))
         headers.extend(response.headers)
-        head = conn.send(h11.Response(status_code=status, headers=headers,
-                                      reason=response.reason or reason_phrase(status)))
+        head = conn.send(
+            h11.Response(status_code=status, headers=headers, reason=response.reason or reason_phrase(status))
+        )
         if head_only:
             _close_body(body)
             head += conn.send(h11.EndOfMessage())
@@ -440,8 +458,9 @@ class HTTPHandler(ClientHandler):
 
     def _switch(self, switch: SwitchProtocols) -> bytes:
         conn = self.conn
-        head = conn.send(h11.InformationalResponse(status_code=101, headers=switch.headers,
-                                                   reason=b"Switching Protocols"))
+        head = conn.send(
+            h11.InformationalResponse(status_code=101, headers=switch.headers, reason=b"Switching Protocols")
+        )
         trailing, _ = conn.trailing_data
         # Queue the 101 before the new protocol's first bytes.
         self.send(head)
@@ -462,11 +481,19 @@ class HTTPHandler(ClientHandler):
             return None
         text = f"{status} {reason_phrase(status)}\n".encode()
         try:
-            reply = self.conn.send(h11.Response(
-                status_code=status, reason=reason_phrase(status),
-                headers=[("Date", http_date()), ("Server", self.server_name),
-                         ("Content-Type", "text/plain; charset=utf-8"),
-                         ("Content-Length", str(len(text))), ("Connection", "close")]))
+            reply = self.conn.send(
+                h11.Response(
+                    status_code=status,
+                    reason=reason_phrase(status),
+                    headers=[
+                        ("Date", http_date()),
+                        ("Server", self.server_name),
+                        ("Content-Type", "text/plain; charset=utf-8"),
+                        ("Content-Length", str(len(text))),
+                        ("Connection", "close"),
+                    ],
+                )
+            )
             return reply + self.conn.send(h11.Data(data=text)) + self.conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             return None

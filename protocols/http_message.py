@@ -11,8 +11,16 @@ from http import HTTPStatus
 from typing import Any, Callable, List, Optional, Tuple
 from urllib.parse import unquote
 
-__all__ = ["HTTPError", "Headers", "Request", "Response", "SwitchProtocols", "error_response",
-           "http_date", "reason_phrase"]
+__all__ = [
+    "HTTPError",
+    "Headers",
+    "Request",
+    "Response",
+    "SwitchProtocols",
+    "error_response",
+    "http_date",
+    "reason_phrase",
+]
 
 Headers = List[Tuple[str, str]]
 
@@ -55,8 +63,15 @@ class Request:
         "target",
     )
 
-    def __init__(self, method: str, target: str, headers: Headers, http_version: str = "1.1",
-                 body: bytes = b"", connection: Any = None) -> None:
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: Headers,
+        http_version: str = "1.1",
+        body: bytes = b"",
+        connection: Any = None,
+    ) -> None:
         self.method = method
         self.target = target
         path, _, query = target.partition("?")
@@ -73,8 +88,14 @@ class Request:
     def from_h11(cls, event: Any, connection: Any = None) -> "Request":
         """The Request for an ``h11.Request`` event (its body still empty)."""
         headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers]
-        return cls(event.method.decode("ascii"), event.target.decode("latin-1"), headers,
-                   event.http_version.decode("ascii"), b"", connection)
+        return cls(
+            event.method.decode("ascii"),
+            event.target.decode("latin-1"),
+            headers,
+            event.http_version.decode("ascii"),
+            b"",
+            connection,
+        )
 
     def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The value of header ``name`` (any case); repeated headers are
@@ -116,9 +137,16 @@ class Response:
 
     __slots__ = ("body", "content_type", "headers", "length", "reason", "status")
 
-    def __init__(self, body: Any = b"", status: int = 200, headers: Optional[Headers] = None, *,
-                 content_type: Optional[str] = None, length: Optional[int] = None,
-                 reason: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        body: Any = b"",
+        status: int = 200,
+        headers: Optional[Headers] = None,
+        *,
+        content_type: Optional[str] = None,
+        length: Optional[int] = None,
+        reason: Optional[str] = None,
+    ) -> None:
         self.status = status
         self.body = body
         self.headers = list(headers or ())

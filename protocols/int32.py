@@ -58,8 +58,10 @@ class Int32Framer(Framer):
                 return NEED_DATA
             (length,) = _PREFIX.unpack_from(buf)
             if length > self.max_size:
-                raise self._fail(f"message length {length} (prefix {bytes(buf[:_PREFIX_SIZE])!r}) "
-                                 f"is over the limit of {self.max_size} bytes")
+                raise self._fail(
+                    f"message length {length} (prefix {bytes(buf[:_PREFIX_SIZE])!r}) "
+                    f"is over the limit of {self.max_size} bytes"
+                )
             del buf[:_PREFIX_SIZE]
             self._payload_length = length
         if len(buf) < length:
@@ -75,8 +77,9 @@ class Int32Framer(Framer):
         """``message`` with its prefix. Raises LocalProtocolError if it is over
         ``max_size``: the peer, holding the same limit, would refuse it."""
         if len(message) > self.max_size or len(message) > 0xFFFFFFFF:
-            raise LocalProtocolError(f"a message of {len(message)} bytes is over the limit "
-                                     f"of {self.max_size} bytes")
+            raise LocalProtocolError(
+                f"a message of {len(message)} bytes is over the limit of {self.max_size} bytes"
+            )
         return _PREFIX.pack(len(message)) + message
 
 

@@ -69,8 +69,15 @@ class JsonClient:
     #: large message in few calls.
     recv_size = 256 * 1024
 
-    def __init__(self, address: str = "127.0.0.1", port: int = 5489, timeout: Optional[float] = 2.0,
-                 *, max_message_size: int = DEFAULT_MAX_SIZE, ssl: Any = None) -> None:
+    def __init__(
+        self,
+        address: str = "127.0.0.1",
+        port: int = 5489,
+        timeout: Optional[float] = 2.0,
+        *,
+        max_message_size: int = DEFAULT_MAX_SIZE,
+        ssl: Any = None,
+    ) -> None:
         self._address = address
         self._ssl = ssl
         self._port = port
@@ -91,11 +98,11 @@ class JsonClient:
         try:
             sock = self._open_socket()
         except TimeoutError as exc:
-            raise JsonTimeoutError(f"cannot connect to {self._where()}: no answer within "
-                                   f"{self._timeout} seconds") from exc
+            raise JsonTimeoutError(
+                f"cannot connect to {self._where()}: no answer within {self._timeout} seconds"
+            ) from exc
         except OSError as exc:
-            raise JsonConnectionError(f"cannot connect to {self._where()}: "
-                                      f"{exc.strerror or exc}") from exc
+            raise JsonConnectionError(f"cannot connect to {self._where()}: {exc.strerror or exc}") from exc
         self.socket = sock
         self._framer = JsonFramer(self.max_message_size)
         return True
@@ -110,12 +117,15 @@ class JsonClient:
             sock.sendall(data)
         except TimeoutError as exc:
             self.close()
-            raise JsonTimeoutError(f"{self._where()} took no data for {self._timeout} seconds; "
-                                   f"the message may be half sent, so the connection is closed") from exc
+            raise JsonTimeoutError(
+                f"{self._where()} took no data for {self._timeout} seconds; "
+                f"the message may be half sent, so the connection is closed"
+            ) from exc
         except OSError as exc:
             self.close()
-            raise JsonDisconnectedError(f"connection to {self._where()} lost while sending: "
-                                        f"{exc.strerror or exc}") from exc
+            raise JsonDisconnectedError(
+                f"connection to {self._where()} lost while sending: {exc.strerror or exc}"
+            ) from exc
 
     def read_obj(self) -> Any:
         """Wait for the next message and return it decoded. Raises
@@ -209,18 +219,17 @@ class JsonClient:
         try:
             data = sock.recv(self.recv_size)
         except TimeoutError as exc:
-            raise JsonTimeoutError(f"no message from {self._where()} within {self._timeout} "
-                                   f"seconds") from exc
+            raise JsonTimeoutError(f"no message from {self._where()} within {self._timeout} seconds") from exc
         except OSError as exc:
             self.close()
-            raise JsonDisconnectedError(f"connection to {self._where()} lost: "
-                                        f"{exc.strerror or exc}") from exc
+            raise JsonDisconnectedError(f"connection to {self._where()} lost: {exc.strerror or exc}") from exc
         if not data:
             partial = self._framer.buffered
             self.close()
             if partial:
-                raise JsonDisconnectedError(f"{self._where()} closed the connection inside a message "
-                                            f"({partial} bytes of it received)")
+                raise JsonDisconnectedError(
+                    f"{self._where()} closed the connection inside a message ({partial} bytes of it received)"
+                )
             raise JsonDisconnectedError(f"{self._where()} closed the connection")
         return data
 

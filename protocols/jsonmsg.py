@@ -100,8 +100,7 @@ class JsonFramer(Framer):
             # The length is checked before it is trusted: nothing of an
             # oversize payload is ever buffered or waited for.
             if length > self.max_size:
-                raise self._fail(f"payload length {length} is over the limit of "
-                                 f"{self.max_size} bytes")
+                raise self._fail(f"payload length {length} is over the limit of {self.max_size} bytes")
             end = self._end = HEADER_SIZE + length
             self._checksum = checksum
         if len(buf) < end:
@@ -113,20 +112,23 @@ class JsonFramer(Framer):
         self._end = 0
         checksum = zlib.crc32(payload)
         if checksum != self._checksum:
-            raise self._fail(f"checksum mismatch: header says {self._checksum:#010x}, payload "
-                             f"has {checksum:#010x} (payload starts {bytes(payload[:32])!r})")
+            raise self._fail(
+                f"checksum mismatch: header says {self._checksum:#010x}, payload "
+                f"has {checksum:#010x} (payload starts {bytes(payload[:32])!r})"
+            )
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise self._fail(f"payload is not UTF-8: {exc.reason} at byte {exc.start} "
-                             f"({bytes(payload[exc.start:exc.start + 8])!r})") from None
+            raise self._fail(
+                f"payload is not UTF-8: {exc.reason} at byte {exc.start} "
+                f"({bytes(payload[exc.start : exc.start + 8])!r})"
+            ) from None
         try:
             return _decode_text(text)
         except (ValueError, RecursionError) as exc:
             # ValueError: JSONDecodeError, or an integer past Python's digit
             # limit; RecursionError: nesting deeper than the decoder goes.
-            raise self._fail(f"payload is not JSON: {exc} "
-                             f"(payload starts {bytes(payload[:32])!r})") from None
+            raise self._fail(f"payload is not JSON: {exc} (payload starts {bytes(payload[:32])!r})") from None
 
     def encode(self, message: Any) -> bytes:
         """Header and payload for ``message``. Raises LocalProtocolError if
@@ -134,15 +136,15 @@ class JsonFramer(Framer):
         try:
             text = _encode_text(message)
         except (TypeError, ValueError, RecursionError) as exc:
-            raise LocalProtocolError(
-                f"cannot encode {type(message).__name__} as JSON: {exc}") from exc
+            raise LocalProtocolError(f"cannot encode {type(message).__name__} as JSON: {exc}") from exc
         try:
             payload = text.encode("utf-8")
         except UnicodeEncodeError:
             payload = _encode_ascii(message).encode("ascii")
         if len(payload) > self.max_size:
-            raise LocalProtocolError(f"message of {len(payload)} bytes is over the limit of "
-                                     f"{self.max_size} bytes")
+            raise LocalProtocolError(
+                f"message of {len(payload)} bytes is over the limit of {self.max_size} bytes"
+            )
         return _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
@@ -196,8 +198,7 @@ class JsonHandler(FramedHandler):
 
     def handle_error(self, exc: BaseException) -> None:
         if isinstance(exc, LocalProtocolError):
-            logger.warning("%s: cannot send the reply: %s; closing the connection",
-                           self.peer, exc.message)
+            logger.warning("%s: cannot send the reply: %s; closing the connection", self.peer, exc.message)
             self.close_when_sent()
         else:
             super().handle_error(exc)
@@ -233,6 +234,9 @@ def get_client_stats(loop: Any) -> Dict[str, Any]:
     Call it on the loop's thread (from a handler, a timer or
     ``loop.call_soon_threadsafe``)."""
     now = loop.time()
-    clients = {handler.peer: now - handler.connected_at
-               for handler in list(loop.handlers) if isinstance(handler, JsonHandler)}
+    clients = {
+        handler.peer: now - handler.connected_at
+        for handler in list(loop.handlers)
+        if isinstance(handler, JsonHandler)
+    }
     return {"connected_clients": len(clients), "clients": clients}

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .framing import NEED_DATA, FramedHandler, Framer
 
-__all__ = ["LengthSepFramer", "LengthSepBody", "LengthSepEcho"]
+__all__ = ["LengthSepBody", "LengthSepEcho", "LengthSepFramer"]
 
 
 class LengthSepFramer(Framer):
@@ -40,8 +40,10 @@ class LengthSepFramer(Framer):
             newline = buf.find(b"\n", 0, self._max_digits + 1)
             if newline < 0:
                 if len(buf) > self._max_digits:
-                    raise self._fail(f"length line longer than {self._max_digits} digits: "
-                                     f"{bytes(buf[:self._max_digits + 1])!r}")
+                    raise self._fail(
+                        f"length line longer than {self._max_digits} digits: "
+                        f"{bytes(buf[: self._max_digits + 1])!r}"
+                    )
                 if buf and not buf.isdigit():
                     raise self._fail(f"length line is not a decimal number: {bytes(buf)!r}")
                 if self._eof and buf:
@@ -53,7 +55,7 @@ class LengthSepFramer(Framer):
             length = int(head)
             if length > self.max_size:
                 raise self._fail(f"length {length} is over the limit of {self.max_size} bytes")
-            del buf[:newline + 1]
+            del buf[: newline + 1]
             self._body_length = length
         if len(buf) < length:
             if self._eof:

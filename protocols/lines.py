@@ -48,8 +48,14 @@ class LineFramer(Framer):
 
     __slots__ = ("_scanned", "eof_ends_line", "terminator", "too_long_reply")
 
-    def __init__(self, max_size: Optional[int] = None, terminator: bytes = b"\r\n", *,
-                 too_long_reply: Optional[bytes] = None, eof_ends_line: bool = True) -> None:
+    def __init__(
+        self,
+        max_size: Optional[int] = None,
+        terminator: bytes = b"\r\n",
+        *,
+        too_long_reply: Optional[bytes] = None,
+        eof_ends_line: bool = True,
+    ) -> None:
         super().__init__(max_size)
         if not terminator:
             raise ValueError("the line terminator must not be empty")
@@ -87,11 +93,12 @@ class LineFramer(Framer):
             self._scanned = start
             # At end of stream the last line is all that is left, a half
             # terminator included, and must fit the limit too.
-            if start > self.max_size or (self._eof and self.eof_ends_line
-                                         and size > self.max_size):
+            if start > self.max_size or (self._eof and self.eof_ends_line and size > self.max_size):
                 raise self._fail(
                     f"line longer than {self.max_size} bytes without a terminator "
-                    f"{terminator!r}: {bytes(buf[:_SHOWN])!r}...", self.too_long_reply)
+                    f"{terminator!r}: {bytes(buf[:_SHOWN])!r}...",
+                    self.too_long_reply,
+                )
             if self._eof and buf:
                 if not self.eof_ends_line:
                     raise self._truncated()
@@ -101,7 +108,7 @@ class LineFramer(Framer):
                 return line
             return NEED_DATA
         line = bytes(buf[:end])
-        del buf[:end + width]
+        del buf[: end + width]
         self._scanned = 0
         return line
 
@@ -118,12 +125,13 @@ class LineFramer(Framer):
             raise LocalProtocolError(f"a reply line must be bytes or str, not {type(message).__name__}")
         terminator = self.terminator
         if data.endswith(terminator):
-            body = data[:-len(terminator)]
+            body = data[: -len(terminator)]
         else:
             body, data = data, data + terminator
         if data.find(terminator) < len(body):
-            raise LocalProtocolError(f"a reply line contains the terminator {terminator!r}: "
-                                     f"{body[:_SHOWN]!r}")
+            raise LocalProtocolError(
+                f"a reply line contains the terminator {terminator!r}: {body[:_SHOWN]!r}"
+            )
         return data
 
 
@@ -148,8 +156,9 @@ class LineHandler(FramedHandler):
         reply = self.too_long_reply
         if reply is not None and not reply.endswith(self.terminator):
             reply += self.terminator
-        return LineFramer(self.max_size, self.terminator, too_long_reply=reply,
-                          eof_ends_line=self.eof_ends_line)
+        return LineFramer(
+            self.max_size, self.terminator, too_long_reply=reply, eof_ends_line=self.eof_ends_line
+        )
 
     def handle_line(self, line: bytes) -> Any:
         """Return the reply to ``line`` (bytes without the terminator): bytes

@@ -52,15 +52,17 @@ class NetstringFramer(Framer):
         if length < 0:
             # The colon can only be among the first max_digits + 1 bytes.
             colon = buf.find(b":", 0, self._max_digits + 1)
-            head = buf[:self._max_digits + 1] if colon < 0 else buf[:colon]
+            head = buf[: self._max_digits + 1] if colon < 0 else buf[:colon]
             if head and not head.isdigit():
                 raise self._fail(f"netstring length is not a decimal number: {bytes(head[:20])!r}")
             if len(head) > 1 and head[0] == 0x30:
                 raise self._fail(f"netstring length has a leading zero: {bytes(head)!r}")
             if colon < 0:
                 if len(buf) > self._max_digits:
-                    raise self._fail(f"netstring length longer than {self._max_digits} digits: "
-                                     f"{bytes(buf[:self._max_digits + 1])!r}")
+                    raise self._fail(
+                        f"netstring length longer than {self._max_digits} digits: "
+                        f"{bytes(buf[: self._max_digits + 1])!r}"
+                    )
                 if self._eof and buf:
                     raise self._truncated()
                 return NEED_DATA
@@ -68,19 +70,19 @@ class NetstringFramer(Framer):
                 raise self._fail("netstring length is missing before ':'")
             length = int(head)
             if length > self.max_size:
-                raise self._fail(f"netstring length {length} is over the limit of "
-                                 f"{self.max_size} bytes")
-            del buf[:colon + 1]
+                raise self._fail(f"netstring length {length} is over the limit of {self.max_size} bytes")
+            del buf[: colon + 1]
             self._payload_length = length
         if len(buf) <= length:  # the payload and its comma are not all here
             if self._eof:
                 raise self._truncated()
             return NEED_DATA
         if buf[length] != 0x2C:
-            raise self._fail(f"netstring of length {length} is not followed by ',': "
-                             f"{bytes(buf[length:length + 1])!r}")
+            raise self._fail(
+                f"netstring of length {length} is not followed by ',': {bytes(buf[length : length + 1])!r}"
+            )
         payload = bytes(buf[:length])
-        del buf[:length + 1]
+        del buf[: length + 1]
         self._payload_length = -1
         return payload
 
@@ -88,8 +90,9 @@ class NetstringFramer(Framer):
         """``message`` as a netstring. Raises LocalProtocolError if it is
         over ``max_size``: the peer, holding the same limit, would refuse it."""
         if len(message) > self.max_size:
-            raise LocalProtocolError(f"a netstring of {len(message)} bytes is over the limit "
-                                     f"of {self.max_size} bytes")
+            raise LocalProtocolError(
+                f"a netstring of {len(message)} bytes is over the limit of {self.max_size} bytes"
+            )
         return b"%d:%s," % (len(message), message)
 
 

@@ -87,8 +87,9 @@ class RequestHandler(LineHandler):
         try:
             text = self.request.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise RemoteProtocolError(f"the request is not UTF-8: {exc}",
-                                      reply=b"ERROR request is not UTF-8\r\n") from None
+            raise RemoteProtocolError(
+                f"the request is not UTF-8: {exc}", reply=b"ERROR request is not UTF-8\r\n"
+            ) from None
         if self.executor is None:
             return self._reply_to(text)
         return self.executor.submit(self._reply_to, text)
@@ -101,8 +102,9 @@ class RequestHandler(LineHandler):
         return self.framer.encode(reply)
 
 
-def do_request(address: str, request: str, timeout: Optional[float] = -1, *,
-               max_size: int = 1024 * 1024, ssl: Any = None) -> Optional[str]:
+def do_request(
+    address: str, request: str, timeout: Optional[float] = -1, *, max_size: int = 1024 * 1024, ssl: Any = None
+) -> Optional[str]:
     """Send ``request`` to the server at ``address`` (``"host:port"``, see
     :func:`split_address`) and return its reply.
 
@@ -159,8 +161,7 @@ def _remaining(deadline: Optional[float]) -> Optional[float]:
     return left
 
 
-def _open_connection(host: str, port: int, timeout: Optional[float],
-                     context: Any = None) -> socket.socket:
+def _open_connection(host: str, port: int, timeout: Optional[float], context: Any = None) -> socket.socket:
     # The one place a transport is made; with TLS the handshake is done
     # here, within the same timeout.
     sock = socket.create_connection((host, port), timeout=timeout)

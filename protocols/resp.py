@@ -109,8 +109,9 @@ class RespFramer(Framer):
         "max_line",
     )
 
-    def __init__(self, max_size: Optional[int] = None, *, max_line: int = MAX_LINE,
-                 max_elements: int = MAX_ELEMENTS) -> None:
+    def __init__(
+        self, max_size: Optional[int] = None, *, max_line: int = MAX_LINE, max_elements: int = MAX_ELEMENTS
+    ) -> None:
         super().__init__(max_size)
         #: The violation found, if any; every later call raises it. (A plain
         #: attribute: a handler checks it after every read.)
@@ -129,8 +130,11 @@ class RespFramer(Framer):
         # The fast path must refuse what the limits refuse: its counts stop
         # at max_elements, and its headers ("$4096") are far shorter than
         # any sane max_line; max_size is checked against the whole buffer.
-        self._fast_counts = _FAST_COUNTS if max_elements >= len(_FAST_COUNTS) else {
-            line: count for line, count in _FAST_COUNTS.items() if count <= max_elements}
+        self._fast_counts = (
+            _FAST_COUNTS
+            if max_elements >= len(_FAST_COUNTS)
+            else {line: count for line, count in _FAST_COUNTS.items() if count <= max_elements}
+        )
         if max_line < 8:
             self._fast_counts = {}
 
@@ -165,8 +169,13 @@ class RespFramer(Framer):
         buffer = self._buffer
         # No command can hold more argument bytes than the whole buffer, so
         # when that is within max_size the fast path need not count them.
-        if (self._args is None and not self._scanned and buffer and buffer[0] == 42  # "*"
-                and len(buffer) <= self.max_size):
+        if (
+            self._args is None
+            and not self._scanned
+            and buffer
+            and buffer[0] == 42  # "*"
+            and len(buffer) <= self.max_size
+        ):
             self._fast(requests)
             if not buffer and not self._eof:
                 return requests
@@ -225,7 +234,7 @@ class RespFramer(Framer):
             if whole > 1 and pieces[0:span:stride].count(pieces[0]) == whole:
                 for column in range(1, stride, 2):
                     heads = pieces[column:span:stride]
-                    sizes = list(map(len, pieces[column + 1:span:stride]))
+                    sizes = list(map(len, pieces[column + 1 : span : stride]))
                     # Most often one $<length> line repeats down the column.
                     if heads.count(heads[0]) == whole:
                         length = lengths(heads[0])
@@ -234,8 +243,7 @@ class RespFramer(Framer):
                     elif list(map(lengths, heads)) != sizes:
                         break
                 else:
-                    requests += [pieces[head + 2:head + stride:2]
-                                 for head in range(0, span, stride)]
+                    requests += [pieces[head + 2 : head + stride : 2] for head in range(0, span, stride)]
                     start = span
         # Command by command, for mixed pipelines and what the run left.
         append = requests.append
@@ -246,10 +254,10 @@ class RespFramer(Framer):
             end = start + 1 + 2 * count
             if end > last:
                 break
-            args = pieces[start + 2:end:2]
+            args = pieces[start + 2 : end : 2]
             # Each $<length> line must name the length of the piece after
             # it; a value holding CRLF was split short and fails this.
-            if list(map(lengths, pieces[start + 1:end:2])) != list(map(len, args)):
+            if list(map(lengths, pieces[start + 1 : end : 2])) != list(map(len, args)):
                 break
             append(args)
             start = end
@@ -258,7 +266,7 @@ class RespFramer(Framer):
                 buffer.clear()  # the usual case: the read ended with a command
             else:
                 # The pieces taken, plus the CRLF that followed each.
-                del buffer[:sum(map(len, pieces[:start])) + 2 * start]
+                del buffer[: sum(map(len, pieces[:start])) + 2 * start]
 
     # -- the careful path ---------------------------------------------------
 
@@ -271,16 +279,17 @@ class RespFramer(Framer):
         # so the chunking cannot change the verdict or the reply.
         length = end if end >= 0 else len(buffer) - buffer.endswith(b"\r")
         if length > self.max_line:
-            raise self._fail(f"a line longer than {self.max_line} bytes: "
-                             f"{bytes(buffer[:40])!r}...",
-                             _protocol_error("too big mbulk count string"
-                                             if self._args is None
-                                             else "too big bulk count string"))
+            raise self._fail(
+                f"a line longer than {self.max_line} bytes: {bytes(buffer[:40])!r}...",
+                _protocol_error(
+                    "too big mbulk count string" if self._args is None else "too big bulk count string"
+                ),
+            )
         if end < 0:
             self._scanned = max(0, len(buffer) - 1)
             return None
         line = bytes(buffer[:end])
-        del buffer[:end + 2]
+        del buffer[: end + 2]
         self._scanned = 0
         return line
 
@@ -303,12 +312,14 @@ class RespFramer(Framer):
                     return None
                 count = _parse_number(line)
                 if count is None:
-                    raise self._fail(f"bad multibulk count line {line!r}",
-                                     _protocol_error("invalid multibulk length"))
+                    raise self._fail(
+                        f"bad multibulk count line {line!r}", _protocol_error("invalid multibulk length")
+                    )
                 if count > self.max_elements:
-                    raise self._fail(f"{count} arguments are over the limit of "
-                                     f"{self.max_elements}",
-                                     _protocol_error("invalid multibulk length"))
+                    raise self._fail(
+                        f"{count} arguments are over the limit of {self.max_elements}",
+                        _protocol_error("invalid multibulk length"),
+                    )
                 if count <= 0:
                     continue  # "*0" and "*-1" carry no command; Redis skips them
                 self._args = args = []
@@ -322,28 +333,34 @@ class RespFramer(Framer):
                     if line is None:
                         return None
                     if line[:1] != b"$":
-                        raise self._fail(f"expected a $<length> line, got {line[:40]!r}",
-                                         _protocol_error(f"expected '$', got "
-                                                         f"'{line[:1].decode('latin-1')}'"))
+                        raise self._fail(
+                            f"expected a $<length> line, got {line[:40]!r}",
+                            _protocol_error(f"expected '$', got '{line[:1].decode('latin-1')}'"),
+                        )
                     parsed = _parse_number(line)
                     if parsed is None or parsed < 0:
-                        raise self._fail(f"bad bulk length line {line[:40]!r}",
-                                         _protocol_error("invalid bulk length"))
+                        raise self._fail(
+                            f"bad bulk length line {line[:40]!r}", _protocol_error("invalid bulk length")
+                        )
                     length = parsed
                     if length > self.max_size - self._size:
-                        raise self._fail(f"a {length}-byte argument would take the command "
-                                         f"over the limit of {self.max_size} bytes",
-                                         _protocol_error("invalid bulk length"))
+                        raise self._fail(
+                            f"a {length}-byte argument would take the command "
+                            f"over the limit of {self.max_size} bytes",
+                            _protocol_error("invalid bulk length"),
+                        )
                     self._bulk = length
                 # Wait, without scanning, until the bulk and its CRLF are in.
                 if len(buffer) < length + 2:
                     return None
-                if buffer[length:length + 2] != b"\r\n":
-                    raise self._fail(f"a {length}-byte bulk is not followed by CRLF: "
-                                     f"{bytes(buffer[length:length + 2])!r}",
-                                     _protocol_error("expected CRLF after a bulk string"))
+                if buffer[length : length + 2] != b"\r\n":
+                    raise self._fail(
+                        f"a {length}-byte bulk is not followed by CRLF: "
+                        f"{bytes(buffer[length : length + 2])!r}",
+                        _protocol_error("expected CRLF after a bulk string"),
+                    )
                 args.append(bytes(buffer[:length]))
-                del buffer[:length + 2]
+                del buffer[: length + 2]
                 self._size += length
                 self._bulk = -1
                 self._remaining -= 1
@@ -358,23 +375,28 @@ class RespFramer(Framer):
         end = buffer.find(b"\n", self._scanned)
         if end < 0:
             if len(buffer) > self.max_line:
-                raise self._fail(f"an inline command longer than {self.max_line} bytes: "
-                                 f"{bytes(buffer[:40])!r}...",
-                                 _protocol_error("too big inline request"))
+                raise self._fail(
+                    f"an inline command longer than {self.max_line} bytes: {bytes(buffer[:40])!r}...",
+                    _protocol_error("too big inline request"),
+                )
             self._scanned = len(buffer)
             return None
         if end > self.max_line:
-            raise self._fail(f"a {end}-byte inline command is over the limit of "
-                             f"{self.max_line}", _protocol_error("too big inline request"))
+            raise self._fail(
+                f"a {end}-byte inline command is over the limit of {self.max_line}",
+                _protocol_error("too big inline request"),
+            )
         line = bytes(buffer[:end])
-        del buffer[:end + 1]
+        del buffer[: end + 1]
         self._scanned = 0
         if line.endswith(b"\r"):
             line = line[:-1]
         words = split_inline(line)
         if words is None:
-            raise self._fail(f"unbalanced quotes in inline command {line[:60]!r}",
-                             _protocol_error("unbalanced quotes in request"))
+            raise self._fail(
+                f"unbalanced quotes in inline command {line[:60]!r}",
+                _protocol_error("unbalanced quotes in request"),
+            )
         return words
 
 
@@ -420,9 +442,14 @@ def split_inline(line: bytes) -> Optional[List[bytes]]:
                 break
             c = line[i]
             if quote == 34:  # inside "..."
-                if (c == 92 and i + 3 < n and line[i + 1] == 120
-                        and line[i + 2] in _HEX and line[i + 3] in _HEX):
-                    word.append(int(line[i + 2:i + 4], 16))
+                if (
+                    c == 92
+                    and i + 3 < n
+                    and line[i + 1] == 120
+                    and line[i + 2] in _HEX
+                    and line[i + 3] in _HEX
+                ):
+                    word.append(int(line[i + 2 : i + 4], 16))
                     i += 4
                     continue
                 if c == 92 and i + 1 < n:

@@ -48,9 +48,11 @@ class Router:
 
     def route(self, path: str) -> Callable[[Any], Any]:
         """Decorator form of :meth:`add`."""
+
         def register(target: Any) -> Any:
             self.add(path, target)
             return target
+
         return register
 
     def find(self, path: str) -> Tuple[Optional[str], Any]:
@@ -72,7 +74,7 @@ class Router:
         if pattern is None:
             return error_response(404)
         request.route = pattern
-        request.subpath = request.path[len(pattern):] if pattern.endswith("/") else ""
+        request.subpath = request.path[len(pattern) :] if pattern.endswith("/") else ""
         upgrade = getattr(target, "accept_upgrade", None)
         if upgrade is not None and isinstance(target, type):
             return upgrade(request)
@@ -91,6 +93,5 @@ def _call_method(view: Any, request: Request) -> Any:
         if "GET" in allowed and "HEAD" not in allowed:
             allowed.insert(allowed.index("GET") + 1, "HEAD")
         # RFC 9110 section 15.5.6: a 405 lists the methods that are allowed.
-        raise HTTPError(405, f"{request.method} is not allowed here",
-                        [("Allow", ", ".join(allowed))])
+        raise HTTPError(405, f"{request.method} is not allowed here", [("Allow", ", ".join(allowed))])
     return method(request)

@@ -34,8 +34,7 @@ __all__ = ["StaticFiles", "content_type_for"]
 
 logger = logging.getLogger("evloop.http")
 
-_TEXT_TYPES = ("application/javascript", "application/json", "image/svg+xml",
-               "application/xml")
+_TEXT_TYPES = ("application/javascript", "application/json", "image/svg+xml", "application/xml")
 
 
 def content_type_for(name: str, default: str = "application/octet-stream") -> str:
@@ -58,8 +57,7 @@ class StaticFiles:
     default: ``.git``, ``.env``). Only GET and HEAD are answered (405).
     """
 
-    def __init__(self, root: str, *, index: Optional[str] = "index.html",
-                 show_hidden: bool = False) -> None:
+    def __init__(self, root: str, *, index: Optional[str] = "index.html", show_hidden: bool = False) -> None:
         self.root = os.path.realpath(root)
         if not os.path.isdir(self.root):
             raise ValueError(f"static root is not a directory: {root!r}")
@@ -68,15 +66,13 @@ class StaticFiles:
 
     def __call__(self, request: Request) -> Any:
         if request.method not in ("GET", "HEAD"):
-            raise HTTPError(405, f"{request.method} is not allowed here",
-                            [("Allow", "GET, HEAD")])
+            raise HTTPError(405, f"{request.method} is not allowed here", [("Allow", "GET, HEAD")])
         rest = request.subpath if request.route else request.path
         relative = self._safe_relative(rest, request)
         path = os.path.realpath(os.path.join(self.root, relative)) if relative else self.root
         if path != self.root and not path.startswith(self.root + os.sep):
             # A symbolic link inside the root that leads out of it.
-            logger.warning("%s: %r resolves outside the static root; refused",
-                           request.peer, request.path)
+            logger.warning("%s: %r resolves outside the static root; refused", request.peer, request.path)
             return error_response(403, "outside the static root")
         try:
             info = os.stat(path)
@@ -115,8 +111,9 @@ class StaticFiles:
             # Decoded separators and dot segments would climb out of the root
             # once joined, whatever the encoding trick (%2e%2e, %2F, %5C).
             if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-                logger.warning("%s: path %r tries to leave the static root; refused",
-                               request.peer, request.path)
+                logger.warning(
+                    "%s: path %r tries to leave the static root; refused", request.peer, request.path
+                )
                 raise HTTPError(403, "path leaves the static root")
             if name.startswith(".") and not self.show_hidden:
                 raise HTTPError(404)
@@ -142,8 +139,10 @@ def _not_modified(request: Request, etag: str, mtime: int) -> bool:
     if if_none_match is not None:
         # RFC 9110 section 13.1.2: weak comparison; "*" matches any file.
         opaque = _opaque_tag(etag)
-        return any(tag == "*" or _opaque_tag(tag) == opaque
-                   for tag in (tag.strip() for tag in if_none_match.split(",")))
+        return any(
+            tag == "*" or _opaque_tag(tag) == opaque
+            for tag in (tag.strip() for tag in if_none_match.split(","))
+        )
     if_modified_since = request.header("if-modified-since")
     if if_modified_since is None:
         return False

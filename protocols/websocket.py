@@ -106,8 +106,8 @@ class WebSocketHandler:
         self._ws = WSConnection(ConnectionType.SERVER)
         self._parts: List[Any] = []
         self._size = 0
-        self._ended = False        # closed() has run
-        self._failed = False       # no more input is looked at
+        self._ended = False  # closed() has run
+        self._failed = False  # no more input is looked at
         self._ping_payload: Optional[bytes] = None
         self._ping_timer: Any = None
         self._pong_timer: Any = None
@@ -144,8 +144,9 @@ class WebSocketHandler:
             message = message.encode("utf-8")
         elif binary is False and not isinstance(message, str):
             message = bytes(message).decode("utf-8")
-        event: Message[Any] = (TextMessage(data=message) if isinstance(message, str)
-                               else BytesMessage(data=bytes(message)))
+        event: Message[Any] = (
+            TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=bytes(message))
+        )
         self.connection.send(self._ws.send(event))
         return True
 
@@ -160,8 +161,12 @@ class WebSocketHandler:
         output = getattr(self.connection, "_output", None)
         if limit is None or output is None or output.buffered <= limit:
             return False
-        logger.warning("%s: %d bytes queued and not read (over %d); dropping the connection",
-                       self.peer, output.buffered, limit)
+        logger.warning(
+            "%s: %d bytes queued and not read (over %d); dropping the connection",
+            self.peer,
+            output.buffered,
+            limit,
+        )
         self.close_code, self.close_reason = ABNORMAL, "send backlog over the limit"
         self._failed = True
         self._stop_keepalive()
@@ -214,15 +219,17 @@ class WebSocketHandler:
         upgrade = request.header_tokens("upgrade")
         if "websocket" not in upgrade or "upgrade" not in request.header_tokens("connection"):
             # RFC 9110 section 15.5.22: 426 says which protocol to upgrade to.
-            return error_response(426, "this path speaks WebSocket",
-                                  [("Upgrade", "websocket"), ("Connection", "Upgrade")])
+            return error_response(
+                426, "this path speaks WebSocket", [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+            )
         if request.http_version < "1.1":
             return error_response(400, "a WebSocket handshake needs HTTP/1.1")
         version = request.header("sec-websocket-version", "")
         if version != "13":
             # RFC 6455 section 4.4: say which versions we speak.
-            return error_response(426, f"unsupported WebSocket version {version!r}",
-                                  [("Sec-WebSocket-Version", "13")])
+            return error_response(
+                426, f"unsupported WebSocket version {version!r}", [("Sec-WebSocket-Version", "13")]
+            )
         key = request.header("sec-websocket-key", "") or ""
         try:
             # Section 4.1: the key is 16 random bytes, base64-encoded.
@@ -239,8 +246,11 @@ class WebSocketHandler:
                 return error_response(403, "origin not allowed")
         offered = request.header_tokens("sec-websocket-protocol")
         subprotocol = next((name for name in cls.subprotocols if name.lower() in offered), None)
-        headers = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                   ("Sec-WebSocket-Accept", accept_key(key))]
+        headers = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", accept_key(key)),
+        ]
         if subprotocol is not None:
             headers.append(("Sec-WebSocket-Protocol", subprotocol))
 
@@ -397,8 +407,9 @@ class WebSocketHandler:
         self.close_code, self.close_reason = ABNORMAL, "keepalive ping timeout"
         self._failed = True
         if self._ws.state is ConnectionState.OPEN:
-            self.connection.send(self._ws.send(CloseConnection(code=GOING_AWAY,
-                                                               reason="keepalive ping timeout")))
+            self.connection.send(
+                self._ws.send(CloseConnection(code=GOING_AWAY, reason="keepalive ping timeout"))
+            )
         self.connection.close_when_sent()
 
     def idle_timed_out(self, seconds: float) -> None:

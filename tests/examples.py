@@ -20,14 +20,14 @@ def running_example(script, *args, python=sys.executable, cwd=ROOT, env=None, so
     command = [python, str(ROOT / "examples" / script), "--port", "0", *args]
     environment = dict(os.environ, PYTHONUNBUFFERED="1")
     if source_tree:
-        environment["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
     else:
         environment.pop("PYTHONPATH", None)
     if env:
         environment.update(env)
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=environment)
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment
+    )
     try:
         seen = []
         for line in process.stdout:

@@ -8,7 +8,6 @@ untouched, and must give the same result every time.
 
 from evloop import RemoteProtocolError
 from evloop.testing import every_split, run_in_chunks
-
 from protocols import NEED_DATA
 
 
@@ -36,8 +35,7 @@ def framer_results(make_framer, chunks, eof=False):
     return requests, None, framer
 
 
-def assert_framer_every_split(make_framer, data, expected, *, error=None, eof=False,
-                              leftover=None):
+def assert_framer_every_split(make_framer, data, expected, *, error=None, eof=False, leftover=None):
     """Every chunking of ``data`` yields ``expected`` requests, then raises a
     RemoteProtocolError whose message contains ``error`` (if given), and
     leaves exactly ``leftover`` bytes buffered (if given)."""

@@ -20,8 +20,9 @@ from protocols import LengthSepBody, LengthSepEcho
 from protocols.jsonmsg import JsonEcho
 from tests.examples import ROOT
 
-pytestmark = pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("cc") is None,
-                                reason="the load generator needs a C compiler")
+pytestmark = pytest.mark.skipif(
+    shutil.which("gcc") is None and shutil.which("cc") is None, reason="the load generator needs a C compiler"
+)
 
 QUICK = ["--warmup", "0", "--duration", "0.2", "--timeout", "20"]
 
@@ -32,8 +33,9 @@ def loadgen():
 
 
 def drive(loadgen, server, *args):
-    done = subprocess.run([loadgen, "--port", str(server.port), *QUICK, *args],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [loadgen, "--port", str(server.port), *QUICK, *args], capture_output=True, text=True, timeout=60
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -79,9 +81,24 @@ def test_conn_mode_opens_a_connection_per_request(loadgen, running_loop):
 
 def test_hold_mode_holds_then_serves(loadgen, running_loop):
     server = running_loop.serve(LengthSepEcho)
-    process = subprocess.Popen([loadgen, "--port", str(server.port), "--mode", "hold",
-                                "--clients", "30", "--silent", "1", "--timeout", "20"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            loadgen,
+            "--port",
+            str(server.port),
+            "--mode",
+            "hold",
+            "--clients",
+            "30",
+            "--silent",
+            "1",
+            "--timeout",
+            "20",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         held = json.loads(process.stdout.readline())
         assert held["phase"] == "held" and held["held"] == 30, held
@@ -96,11 +113,29 @@ def test_hold_mode_holds_then_serves(loadgen, running_loop):
 
 def test_the_runner_runs_every_workload_and_writes_the_report(tmp_path):
     results = tmp_path / "results.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
-               "--runs", "1", "--duration", "0.2", "--warmup", "0.05",
-               "--impls", "evloop,asyncio-protocol", "--idle-connections", "60",
-               "--held-connections", "80", "--scaling", "70",
-               "--docs-dir", str(tmp_path), "--results", str(results)]
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run.py"),
+        "--quick",
+        "--runs",
+        "1",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0.05",
+        "--impls",
+        "evloop,asyncio-protocol",
+        "--idle-connections",
+        "60",
+        "--held-connections",
+        "80",
+        "--scaling",
+        "70",
+        "--docs-dir",
+        str(tmp_path),
+        "--results",
+        str(results),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=110, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     saved = json.loads(results.read_text())
@@ -129,10 +164,16 @@ def test_ratios_are_per_round_medians_and_the_page_keeps_hand_written_text(tmp_p
     def sample(rate, us):
         return {"rate": rate, "server_cpu": 1.0, "loadgen_cpu": 0.5, "server_us": us, "errors": 0}
 
-    workload = {"title": "t", "impls": ["evloop", "asyncio-protocol"], "failures": {},
-                "rounds": [{"evloop": sample(120, 10), "asyncio-protocol": sample(100, 20)},
-                           {"evloop": sample(60, 10), "asyncio-protocol": sample(40, 30)},
-                           {"evloop": sample(90, 10), "asyncio-protocol": sample(100, 40)}]}
+    workload = {
+        "title": "t",
+        "impls": ["evloop", "asyncio-protocol"],
+        "failures": {},
+        "rounds": [
+            {"evloop": sample(120, 10), "asyncio-protocol": sample(100, 20)},
+            {"evloop": sample(60, 10), "asyncio-protocol": sample(40, 30)},
+            {"evloop": sample(90, 10), "asyncio-protocol": sample(100, 40)},
+        ],
+    }
     table = report.stats(workload)["evloop"]
     # Per round: 1.2, 1.5, 0.9 -> median 1.2 (the ratio of medians would be 0.9).
     assert table["ratio"] == {"median": 1.2, "min": 0.9, "max": 1.5, "n": 3}
@@ -157,7 +198,8 @@ def test_the_commands_on_the_benchmarks_page_run_as_written():
     for line in commands:
         words = shlex.split(line)
         assert words[0] == "python"
-        done = subprocess.run([sys.executable, *words[1:]], capture_output=True, text=True,
-                              timeout=100, cwd=ROOT)
+        done = subprocess.run(
+            [sys.executable, *words[1:]], capture_output=True, text=True, timeout=100, cwd=ROOT
+        )
         assert done.returncode == 0, f"{line}\n{done.stderr[-2000:]}"
         assert done.stdout.strip(), line

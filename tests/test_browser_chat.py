@@ -23,14 +23,23 @@ websockets_client = pytest.importorskip("websockets.sync.client")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
+    CHROMIUM is None, reason="chromium is not installed (Debian package 'chromium'; .ci/run installs it)"
+)
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         # Containers often have a small /dev/shm; Chromium then crashes without this.
-         "--disable-dev-shm-usage",
-         "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # Containers often have a small /dev/shm; Chromium then crashes without this.
+    "--disable-dev-shm-usage",
+    "--remote-debugging-port=0",
+    "--remote-debugging-address=127.0.0.1",
+]
 
 
 class DevTools:
@@ -58,6 +67,7 @@ class DevTools:
     def wait_event(self, method, session, timeout=20):
         def wanted(event):
             return event.get("method") == method and event.get("sessionId") == session
+
         for event in self.events:
             if wanted(event):
                 self.events.remove(event)
@@ -76,8 +86,14 @@ class DevTools:
         return session
 
     def evaluate(self, session, expression, timeout=20):
-        result = self.call("Runtime.evaluate", session, timeout=timeout, expression=expression,
-                           awaitPromise=True, returnByValue=True)
+        result = self.call(
+            "Runtime.evaluate",
+            session,
+            timeout=timeout,
+            expression=expression,
+            awaitPromise=True,
+            returnByValue=True,
+        )
         if "exceptionDetails" in result:
             raise AssertionError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -113,18 +129,24 @@ new Promise((resolve) => {
 
 
 def say(devtools, session, name, text):
-    devtools.evaluate(session, f"""
+    devtools.evaluate(
+        session,
+        f"""
         document.getElementById('name').value = {json.dumps(name)};
         document.getElementById('text').value = {json.dumps(text)};
         document.getElementById('send').click();
-    """)
+    """,
+    )
 
 
 @pytest.fixture
 def chromium(tmp_path):
-    process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                                "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = queue.Queue()
 
     def read_stderr():
@@ -174,7 +196,9 @@ def test_two_browser_pages_chat_through_the_server(chromium):
         say(chromium, alice, "alice", "hello from alice")
         assert chromium.evaluate(bob, WAIT_FOR_LINE % json.dumps("alice: hello from alice")) == "found"
         say(chromium, bob, "bob", "hi alice, bob here \u00e9\u2713")
-        assert chromium.evaluate(
-            alice, WAIT_FOR_LINE % json.dumps("bob: hi alice, bob here \u00e9\u2713")) == "found"
+        assert (
+            chromium.evaluate(alice, WAIT_FOR_LINE % json.dumps("bob: hi alice, bob here \u00e9\u2713"))
+            == "found"
+        )
         # The sender sees its own message too: it went through the server.
         assert chromium.evaluate(alice, WAIT_FOR_LINE % json.dumps("alice: hello from alice")) == "found"

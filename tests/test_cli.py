@@ -16,8 +16,15 @@ from tests.examples import ROOT
 
 def run_cli(*args, timeout=30, **options):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "evloop", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT, **options)
+    return subprocess.run(
+        [sys.executable, "-m", "evloop", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        **options,
+    )
 
 
 def test_no_arguments_prints_help_with_a_working_example():
@@ -32,12 +39,15 @@ def test_version():
     assert result.stdout.strip() == f"evloop {__version__}"
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("no_such_module:Handler", "evloop: error: module not found: no_such_module"),
-    ("protocols:NoSuchHandler", "evloop: error: module 'protocols' has no attribute 'NoSuchHandler'"),
-    ("missing/file.py:Handler", "evloop: error: no such file: missing/file.py"),
-    ("protocols", "evloop: error: expected MODULE:HANDLER, got 'protocols'"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("no_such_module:Handler", "evloop: error: module not found: no_such_module"),
+        ("protocols:NoSuchHandler", "evloop: error: module 'protocols' has no attribute 'NoSuchHandler'"),
+        ("missing/file.py:Handler", "evloop: error: no such file: missing/file.py"),
+        ("protocols", "evloop: error: expected MODULE:HANDLER, got 'protocols'"),
+    ],
+)
 def test_mistakes_are_one_clear_line(spec, message):
     result = run_cli("serve", spec)
     assert result.returncode == 2
@@ -54,24 +64,56 @@ def test_port_in_use_is_one_clear_line():
     assert result.stderr.strip() == f"evloop: error: 127.0.0.1:{port} is already in use"
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="needs root and setpriv to run the command as an unprivileged user")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"),
+    reason="needs root and setpriv to run the command as an unprivileged user",
+)
 def test_permission_denied_is_one_clear_line():
     result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-         sys.executable, "-m", "evloop", "serve", "protocols:LengthSepEcho", "--port", "80"],
-        capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        cwd="/")
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "evloop",
+            "serve",
+            "protocols:LengthSepEcho",
+            "--port",
+            "80",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd="/",
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "evloop: error: permission denied binding localhost:80 (ports below 1024 need privileges)")
+        "evloop: error: permission denied binding localhost:80 (ports below 1024 need privileges)"
+    )
 
 
 def test_serve_answers_and_reports_stats():
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "evloop", "serve", "protocols:LengthSepEcho", "--port", "0",
-         "--stats", "0.05"], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "evloop",
+            "serve",
+            "protocols:LengthSepEcho",
+            "--port",
+            "0",
+            "--stats",
+            "0.05",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         for line in process.stderr:
             found = re.search(r"listening on (\S+):(\d+)", line)
@@ -97,8 +139,12 @@ def test_serve_answers_and_reports_stats():
 def test_serve_a_handler_from_a_file():
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
-        [sys.executable, "-m", "evloop", "serve", "examples/echo_lengthsep.py:UpperBody",
-         "--port", "0"], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        [sys.executable, "-m", "evloop", "serve", "examples/echo_lengthsep.py:UpperBody", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         for line in process.stderr:
             found = re.search(r"listening on (\S+):(\d+)", line)
@@ -115,8 +161,9 @@ def test_serve_a_handler_from_a_file():
 
 def _start_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, "-m", "evloop", "serve", *args],
-                               stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evloop", "serve", *args], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )
     for line in process.stderr:
         found = re.search(r"listening on (\S+):(\d+)", line)
         if found:
@@ -155,11 +202,14 @@ def test_timeouts_from_the_command_line_close_idle_clients():
         process.stderr.close()
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--idle-timeout", "-1"], "idle_timeout must be a number of seconds"),
-    (["--workers", "2", "--udp"], "--workers serves plain TCP"),
-    (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--idle-timeout", "-1"], "idle_timeout must be a number of seconds"),
+        (["--workers", "2", "--udp"], "--workers serves plain TCP"),
+        (["--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
+    ],
+)
 def test_bad_option_combinations_are_one_clear_line(options, message):
     result = run_cli("serve", "protocols:LengthSepEcho", "--port", "0", *options)
     assert result.returncode == 2

@@ -13,8 +13,7 @@ from concurrent.futures import Future
 import pytest
 
 import evloop.connect
-from evloop import (ClientHandler, EventLoop, open_connection, set_offload_executor,
-                    shutdown_write_when_sent)
+from evloop import ClientHandler, EventLoop, open_connection, set_offload_executor, shutdown_write_when_sent
 from evloop.testing import FakeClock, HandlerHarness
 from protocols import FramedHandler, LengthSepEcho, LengthSepFramer
 from tests.conftest import connect, recv_all, recv_exactly
@@ -123,8 +122,9 @@ def test_bytes_sent_before_the_connection_is_up_go_out_once_it_is(running_loop):
     events = queue.Queue()
 
     def start():
-        handler = open_connection(running_loop.loop, "127.0.0.1", listener.getsockname()[1],
-                                  recorder_class(events))
+        handler = open_connection(
+            running_loop.loop, "127.0.0.1", listener.getsockname()[1], recorder_class(events)
+        )
         handler.send(b"early ")
         handler.send([b"bird", b"s"])
         return handler
@@ -147,8 +147,9 @@ def test_a_refused_connection_reaches_handle_error_and_the_loop_serves_on(runnin
     holder, port = refused_port()
     events = queue.Queue()
     with holder:
-        handler = running_loop.call(open_connection, running_loop.loop, "127.0.0.1", port,
-                                    recorder_class(events))
+        handler = running_loop.call(
+            open_connection, running_loop.loop, "127.0.0.1", port, recorder_class(events)
+        )
         exc = expect(events, "error")
         assert isinstance(exc, ConnectionRefusedError)
         assert expect(events, "finish") is None
@@ -166,8 +167,9 @@ def test_a_connect_that_hangs_times_out_on_the_loop_clock(caplog):
     listener, filler = full_listener()
     events = queue.Queue()
     try:
-        handler = open_connection(loop, "127.0.0.1", listener.getsockname()[1],
-                                  recorder_class(events), timeout=5)
+        handler = open_connection(
+            loop, "127.0.0.1", listener.getsockname()[1], recorder_class(events), timeout=5
+        )
         for _ in range(5):
             loop.run_once(0.01)
         assert events.empty() and not handler.closed  # still connecting
@@ -191,8 +193,9 @@ def test_closing_a_handler_while_it_connects_abandons_the_attempt(caplog):
     listener, filler = full_listener()
     events = queue.Queue()
     try:
-        handler = open_connection(loop, "127.0.0.1", listener.getsockname()[1],
-                                  recorder_class(events), timeout=5)
+        handler = open_connection(
+            loop, "127.0.0.1", listener.getsockname()[1], recorder_class(events), timeout=5
+        )
         loop.run_once(0.01)
         handler.close()
         assert expect(events, "finish") is None
@@ -213,11 +216,9 @@ def test_closing_the_loop_closes_connections_still_being_made():
     listener, filler = full_listener()
     events = queue.Queue()
     try:
-        hanging = open_connection(loop, "127.0.0.1", listener.getsockname()[1],
-                                  recorder_class(events))
+        hanging = open_connection(loop, "127.0.0.1", listener.getsockname()[1], recorder_class(events))
         loop.run_once(0.01)
-        not_begun = open_connection(loop, "127.0.0.1", listener.getsockname()[1],
-                                    recorder_class(events))
+        not_begun = open_connection(loop, "127.0.0.1", listener.getsockname()[1], recorder_class(events))
         loop.close()
         assert hanging.closed and not_begun.closed
         assert [events.get_nowait(), events.get_nowait()] == [("finish", None)] * 2
@@ -226,8 +227,7 @@ def test_closing_the_loop_closes_connections_still_being_made():
         listener.close()
 
 
-def test_a_name_is_resolved_in_the_pool_and_each_address_is_tried_in_turn(
-        running_loop, monkeypatch):
+def test_a_name_is_resolved_in_the_pool_and_each_address_is_tried_in_turn(running_loop, monkeypatch):
     holder, dead_port = refused_port()
     live = socket.create_server(("127.0.0.1", 0))
     live_port = live.getsockname()[1]
@@ -238,14 +238,17 @@ def test_a_name_is_resolved_in_the_pool_and_each_address_is_tried_in_turn(
         if host != "service.test" or flags & socket.AI_NUMERICHOST:
             return real_getaddrinfo(host, port, family, kind, proto, flags)
         asked_from.append(threading.current_thread().name)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", dead_port)),
-                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", live_port))]
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", dead_port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", live_port)),
+        ]
 
     monkeypatch.setattr(evloop.connect.socket, "getaddrinfo", fake_getaddrinfo)
     events = queue.Queue()
     with holder, live:
-        handler = running_loop.call(open_connection, running_loop.loop, "service.test", 80,
-                                    recorder_class(events))
+        handler = running_loop.call(
+            open_connection, running_loop.loop, "service.test", 80, recorder_class(events)
+        )
         assert expect(events, "setup") == ("127.0.0.1", live_port)
         assert asked_from and asked_from[0].startswith("evloop-offload")
         assert handler.server.address == ("127.0.0.1", live_port)
@@ -258,8 +261,7 @@ def test_a_name_that_does_not_resolve_is_reported(running_loop, monkeypatch):
 
     monkeypatch.setattr(evloop.connect.socket, "getaddrinfo", no_such_name)
     events = queue.Queue()
-    running_loop.call(open_connection, running_loop.loop, "nowhere.test", 80,
-                      recorder_class(events))
+    running_loop.call(open_connection, running_loop.loop, "nowhere.test", 80, recorder_class(events))
     assert isinstance(expect(events, "error"), socket.gaierror)
     assert expect(events, "finish") is None
 
@@ -273,8 +275,13 @@ def test_localhost_connects_whatever_it_resolves_to_first(running_loop):
             super().setup()
             self.send(frame(b"hi"))
 
-    handler = running_loop.call(open_connection, running_loop.loop, "localhost", server.port,
-                                type("Asker", (Asker,), {"events": events}))
+    handler = running_loop.call(
+        open_connection,
+        running_loop.loop,
+        "localhost",
+        server.port,
+        type("Asker", (Asker,), {"events": events}),
+    )
     expect(events, "setup")
     received = b""
     while len(received) < len(frame(b"hi")):
@@ -301,8 +308,7 @@ def test_shutdown_write_when_sent_ends_the_request_and_the_reply_still_arrives(r
     events = queue.Queue()
 
     def start():
-        handler = open_connection(running_loop.loop, "127.0.0.1", server.port,
-                                  recorder_class(events))
+        handler = open_connection(running_loop.loop, "127.0.0.1", server.port, recorder_class(events))
         handler.send(b"stressed")
         shutdown_write_when_sent(handler)
         return handler
@@ -369,8 +375,9 @@ def test_outgoing_connections_count_and_list_like_accepted_ones(running_loop):
     listener = socket.create_server(("127.0.0.1", 0))
     events = queue.Queue()
     with listener:
-        handler = running_loop.call(open_connection, running_loop.loop, "127.0.0.1",
-                                    listener.getsockname()[1], recorder_class(events))
+        handler = running_loop.call(
+            open_connection, running_loop.loop, "127.0.0.1", listener.getsockname()[1], recorder_class(events)
+        )
         peer, _ = listener.accept()
         with peer:
             expect(events, "setup")
@@ -387,8 +394,7 @@ def test_a_connect_failure_logs_no_traceback_for_ordinary_errors(running_loop, c
     holder, port = refused_port()
     events = queue.Queue()
     with holder:
-        running_loop.call(open_connection, running_loop.loop, "127.0.0.1", port,
-                          recorder_class(events))
+        running_loop.call(open_connection, running_loop.loop, "127.0.0.1", port, recorder_class(events))
         expect(events, "error")
         expect(events, "finish")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -14,8 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from evloop import (DatagramHandler, DatagramServer, EVENT_READ, EVENT_WRITE, RemoteProtocolError,
-                    UnixDatagramServer, set_offload_executor)
+from evloop import (
+    EVENT_READ,
+    EVENT_WRITE,
+    DatagramHandler,
+    DatagramServer,
+    RemoteProtocolError,
+    UnixDatagramServer,
+    set_offload_executor,
+)
 from evloop.testing import FakeSocket, ManualLoop
 
 
@@ -55,7 +62,7 @@ def udp_client(family=socket.AF_INET):
 
 def ask(client, data, address):
     client.sendto(data, address)
-    reply, source = client.recvfrom(70000)
+    reply, _source = client.recvfrom(70000)
     return reply
 
 
@@ -72,6 +79,7 @@ needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback h
 
 
 # -- UDP over real sockets -----------------------------------------------------
+
 
 def test_udp_reply_goes_back_to_the_sender(running_loop):
     server = serve(running_loop, DatagramServer("127.0.0.1", 0))
@@ -164,13 +172,12 @@ def test_a_future_reply_is_sent_when_it_is_done(running_loop):
     Slow.pool.shutdown()
 
 
-def test_offload_runs_in_the_loops_pool_and_its_failure_is_logged_with_the_sender(running_loop,
-                                                                                  caplog):
+def test_offload_runs_in_the_loops_pool_and_its_failure_is_logged_with_the_sender(running_loop, caplog):
     class Pooled(DatagramHandler):
         def handle_datagram(self, data, address):
             if data == b"fail":
                 return self.offload(int, "not a number")
-            return self.offload(lambda: (data + b" in %s" % threading.current_thread().name.encode()))
+            return self.offload(lambda: data + b" in %s" % threading.current_thread().name.encode())
 
     # One worker: "fail" finishes, and its failure reaches the loop, before
     # "work" starts, so its log line is there once "work" is answered.
@@ -189,6 +196,7 @@ def test_offload_runs_in_the_loops_pool_and_its_failure_is_logged_with_the_sende
 
 def test_datagram_server_closes_with_its_loop_and_finish_runs(selector_name):
     from tests.conftest import RunningLoop
+
     finished = []
 
     class Counting(Upper):
@@ -202,6 +210,7 @@ def test_datagram_server_closes_with_its_loop_and_finish_runs(selector_name):
 
 
 # -- Unix datagram over real sockets ---------------------------------------------
+
 
 def test_unix_datagram_round_trip_and_file_removed(running_loop, tmp_path):
     path = str(tmp_path / "upper.sock")
@@ -219,8 +228,10 @@ def test_unix_datagram_round_trip_and_file_removed(running_loop, tmp_path):
 def test_unix_datagram_from_an_unbound_client_cannot_be_answered(running_loop, tmp_path, caplog):
     path = str(tmp_path / "upper.sock")
     server = serve(running_loop, UnixDatagramServer(path))
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as anonymous, \
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as named:
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as anonymous,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as named,
+    ):
         anonymous.sendto(b"who am i", path)
         named.settimeout(10)
         named.bind(str(tmp_path / "named.sock"))
@@ -230,6 +241,7 @@ def test_unix_datagram_from_an_unbound_client_cannot_be_answered(running_loop, t
 
 
 # -- an in-memory datagram socket -----------------------------------------------
+
 
 class FakeDatagramSocket(FakeSocket):
     """Datagrams to hand out (or exceptions to raise) and a send buffer of
@@ -325,8 +337,7 @@ def test_a_flood_is_read_in_bounded_batches():
 
 def test_icmp_errors_from_earlier_replies_are_skipped():
     server, sock, _ = fake_server()
-    sock.incoming.extend([ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
-                          (b"after", PEER)])
+    sock.incoming.extend([ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), (b"after", PEER)])
     server.handle_read()
     assert sock.sent_to == [(b"AFTER", PEER)]
 

@@ -23,9 +23,9 @@ def reader_files(page_name, tmp_path):
     """Names a page expects the reader to have: their own certificate files."""
     if page_name == "security.md":
         from tests.certs import make_tls_files
+
         files = make_tls_files(tmp_path)
-        return {"certfile": str(files.server_cert), "keyfile": str(files.server_key),
-                "cafile": str(files.ca)}
+        return {"certfile": str(files.server_cert), "keyfile": str(files.server_key), "cafile": str(files.ca)}
     return {}
 
 

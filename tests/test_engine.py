@@ -62,7 +62,7 @@ def test_one_byte_at_a_time_gives_the_same_answer(running_loop):
     with connect(server) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(len(data)):
-            sock.sendall(data[i:i + 1])
+            sock.sendall(data[i : i + 1])
         assert recv_exactly(sock, len(data)) == data
 
 
@@ -151,7 +151,7 @@ class Streams(ClientHandler):
         return end + 1 if end >= 0 else False
 
     def make_response(self):
-        kind = bytes(self.incoming[:self.incoming.find(b"\n")])
+        kind = bytes(self.incoming[: self.incoming.find(b"\n")])
         if kind == b"str":
             return "h\u00e9llo\n"
         if kind == b"file":
@@ -336,8 +336,11 @@ def test_loop_function_serves_until_stop_and_closes(selector_name):
                 self.loop.stop()
             return [self.msg_body]
 
-    thread = threading.Thread(target=loop, args=(server, StopOnRequest),
-                              kwargs={"selector": None if selector_name == "default" else selector_name})
+    thread = threading.Thread(
+        target=loop,
+        args=(server, StopOnRequest),
+        kwargs={"selector": None if selector_name == "default" else selector_name},
+    )
     thread.start()
     with connect(server) as sock:
         sock.sendall(b"2\nhi")

@@ -11,16 +11,21 @@ from tests.conftest import recv_exactly
 from tests.examples import running_example
 
 pytest.importorskip("tkinter")
-pytestmark = pytest.mark.skipif(not shutil.which("Xvfb"),
-                                reason="Xvfb is not installed (.ci/run installs the xvfb package)")
+pytestmark = pytest.mark.skipif(
+    not shutil.which("Xvfb"), reason="Xvfb is not installed (.ci/run installs the xvfb package)"
+)
 
 
 @pytest.fixture
 def display():
     """A private Xvfb server; yields its DISPLAY value."""
     read_end, write_end = os.pipe()
-    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_end), "-nolisten", "tcp"],
-                            pass_fds=[write_end], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    xvfb = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_end), "-nolisten", "tcp"],
+        pass_fds=[write_end],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(write_end)
     try:
         with os.fdopen(read_end) as reader:

@@ -30,8 +30,9 @@ from protocols import (
 )
 from tests.helpers import framer_results
 
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 def json_message(payload):
@@ -43,45 +44,85 @@ small = st.binary(max_size=12)
 # that must not be over ``limit``, limit, bytes mutations draw from)
 FRAMERS = {
     # Limits 9 and 10: the length prefix may have one digit or two.
-    "lengthsep": (lambda: LengthSepFramer(10),
-                  st.lists(small, max_size=4).map(
-                      lambda ms: b"".join(b"%d\n%s" % (len(m), m) for m in ms)),
-                  len, 10, b"0123456789\nx"),
-    "netstring": (lambda: NetstringFramer(9),
-                  st.lists(small, max_size=4).map(
-                      lambda ms: b"".join(b"%d:%s," % (len(m), m) for m in ms)),
-                  len, 9, b"0123456789:,x"),
-    "int32": (lambda: Int32Framer(5),
-              st.lists(st.binary(max_size=6), max_size=4).map(
-                  lambda ms: b"".join(struct.pack("!I", len(m)) + m for m in ms)),
-              len, 5, b"\x00\x01\x05\x06x"),
-    "json": (lambda: JsonFramer(8),
-             st.lists(st.sampled_from([b"1", b"[]", b'"abc"', b'{"a":1}', b"[[[1]]]",
-                                       b"\xff", b"{", b"12345678"]), max_size=3).map(
-                 lambda ps: b"".join(map(json_message, ps))),
-             None, 8, b"JSN1\x00\x08x{"),
-    "lines-crlf": (lambda: LineFramer(3),
-                   st.lists(st.binary(max_size=5) | st.just(b"abc"), max_size=4).map(
-                       lambda ls: b"".join(line + b"\r\n" for line in ls)),
-                   len, 3, b"\r\nab"),
+    "lengthsep": (
+        lambda: LengthSepFramer(10),
+        st.lists(small, max_size=4).map(lambda ms: b"".join(b"%d\n%s" % (len(m), m) for m in ms)),
+        len,
+        10,
+        b"0123456789\nx",
+    ),
+    "netstring": (
+        lambda: NetstringFramer(9),
+        st.lists(small, max_size=4).map(lambda ms: b"".join(b"%d:%s," % (len(m), m) for m in ms)),
+        len,
+        9,
+        b"0123456789:,x",
+    ),
+    "int32": (
+        lambda: Int32Framer(5),
+        st.lists(st.binary(max_size=6), max_size=4).map(
+            lambda ms: b"".join(struct.pack("!I", len(m)) + m for m in ms)
+        ),
+        len,
+        5,
+        b"\x00\x01\x05\x06x",
+    ),
+    "json": (
+        lambda: JsonFramer(8),
+        st.lists(
+            st.sampled_from([b"1", b"[]", b'"abc"', b'{"a":1}', b"[[[1]]]", b"\xff", b"{", b"12345678"]),
+            max_size=3,
+        ).map(lambda ps: b"".join(map(json_message, ps))),
+        None,
+        8,
+        b"JSN1\x00\x08x{",
+    ),
+    "lines-crlf": (
+        lambda: LineFramer(3),
+        st.lists(st.binary(max_size=5) | st.just(b"abc"), max_size=4).map(
+            lambda ls: b"".join(line + b"\r\n" for line in ls)
+        ),
+        len,
+        3,
+        b"\r\nab",
+    ),
     # A terminator that overlaps itself ("a" + "aab"): partial matches restart.
-    "lines-aab": (lambda: LineFramer(3, b"aab", eof_ends_line=False),
-                  st.lists(st.binary(max_size=5), max_size=4).map(
-                      lambda ls: b"".join(line + b"aab" for line in ls)),
-                  len, 3, b"ab"),
+    "lines-aab": (
+        lambda: LineFramer(3, b"aab", eof_ends_line=False),
+        st.lists(st.binary(max_size=5), max_size=4).map(lambda ls: b"".join(line + b"aab" for line in ls)),
+        len,
+        3,
+        b"ab",
+    ),
     # "*1", "$3": every header line is exactly max_line bytes long.
-    "resp": (lambda: RespFramer(4, max_line=2, max_elements=2),
-             st.lists(st.one_of(st.lists(st.binary(max_size=3), min_size=1, max_size=3).map(
-                 lambda argv: encode_command(*argv)),
-                 st.sampled_from([b"PING\r\n", b"a 'b'\n", b"\r\n", b"*0\r\n", b"*10\r\n"])),
-                 max_size=4).map(b"".join),
-             None, None, b"*$\r\n0123-'\" x"),
+    "resp": (
+        lambda: RespFramer(4, max_line=2, max_elements=2),
+        st.lists(
+            st.one_of(
+                st.lists(st.binary(max_size=3), min_size=1, max_size=3).map(
+                    lambda argv: encode_command(*argv)
+                ),
+                st.sampled_from([b"PING\r\n", b"a 'b'\n", b"\r\n", b"*0\r\n", b"*10\r\n"]),
+            ),
+            max_size=4,
+        ).map(b"".join),
+        None,
+        None,
+        b"*$\r\n0123-'\" x",
+    ),
     # Limits that leave the batch call's fast path open (max_line >= 8).
-    "resp-fast": (lambda: RespFramer(40, max_line=8, max_elements=3),
-                  st.lists(st.lists(st.binary(max_size=4) | st.just(b"a\r\nb"), min_size=1,
-                                    max_size=3).map(lambda argv: encode_command(*argv)),
-                           max_size=5).map(b"".join),
-                  None, None, b"*$\r\n0123-x"),
+    "resp-fast": (
+        lambda: RespFramer(40, max_line=8, max_elements=3),
+        st.lists(
+            st.lists(st.binary(max_size=4) | st.just(b"a\r\nb"), min_size=1, max_size=3).map(
+                lambda argv: encode_command(*argv)
+            ),
+            max_size=5,
+        ).map(b"".join),
+        None,
+        None,
+        b"*$\r\n0123-x",
+    ),
 }
 
 
@@ -145,7 +186,7 @@ def outcome(results, make_framer, chunks, eof):
 def check_framer(name, data, cuts, eof):
     make, _, size, limit, _ = FRAMERS[name]
     expected = outcome(framer_results, make, [data], eof)
-    ways = [[data[i:i + 1] for i in range(len(data))], cut(data, cuts)]
+    ways = [[data[i : i + 1] for i in range(len(data))], cut(data, cuts)]
     for chunks in ways:
         assert outcome(framer_results, make, chunks, eof) == expected, chunks
         if name.startswith("resp"):
@@ -154,8 +195,10 @@ def check_framer(name, data, cuts, eof):
         assert all(size(request) <= limit for request in expected[0])
     if name.startswith("resp"):
         framer = make()
-        assert all(len(argv) <= framer.max_elements and sum(map(len, argv)) <= framer.max_size
-                   for argv in expected[0])
+        assert all(
+            len(argv) <= framer.max_elements and sum(map(len, argv)) <= framer.max_size
+            for argv in expected[0]
+        )
 
 
 def _property(name):
@@ -163,8 +206,7 @@ def _property(name):
     data = st.one_of(mutated(valid, alphabet), st.binary(max_size=30))
 
     @SETTINGS
-    @given(data=data, cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=5),
-           eof=st.booleans())
+    @given(data=data, cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=5), eof=st.booleans())
     def test(data, cuts, eof):
         check_framer(name, data, cuts, eof)
 
@@ -181,11 +223,10 @@ del _name, _test
 # -- encode, then parse back ---------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8)
-    | st.floats(allow_nan=False),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                max_size=3),
-    max_leaves=8)
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def parse_all(framer, chunks):
@@ -198,8 +239,10 @@ def parse_all(framer, chunks):
 
 
 @SETTINGS
-@given(messages=st.lists(st.binary(max_size=20), max_size=6),
-       cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6))
+@given(
+    messages=st.lists(st.binary(max_size=20), max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6),
+)
 def test_bytes_framers_parse_back_what_they_encode_in_any_chunking(messages, cuts):
     for make in (LengthSepFramer, NetstringFramer, Int32Framer):
         data = b"".join(make().encode(m) for m in messages)
@@ -209,14 +252,16 @@ def test_bytes_framers_parse_back_what_they_encode_in_any_chunking(messages, cut
 
 
 @SETTINGS
-@given(lines=st.lists(st.binary(max_size=20), max_size=6),
-       terminator=st.sampled_from([b"\r\n", b"\n", b"aab", b"\r\n\r\n"]),
-       cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6))
+@given(
+    lines=st.lists(st.binary(max_size=20), max_size=6),
+    terminator=st.sampled_from([b"\r\n", b"\n", b"aab", b"\r\n\r\n"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6),
+)
 def test_line_framer_parses_back_what_it_encodes_in_any_chunking(lines, terminator, cuts):
     encoder = LineFramer(terminator=terminator)
     encoded = []
     for line in lines:
-        body = line[:-len(terminator)] if line.endswith(terminator) else line
+        body = line[: -len(terminator)] if line.endswith(terminator) else line
         try:
             encoded.append((body, encoder.encode(line)))
         except LocalProtocolError:
@@ -230,8 +275,10 @@ def test_line_framer_parses_back_what_it_encodes_in_any_chunking(lines, terminat
 
 
 @SETTINGS
-@given(values=st.lists(json_values, max_size=4),
-       cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6))
+@given(
+    values=st.lists(json_values, max_size=4),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6),
+)
 def test_json_framer_parses_back_what_it_encodes_in_any_chunking(values, cuts):
     data = b"".join(JsonFramer().encode(v) for v in values)
     framer = JsonFramer()
@@ -240,10 +287,18 @@ def test_json_framer_parses_back_what_it_encodes_in_any_chunking(values, cuts):
 
 
 @SETTINGS
-@given(commands=st.lists(st.lists(st.binary(max_size=6).filter(lambda b: b != b"") |
-                                  st.sampled_from([b"", b"\r\n", b"*1\r\n", b"$1\r\n"]),
-                                  min_size=1, max_size=4), max_size=6),
-       cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6))
+@given(
+    commands=st.lists(
+        st.lists(
+            st.binary(max_size=6).filter(lambda b: b != b"")
+            | st.sampled_from([b"", b"\r\n", b"*1\r\n", b"$1\r\n"]),
+            min_size=1,
+            max_size=4,
+        ),
+        max_size=6,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6),
+)
 def test_resp_parses_back_encoded_commands_in_any_chunking_both_ways(commands, cuts):
     data = b"".join(encode_command(*argv) for argv in commands)
     chunks = cut(data, cuts)

@@ -47,6 +47,7 @@ def stream(request):
         yield b""
         yield b"two,"
         yield "three"
+
     return Response(pieces())
 
 
@@ -82,12 +83,23 @@ def slow(request):
     def work():
         release.wait(10)
         return "slow done"
+
     return pool.submit(work)
 
 
-router = Router({"/": hello, "/echo": echo_body, "/stream": stream, "/sized": stream_known_length,
-                 "/file": bytes_file, "/broken": broken, "/teapot": teapot, "/items": Items,
-                 "/slow": slow})
+router = Router(
+    {
+        "/": hello,
+        "/echo": echo_body,
+        "/stream": stream,
+        "/sized": stream_known_length,
+        "/file": bytes_file,
+        "/broken": broken,
+        "/teapot": teapot,
+        "/items": Items,
+        "/slow": slow,
+    }
+)
 
 
 @router.route("/docs/")
@@ -132,7 +144,7 @@ def parse_responses(data):
                 size_line, _, data = data.partition(b"\r\n")
                 size = int(size_line, 16)
                 body += data[:size]
-                data = data[size + 2:]
+                data = data[size + 2 :]
                 if size == 0:
                     break
         elif status in (100, 101, 204, 304):
@@ -146,19 +158,23 @@ def parse_responses(data):
 
 # -- the request cycle ------------------------------------------------------------
 
+
 def test_pipelined_requests_in_every_split_answered_in_order():
-    data = (get("/a?x=1")
-            + b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: text/x\r\nContent-Length: 5\r\n\r\nhello"
-            + b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-              b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
-            + b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n"
-            + b"DELETE /items HTTP/1.1\r\nHost: t\r\n\r\n")
-    expected = (response(200, b"hello GET /a x=1")
-                + response(200, b"hello", content_type="text/x")
-                + response(200, b"abcde", content_type="application/octet-stream")
-                + response(200, b"hello HEAD / ")[:-len(b"hello HEAD / ")]
-                + response(405, b"405 Method Not Allowed: DELETE is not allowed here\n",
-                           ["Allow: GET, HEAD, POST"]))
+    data = (
+        get("/a?x=1")
+        + b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: text/x\r\nContent-Length: 5\r\n\r\nhello"
+        + b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        + b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n"
+        + b"DELETE /items HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    expected = (
+        response(200, b"hello GET /a x=1")
+        + response(200, b"hello", content_type="text/x")
+        + response(200, b"abcde", content_type="application/octet-stream")
+        + response(200, b"hello HEAD / ")[: -len(b"hello HEAD / ")]
+        + response(405, b"405 Method Not Allowed: DELETE is not allowed here\n", ["Allow: GET, HEAD, POST"])
+    )
     assert_handler_every_split(App, data, expected, closed=False)
 
 
@@ -166,13 +182,16 @@ def test_pipelined_requests_in_one_read_leave_in_one_send():
     harness = HandlerHarness(App)
     output = harness.feed(get("/1") + get("/2") + get("/3"))
     assert [body for _, _, body in parse_responses(output)] == [
-        b"hello GET /1 ", b"hello GET /2 ", b"hello GET /3 "]
+        b"hello GET /1 ",
+        b"hello GET /2 ",
+        b"hello GET /3 ",
+    ]
     assert harness.socket.send_calls == 1
 
 
 def test_connection_close_and_http10_close_after_the_response():
     harness = HandlerHarness(App)
-    (status, headers, _), = parse_responses(harness.feed(get("/", "Connection: close\r\n")))
+    ((status, headers, _),) = parse_responses(harness.feed(get("/", "Connection: close\r\n")))
     assert status == 200 and headers["connection"] == "close"
     assert harness.closed
     harness = HandlerHarness(App)
@@ -195,8 +214,11 @@ def test_generator_body_is_chunked_and_later_requests_wait_for_it():
     output = harness.feed(get("/stream") + get("/sized") + get("/file") + get("/"))
     answers = parse_responses(output)
     assert [(status, body) for status, _, body in answers] == [
-        (200, b"one,two,three"), (200, b"abcdef"), (200, b"from a file object"),
-        (200, b"hello GET / ")]
+        (200, b"one,two,three"),
+        (200, b"abcdef"),
+        (200, b"from a file object"),
+        (200, b"hello GET / "),
+    ]
     assert answers[0][1]["transfer-encoding"] == "chunked"
     assert answers[1][1]["content-length"] == "6"
     assert not harness.closed
@@ -227,25 +249,26 @@ def test_future_answers_keep_request_order():
 
 def test_application_errors():
     harness = HandlerHarness(App)
-    (status, _, body), = parse_responses(harness.feed(get("/broken")))
+    ((status, _, body),) = parse_responses(harness.feed(get("/broken")))
     assert status == 500 and not harness.closed
-    (status, headers, body), = parse_responses(harness.feed(get("/teapot")))
+    ((status, headers, body),) = parse_responses(harness.feed(get("/teapot")))
     assert status == 418 and headers["x-kind"] == "teapot" and b"short and stout" in body
-    (status, headers, _), = parse_responses(harness.feed(
-        b"DELETE /items HTTP/1.1\r\nHost: t\r\n\r\n"))
+    ((status, headers, _),) = parse_responses(harness.feed(b"DELETE /items HTTP/1.1\r\nHost: t\r\n\r\n"))
     assert status == 405 and headers["allow"] == "GET, HEAD, POST"
-    (status, _, body), = parse_responses(harness.feed(
-        b"POST /items HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok"))
+    ((status, _, body),) = parse_responses(
+        harness.feed(b"POST /items HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok")
+    )
     assert (status, body) == (201, b"created ok")
     assert not harness.closed
 
 
 def test_expect_100_continue_is_answered_before_the_body():
     harness = HandlerHarness(App)
-    interim = harness.feed(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
-                           b"Expect: 100-continue\r\n\r\n")
+    interim = harness.feed(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"
+    )
     assert interim.startswith(b"HTTP/1.1 100 ")
-    (status, _, body), = parse_responses(harness.feed(b"abc"))
+    ((status, _, body),) = parse_responses(harness.feed(b"abc"))
     assert (status, body) == (200, b"abc")
 
 
@@ -259,11 +282,17 @@ MALFORMED = [
     ("bad chunk size", b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     ("unknown transfer coding", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
     ("head over max_head_size", b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 2000 + b"\r\n\r\n", 431),
-    ("declared body over max_body_size",
-     b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n", 413),
-    ("chunked body over max_body_size",
-     b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-     b"40\r\n" + b"a" * 64 + b"\r\n40\r\n" + b"a" * 64 + b"\r\n", 413),
+    (
+        "declared body over max_body_size",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n",
+        413,
+    ),
+    (
+        "chunked body over max_body_size",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"40\r\n" + b"a" * 64 + b"\r\n40\r\n" + b"a" * 64 + b"\r\n",
+        413,
+    ),
 ]
 
 
@@ -313,12 +342,31 @@ class Faults(App):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(
-    st.binary(max_size=30),
-    st.sampled_from([get("/"), get("/stream"), get("/items"), b"\r\n", b"HTTP/1.1", b"Host: t\r\n",
-                     b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n",
-                     b"POST /echo HTTP/1.1\r\n", b"GET / HTTP/1.0\r\n", b"Connection: close\r\n"])),
-    max_size=8), st.data())
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=30),
+            st.sampled_from(
+                [
+                    get("/"),
+                    get("/stream"),
+                    get("/items"),
+                    b"\r\n",
+                    b"HTTP/1.1",
+                    b"Host: t\r\n",
+                    b"Content-Length: 3\r\n",
+                    b"Transfer-Encoding: chunked\r\n",
+                    b"0\r\n\r\n",
+                    b"POST /echo HTTP/1.1\r\n",
+                    b"GET / HTTP/1.0\r\n",
+                    b"Connection: close\r\n",
+                ]
+            ),
+        ),
+        max_size=8,
+    ),
+    st.data(),
+)
 def test_any_bytes_give_responses_or_a_protocol_error_whatever_the_chunking(pieces, data):
     stream = b"".join(pieces)
     cut = data.draw(st.integers(0, len(stream)))
@@ -335,6 +383,7 @@ def test_any_bytes_give_responses_or_a_protocol_error_whatever_the_chunking(piec
 
 
 # -- routing ----------------------------------------------------------------------------
+
 
 def test_router_exact_prefix_and_encoded_paths():
     r = Router({"/": "root", "/a/": "a-prefix", "/a/b/": "ab-prefix", "/a/b": "ab-exact"})
@@ -364,7 +413,7 @@ def test_no_route_is_404_and_the_connection_stays():
 
 def test_prefix_route_gets_the_subpath():
     harness = HandlerHarness(App)
-    (_, _, body), = parse_responses(harness.feed(get("/docs/guide/intro?x")))
+    ((_, _, body),) = parse_responses(harness.feed(get("/docs/guide/intro?x")))
     assert body == b"docs route=/docs/ subpath=guide/intro"
 
 
@@ -377,6 +426,7 @@ def test_request_helpers():
 
 
 # -- real sockets, real clients -----------------------------------------------------------
+
 
 class FileApp(HTTPHandler):
     routes = {}

@@ -26,8 +26,7 @@ def msg(payload):
 
 def test_every_split_with_trailing_bytes_untouched():
     data = msg(b"hello") + msg(b"") + msg(b"\x00\x00\x00\x05") + msg(b"x" * 300) + b"\x00\x00"
-    assert_framer_every_split(Int32Framer, data, [b"hello", b"", b"\x00\x00\x00\x05", b"x" * 300],
-                              leftover=2)
+    assert_framer_every_split(Int32Framer, data, [b"hello", b"", b"\x00\x00\x00\x05", b"x" * 300], leftover=2)
     # A partial payload stays buffered too, prefix consumed.
     assert_framer_every_split(Int32Framer, msg(b"a") + msg(b"bcd")[:6], [b"a"], leftover=2)
 
@@ -42,8 +41,12 @@ def test_an_oversize_length_is_refused_before_the_payload_arrives():
 
 @pytest.mark.parametrize("length", [100_000, 0x7FFFFFFF, 0xFFFFFFFF])
 def test_huge_lengths_are_refused_at_the_default_limit(length):
-    assert_framer_every_split(Int32Framer, msg(b"ok") + struct.pack("!I", length) + b"junk",
-                              [b"ok"], error="over the limit of 99999 bytes")
+    assert_framer_every_split(
+        Int32Framer,
+        msg(b"ok") + struct.pack("!I", length) + b"junk",
+        [b"ok"],
+        error="over the limit of 99999 bytes",
+    )
 
 
 def test_the_limit_itself_is_allowed():
@@ -61,11 +64,9 @@ def test_the_error_sticks():
             framer.next_request()
 
 
-@pytest.mark.parametrize("tail", [b"\x00", b"\x00\x00\x00", b"\x00\x00\x00\x03ab",
-                                  b"\x00\x00\x00\x01"])
+@pytest.mark.parametrize("tail", [b"\x00", b"\x00\x00\x00", b"\x00\x00\x00\x03ab", b"\x00\x00\x00\x01"])
 def test_end_of_stream_inside_a_message_is_an_error(tail):
-    assert_framer_every_split(Int32Framer, msg(b"a") + tail, [b"a"],
-                              error="ended inside a request", eof=True)
+    assert_framer_every_split(Int32Framer, msg(b"a") + tail, [b"a"], error="ended inside a request", eof=True)
 
 
 def test_end_of_stream_between_messages_is_fine():
@@ -89,17 +90,26 @@ def _chunked(data, sizes):
 
 
 # Whole messages, bare prefixes around the limit of 25, and junk.
-_int32ish = st.lists(st.one_of(st.binary(max_size=30).map(msg),
-                               st.integers(min_value=20, max_value=30).map(struct.Struct("!I").pack),
-                               st.binary(min_size=1, max_size=5)), max_size=6).map(b"".join)
+_int32ish = st.lists(
+    st.one_of(
+        st.binary(max_size=30).map(msg),
+        st.integers(min_value=20, max_value=30).map(struct.Struct("!I").pack),
+        st.binary(min_size=1, max_size=5),
+    ),
+    max_size=6,
+).map(b"".join)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.binary(max_size=60), _int32ish),
-       st.lists(st.integers(min_value=1, max_value=7), max_size=12), st.booleans())
+@given(
+    st.one_of(st.binary(max_size=60), _int32ish),
+    st.lists(st.integers(min_value=1, max_value=7), max_size=12),
+    st.booleans(),
+)
 def test_property_any_bytes_give_messages_or_a_protocol_error(data, sizes, eof):
     """Any input yields payloads or RemoteProtocolError, never anything
     else, and the chunking never changes the result."""
+
     def make():
         return Int32Framer(max_size=25)
 

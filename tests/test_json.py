@@ -54,12 +54,13 @@ MALFORMED = {
     "checksum mismatch": (raw(b'{"a":1}', checksum=12345), "checksum mismatch"),
     "bad UTF-8": (raw(b'"caf\xe9"'), "not UTF-8"),
     "bad JSON": (raw(b'{"a":'), "not JSON"),
-    "trailing garbage": (raw(b'{} {}'), "not JSON"),
+    "trailing garbage": (raw(b"{} {}"), "not JSON"),
     "nesting too deep": (raw(b"[" * 200_000), "not JSON"),
 }
 
 
 # -- the framer, sans-I/O ------------------------------------------------------
+
 
 def test_framer_every_split_with_trailing_bytes_untouched():
     objects = [{"a": [1, 2.5, None, True]}, [], "", 0, {"é": "ü\u2603"}, None, False]
@@ -102,7 +103,7 @@ def test_the_length_is_checked_before_any_payload_is_buffered():
         framer.next_request()
     assert framer.buffered == 0
     exact = JsonFramer(max_size=7)
-    exact.feed(msg("12345"))   # "12345" with its quotes: 7 bytes
+    exact.feed(msg("12345"))  # "12345" with its quotes: 7 bytes
     assert exact.next_request() == "12345"
 
 
@@ -119,10 +120,10 @@ def test_the_error_sticks():
 
 
 def test_end_of_stream_inside_a_message_is_an_error_and_between_messages_is_not():
-    assert_framer_every_split(JsonFramer, msg(1) + msg([2])[:-1], [1],
-                              error="ended inside a request", eof=True)
-    assert_framer_every_split(JsonFramer, msg(1) + b"JSN", [1],
-                              error="ended inside a request", eof=True)
+    assert_framer_every_split(
+        JsonFramer, msg(1) + msg([2])[:-1], [1], error="ended inside a request", eof=True
+    )
+    assert_framer_every_split(JsonFramer, msg(1) + b"JSN", [1], error="ended inside a request", eof=True)
     assert_framer_every_split(JsonFramer, msg(1) + msg(2), [1, 2], eof=True)
 
 
@@ -136,8 +137,12 @@ def test_encode_refuses_what_json_cannot_carry():
     framer = JsonFramer(max_size=10)
     circular = []
     circular.append(circular)
-    for bad, reason in [(object(), "not JSON serializable"), ({1, 2}, "not JSON serializable"),
-                        (circular, "Circular reference"), ("x" * 20, "over the limit of 10")]:
+    for bad, reason in [
+        (object(), "not JSON serializable"),
+        ({1, 2}, "not JSON serializable"),
+        (circular, "Circular reference"),
+        ("x" * 20, "over the limit of 10"),
+    ]:
         with pytest.raises(LocalProtocolError, match=reason):
             framer.encode(bad)
 
@@ -149,11 +154,16 @@ def test_a_lone_surrogate_is_escaped_not_refused():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**64, 2**64)
-    | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=4), children, max_size=3),
-    max_leaves=8)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=8,
+)
 
 
 def _cut(data, sizes):
@@ -178,7 +188,7 @@ def test_property_any_bytes_give_messages_or_a_protocol_error(data):
         at = data.draw(st.integers(0, len(stream) - 1))
         stream[at] ^= data.draw(st.integers(1, 255))
     elif kind == "cut":
-        del stream[data.draw(st.integers(0, len(stream))):]
+        del stream[data.draw(st.integers(0, len(stream))) :]
     elif kind == "noise":
         stream += data.draw(st.binary(max_size=30))
     elif kind == "random":
@@ -212,6 +222,7 @@ def test_property_encode_then_parse_round_trips(objects):
 
 
 # -- the handler, without a socket ---------------------------------------------
+
 
 class Service(JsonHandler):
     """Echoes, except: "quiet" gets no reply, "set" gets a reply JSON cannot
@@ -339,8 +350,7 @@ def test_client_stats_have_jsockets_shape():
                 if event_loop.handlers:
                     break
             clock.advance(2.5)
-            assert get_client_stats(event_loop) == {"connected_clients": 1,
-                                                    "clients": {_peer_of(sock): 2.5}}
+            assert get_client_stats(event_loop) == {"connected_clients": 1, "clients": {_peer_of(sock): 2.5}}
         for _ in range(100):  # the server sees the close and lets the handler go
             event_loop.run_once(0.1)
             if not event_loop.handlers:
@@ -350,14 +360,14 @@ def test_client_stats_have_jsockets_shape():
 
 # -- real sockets ----------------------------------------------------------------
 
+
 def _peer_of(sock):
     host, port = sock.getsockname()[:2]
     return f"{host}:{port}"
 
 
 @pytest.mark.parametrize("case", [*sorted(MALFORMED), "unserialisable reply"])
-def test_on_real_sockets_a_bad_client_is_closed_and_another_keeps_being_served(
-        running_loop, case, caplog):
+def test_on_real_sockets_a_bad_client_is_closed_and_another_keeps_being_served(running_loop, case, caplog):
     server = running_loop.serve(Service)
     with JsonClient("127.0.0.1", server.port, timeout=10) as healthy:
         healthy.send_obj({"before": case})
@@ -391,7 +401,8 @@ def test_on_real_sockets_many_clients_pipeline_in_order(running_loop):
                 client.send_obj({"client": number, "round": round_number})
         for number, client in enumerate(clients):
             assert [client.read_obj() for _ in range(20)] == [
-                {"client": number, "round": r} for r in range(20)]
+                {"client": number, "round": r} for r in range(20)
+            ]
         stats = running_loop.call(get_client_stats, running_loop.loop)
         assert stats["connected_clients"] == 10
         assert set(stats["clients"]) == {_peer_of(c.socket) for c in clients}
@@ -401,6 +412,7 @@ def test_on_real_sockets_many_clients_pipeline_in_order(running_loop):
 
 
 # -- the client's errors ---------------------------------------------------------
+
 
 @pytest.fixture
 def listener():
@@ -441,7 +453,7 @@ def test_client_disconnects_between_and_inside_messages_are_clear(listener):
     assert not client.connected
     with pytest.raises(JsonDisconnectedError, match="not connected"):
         client.send_obj(2)
-    conn = _accepted(listener, client)   # connect() opens it again
+    conn = _accepted(listener, client)  # connect() opens it again
     conn.sendall(msg([1, 2])[:-2])
     conn.close()
     with pytest.raises(JsonDisconnectedError, match=r"inside a message \(15 bytes of it received\)"):
@@ -477,7 +489,7 @@ def test_client_connect_failure_and_bad_objects_are_clear(running_loop):
     with JsonClient("127.0.0.1", server.port, timeout=10) as client:
         with pytest.raises(LocalProtocolError, match="not JSON serializable"):
             client.send_obj({"a": object()})
-        client.send_obj("still fine")   # nothing of the bad one was sent
+        client.send_obj("still fine")  # nothing of the bad one was sent
         assert client.read_obj() == "still fine"
         assert client.connect() is True  # already connected: nothing to do
 
@@ -500,19 +512,30 @@ def test_client_over_ipv6_when_the_machine_has_it():
 
 # -- the example and the docs ----------------------------------------------------
 
+
 def test_json_server_example_with_its_own_client_and_a_raw_one():
     with running_example("json_server.py") as (host, port, _):
         result = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "json_server.py"), "--client",
-             "--host", host, "--port", str(port)],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            [
+                sys.executable,
+                str(ROOT / "examples" / "json_server.py"),
+                "--client",
+                "--host",
+                host,
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
         assert result.returncode == 0, result.stderr
         lines = [json.loads(line) for line in result.stdout.splitlines()]
         assert lines[0]["message"] == "welcome"
         assert lines[1]["connected_clients"] == 1
-        assert lines[2:] == [{"message": "echo", "data": {"n": n, "text": "héllo"}}
-                             for n in range(3)]
+        assert lines[2:] == [{"message": "echo", "data": {"n": n, "text": "héllo"}} for n in range(3)]
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(msg({"message": "new connection"}))
             reply = frame({"message": "welcome", "peer": _peer_of(sock)})

@@ -14,7 +14,7 @@ import pytest
 from evloop.testing import HandlerHarness
 from protocols import JsonClient, JsonEcho, JsonFramer
 
-BIG = "x" * (5 * 1024 * 1024)          # a 5 MiB payload (and its two quotes)
+BIG = "x" * (5 * 1024 * 1024)  # a 5 MiB payload (and its two quotes)
 ODD = {"text": "naïve ☃ \u2028", "list": [1, -2.5, None, True, {}], "nested": {"a": [[]]}}
 
 
@@ -25,6 +25,7 @@ def jsocket_client(server, timeout=10):
 
 
 # -- jsocket's client, our server -------------------------------------------------
+
 
 def test_jsocket_client_round_trips_through_our_server(running_loop):
     server = running_loop.serve(JsonEcho)
@@ -108,6 +109,7 @@ def test_jsocket_client_is_not_stalled_by_delayed_acks(running_loop):
 
 
 # -- our client, jsocket's servers --------------------------------------------------
+
 
 class EchoServer(jsocket.ThreadedServer):
     """jsocket's single-client server, echoing."""

@@ -6,8 +6,7 @@ from hypothesis import strategies as st
 from evloop import RemoteProtocolError
 from evloop.testing import HandlerHarness
 from protocols import NEED_DATA, LengthSepBody, LengthSepEcho, LengthSepFramer
-from tests.helpers import (assert_framer_every_split, assert_handler_every_split,
-                           framer_results)
+from tests.helpers import assert_framer_every_split, assert_handler_every_split, framer_results
 
 
 def frame(body):
@@ -20,12 +19,14 @@ def test_framer_every_split_with_trailing_bytes_untouched():
 
 
 def test_framer_refuses_bad_length_lines():
-    for bad, reason in [(b"x\nabc", "not a decimal number"),
-                        (b"-1\n", "not a decimal number"),
-                        (b" 5\nhello", "not a decimal number"),
-                        (b"\nabc", "not a decimal number"),
-                        (b"99999999999\n", "longer than"),
-                        (b"2000000\n", "over the limit")]:
+    for bad, reason in [
+        (b"x\nabc", "not a decimal number"),
+        (b"-1\n", "not a decimal number"),
+        (b" 5\nhello", "not a decimal number"),
+        (b"\nabc", "not a decimal number"),
+        (b"99999999999\n", "longer than"),
+        (b"2000000\n", "over the limit"),
+    ]:
         assert_framer_every_split(LengthSepFramer, frame(b"ok") + bad, [b"ok"], error=reason)
 
 
@@ -53,8 +54,9 @@ def test_the_error_sticks():
 
 
 def test_end_of_stream_inside_a_request_is_an_error():
-    assert_framer_every_split(LengthSepFramer, frame(b"a") + b"5\nhel", [b"a"],
-                              error="ended inside a request", eof=True)
+    assert_framer_every_split(
+        LengthSepFramer, frame(b"a") + b"5\nhel", [b"a"], error="ended inside a request", eof=True
+    )
     assert_framer_every_split(LengthSepFramer, frame(b"a"), [b"a"], eof=True)
 
 

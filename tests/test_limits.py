@@ -30,37 +30,53 @@ def frame(body):
 
 # -- the settings object ----------------------------------------------------
 
+
 def test_defaults_are_the_documented_ones():
     limits = Limits()
     assert limits == DEFAULT_LIMITS
     assert (limits.max_request_size, limits.max_connections) == (None, None)
     assert (limits.write_high_water, limits.write_low_water) == (1024 * 1024, 256 * 1024)
-    assert (limits.idle_timeout, limits.request_timeout, limits.write_timeout,
-            limits.handshake_timeout, limits.shutdown_timeout) == (300, 60, 60, 10, 10)
+    assert (
+        limits.idle_timeout,
+        limits.request_timeout,
+        limits.write_timeout,
+        limits.handshake_timeout,
+        limits.shutdown_timeout,
+    ) == (300, 60, 60, 10, 10)
     assert limits.has_timeouts
 
 
 def test_replace_and_validation():
     tuned = DEFAULT_LIMITS.replace(idle_timeout=None, request_timeout=None, write_timeout=None)
     assert not tuned.has_timeouts and DEFAULT_LIMITS.has_timeouts
-    for bad in [dict(max_connections=0), dict(max_request_size=-1), dict(idle_timeout=-1),
-                dict(write_low_water=10, write_high_water=5), dict(shutdown_timeout=None),
-                dict(request_timeout=float("inf")), dict(write_timeout="5")]:
+    for bad in [
+        dict(max_connections=0),
+        dict(max_request_size=-1),
+        dict(idle_timeout=-1),
+        dict(write_low_water=10, write_high_water=5),
+        dict(shutdown_timeout=None),
+        dict(request_timeout=float("inf")),
+        dict(write_timeout="5"),
+    ]:
         with pytest.raises(ValueError):
             Limits(**bad)
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_LIMITS.idle_timeout = 1  # frozen: one object may be shared by servers
 
 
-@pytest.mark.parametrize("soft, select, expected", [
-    (1024, False, 1024 - 128),
-    (64, False, 64 - 16),
-    (20000, False, 20000 - 128),
-    (20000, True, 1024 - 128),        # select() cannot watch descriptors past 1023
-    (-1, False, (1 << 20) - 128),     # RLIM_INFINITY
-])
+@pytest.mark.parametrize(
+    "soft, select, expected",
+    [
+        (1024, False, 1024 - 128),
+        (64, False, 64 - 16),
+        (20000, False, 20000 - 128),
+        (20000, True, 1024 - 128),  # select() cannot watch descriptors past 1023
+        (-1, False, (1 << 20) - 128),  # RLIM_INFINITY
+    ],
+)
 def test_max_connections_is_derived_from_the_descriptor_limit(monkeypatch, soft, select, expected):
     import resource
+
     monkeypatch.setattr(resource, "getrlimit", lambda which: (soft, max(soft, 1 << 20)))
     selector = selectors.SelectSelector() if select else None
     try:
@@ -88,6 +104,7 @@ def test_servers_bind_to_localhost_unless_told_otherwise():
 
 # -- the output marks ----------------------------------------------------------
 
+
 def test_reading_stops_above_the_high_mark_and_resumes_only_at_the_low_one():
     limits = Limits(write_high_water=1000, write_low_water=100)
     harness = HandlerHarness(LengthSepEcho, send_window=700, limits=limits)
@@ -95,24 +112,24 @@ def test_reading_stops_above_the_high_mark_and_resumes_only_at_the_low_one():
     harness.feed(b"".join(frame(b"x" * 596) for _ in range(3)))  # 1800 bytes of replies
     assert len(harness.output) == 700
     assert harness.handler._output.buffered == 1100
-    assert harness.loop.events_of(sock) == EVENT_WRITE           # over 1000: not reading
-    harness.drain()                                              # 400 left: under high, over low
+    assert harness.loop.events_of(sock) == EVENT_WRITE  # over 1000: not reading
+    harness.drain()  # 400 left: under high, over low
     assert harness.handler._output.buffered == 400
-    assert harness.loop.events_of(sock) == EVENT_WRITE           # still not reading
+    assert harness.loop.events_of(sock) == EVENT_WRITE  # still not reading
     harness.drain()
     assert harness.handler._output is None
-    assert harness.loop.events_of(sock) == EVENT_READ            # at the low mark: reading again
+    assert harness.loop.events_of(sock) == EVENT_READ  # at the low mark: reading again
     assert harness.output == b"".join(frame(b"x" * 596) for _ in range(3))
 
 
 def test_a_class_high_mark_below_the_servers_low_mark_still_pauses():
     class OnlyHigh(LengthSepEcho):
-        write_high_water = 1000          # the server's low mark is 256 KiB
+        write_high_water = 1000  # the server's low mark is 256 KiB
 
     harness = HandlerHarness(OnlyHigh, send_window=700)
     harness.feed(b"".join(frame(b"x" * 596) for _ in range(3)))
     assert harness.loop.events_of(harness.socket) == EVENT_WRITE
-    harness.drain()                                              # 400 left: at most 1000
+    harness.drain()  # 400 left: at most 1000
     assert harness.loop.events_of(harness.socket) == EVENT_WRITE | EVENT_READ
 
 
@@ -121,12 +138,13 @@ def test_a_handler_class_may_set_its_own_marks():
         write_high_water = 10
         write_low_water = 0
 
-    harness = HandlerHarness(Small, send_window=2)       # 11 of 13 bytes left: over 10
+    harness = HandlerHarness(Small, send_window=2)  # 11 of 13 bytes left: over 10
     harness.feed(frame(b"0123456789"))
     assert harness.loop.events_of(harness.socket) == EVENT_WRITE
 
 
 # -- request size ----------------------------------------------------------------
+
 
 class UntilNewline(ClientHandler):
     close_when_done = False
@@ -141,9 +159,9 @@ class UntilNewline(ClientHandler):
 
 def test_a_recipe_handler_cannot_buffer_more_than_max_request_size(caplog):
     harness = HandlerHarness(UntilNewline, limits=Limits(max_request_size=100))
-    assert harness.feed(b"a\n" + b"x" * 100) == b"ok\n"       # 100 buffered: allowed
+    assert harness.feed(b"a\n" + b"x" * 100) == b"ok\n"  # 100 buffered: allowed
     assert not harness.closed
-    harness.feed(b"x")                                         # 101: refused
+    harness.feed(b"x")  # 101: refused
     assert harness.closed
     assert "request over the limit of 100 bytes" in caplog.text
     assert "127.0.0.1:40000" in caplog.text
@@ -172,6 +190,7 @@ def test_framers_take_the_servers_max_request_size_unless_the_handler_sets_one()
 
 # -- max connections: a polite refusal ------------------------------------------
 
+
 class Busy(LengthSepEcho):
     busy_reply = b"busy\n"
 
@@ -188,9 +207,9 @@ def test_over_max_connections_a_client_gets_the_busy_reply_then_a_close(running_
                 refused.append(recv_all(third))
         assert refused == [b"busy\n"] * 5
         assert running_loop.call(lambda: (server.connections, server.refused)) == (2, 5)
-        first.sendall(frame(b"still"))                           # the two held are served
+        first.sendall(frame(b"still"))  # the two held are served
         assert recv_exactly(first, 7) == frame(b"still")
-        for sock in (first, second):   # leave, and wait for the server's close
+        for sock in (first, second):  # leave, and wait for the server's close
             sock.shutdown(socket.SHUT_WR)
             assert recv_all(sock) == b""
     # Once they have gone there is room again.
@@ -214,6 +233,7 @@ def test_a_refused_client_without_a_busy_reply_is_just_closed(running_loop):
 
 # -- rate-limited logging and the out-of-descriptors pause ------------------------
 
+
 def test_rate_limited_log_says_how_many_lines_it_held_back(caplog):
     clock = FakeClock()
     log = RateLimitedLog(10.0, clock, logging.getLogger("evloop.test"))
@@ -222,7 +242,7 @@ def test_rate_limited_log_says_how_many_lines_it_held_back(caplog):
         for n in range(2, 51):
             clock.advance(0.1)
             assert not log(logging.ERROR, "trouble %d", n)
-        clock.advance(5.2)                        # 10.1s after the first line
+        clock.advance(5.2)  # 10.1s after the first line
         assert log(logging.ERROR, "trouble %d", 99)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["trouble 1", "trouble 99 (49 more like this in the last 10s)"]
@@ -253,18 +273,18 @@ def test_out_of_descriptors_pauses_accepting_logs_once_and_recovers(caplog):
         loop.add_server(server, LengthSepEcho)
         with socket.create_connection(server.address, timeout=10) as client:
             client.sendall(frame(b"waiting"))
-            loop.run_once(5)                      # readable: accept fails, accepting pauses
+            loop.run_once(5)  # readable: accept fails, accepting pauses
             assert listener.calls == 1
-            for _ in range(20):                   # no time passes: the listener is not watched,
-                loop.run_once(0)                  # so nothing spins on the full backlog
+            for _ in range(20):  # no time passes: the listener is not watched,
+                loop.run_once(0)  # so nothing spins on the full backlog
             assert listener.calls == 1
-            while listener.failures:              # each pause ends after accept_pause seconds
+            while listener.failures:  # each pause ends after accept_pause seconds
                 clock.advance(server.accept_pause)
-                loop.run_once(0)                  # the resume
-                loop.run_once(5)                  # readable again: one more attempt
+                loop.run_once(0)  # the resume
+                loop.run_once(5)  # readable again: one more attempt
             assert listener.calls == 50
             clock.advance(server.accept_pause)
-            for _ in range(4):                    # descriptors are back: served
+            for _ in range(4):  # descriptors are back: served
                 loop.run_once(1)
             client.settimeout(10)
             assert client.recv(100) == frame(b"waiting")

@@ -18,8 +18,7 @@ from tests.helpers import assert_framer_every_split, assert_handler_every_split,
 
 def test_crlf_lines_every_split_with_trailing_bytes_untouched():
     data = b"one\r\ntwo\r\n\r\nbare\nline\r\nthr"
-    assert_framer_every_split(LineFramer, data, [b"one", b"two", b"", b"bare\nline"],
-                              leftover=3)
+    assert_framer_every_split(LineFramer, data, [b"one", b"two", b"", b"bare\nline"], leftover=3)
 
 
 def test_newline_terminator_every_split():
@@ -44,8 +43,7 @@ def test_end_of_stream_ends_the_last_line_or_is_an_error():
     def strict():
         return LineFramer(eof_ends_line=False)
 
-    assert_framer_every_split(strict, b"a\r\nlast", [b"a"], eof=True,
-                              error="ended inside a request")
+    assert_framer_every_split(strict, b"a\r\nlast", [b"a"], eof=True, error="ended inside a request")
     assert_framer_every_split(strict, b"a\r\n", [b"a"], eof=True)
 
 
@@ -61,8 +59,7 @@ def test_line_limit_is_exact():
     assert_framer_every_split(make, b"12345\r", [], leftover=6)
     # ...but if the stream ends there, the half terminator is part of the
     # last line, which is then six bytes: over the limit.
-    assert_framer_every_split(make, b"ok\r\n12345\r", [b"ok"], eof=True,
-                              error="longer than 5 bytes")
+    assert_framer_every_split(make, b"ok\r\n12345\r", [b"ok"], eof=True, error="longer than 5 bytes")
     assert_framer_every_split(make, b"ok\r\n1234\r", [b"ok", b"1234\r"], eof=True)
 
 
@@ -107,7 +104,7 @@ def test_a_slow_peers_partial_line_is_never_rescanned():
     framer._buffer = _CountingBuffer()
     line = bytes(range(256)).replace(b"\r", b"") * 200
     for i in range(len(line)):
-        framer.feed(line[i:i + 1])
+        framer.feed(line[i : i + 1])
         assert framer.next_request() is NEED_DATA
     framer.feed(b"\r\n")
     assert framer.next_request() == line
@@ -124,11 +121,14 @@ def test_encode_appends_the_terminator_and_refuses_two_lines():
     assert LineFramer(terminator=b"\n").encode(b"a\r") == b"a\r\n"
 
 
-@pytest.mark.parametrize("terminator, line", [
-    (b"\r\n\r\n", b"head\r\n"),       # b"head\r\n" + b"\r\n\r\n" ends at "head"
-    (b"\r\n\r\n", b"head\r\n\r\n\r\n"),
-    (b"abab", b"xab"),
-])
+@pytest.mark.parametrize(
+    "terminator, line",
+    [
+        (b"\r\n\r\n", b"head\r\n"),  # b"head\r\n" + b"\r\n\r\n" ends at "head"
+        (b"\r\n\r\n", b"head\r\n\r\n\r\n"),
+        (b"abab", b"xab"),
+    ],
+)
 def test_encode_refuses_a_line_whose_end_makes_the_terminator_early(terminator, line):
     # The terminator is not inside the line, but the line's end and the
     # terminator after it hold one that starts early: the peer would read
@@ -151,19 +151,24 @@ def _chunked(data, sizes):
     return chunks
 
 
-_line_bytes = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"xyz", b"\x00", b"\xff"]),
-                       max_size=40).map(b"".join)
+_line_bytes = st.lists(
+    st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"xyz", b"\x00", b"\xff"]), max_size=40
+).map(b"".join)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.binary(max_size=80), _line_bytes),
-       st.lists(st.integers(min_value=1, max_value=7), max_size=12),
-       st.sampled_from([b"\r\n", b"\n", b"abc"]), st.booleans(), st.booleans())
-def test_property_any_bytes_give_lines_or_a_protocol_error(data, sizes, terminator, eof,
-                                                           eof_ends_line):
+@given(
+    st.one_of(st.binary(max_size=80), _line_bytes),
+    st.lists(st.integers(min_value=1, max_value=7), max_size=12),
+    st.sampled_from([b"\r\n", b"\n", b"abc"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_property_any_bytes_give_lines_or_a_protocol_error(data, sizes, terminator, eof, eof_ends_line):
     """Any input yields lines or RemoteProtocolError, never anything else
     (framer_results lets only RemoteProtocolError through), and the chunking
     never changes the result."""
+
     def make():
         return LineFramer(8, terminator, eof_ends_line=eof_ends_line)
 
@@ -177,8 +182,7 @@ def test_property_any_bytes_give_lines_or_a_protocol_error(data, sizes, terminat
         assert eof or terminator not in line
 
 
-@given(st.lists(st.binary(max_size=30).filter(lambda b: b"\r\n" not in b),
-                max_size=10))
+@given(st.lists(st.binary(max_size=30).filter(lambda b: b"\r\n" not in b), max_size=10))
 def test_property_encode_then_parse_round_trips(lines):
     framer = LineFramer()
     framer.feed(b"".join(framer.encode(line) for line in lines))
@@ -292,6 +296,7 @@ def test_an_overlong_line_closes_only_that_client(running_loop, caplog):
 
 def test_a_reply_that_is_not_bytes_or_str_is_a_local_error():
     from evloop import LocalProtocolError
+
     for wrong in (5, None, ["a"], 2.5):
         with pytest.raises(LocalProtocolError, match="must be bytes or str"):
             LineFramer().encode(wrong)

@@ -23,8 +23,7 @@ redis = pytest.importorskip("redis", reason="redis-py is in the test extra")
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("miniredis_example",
-                                                  ROOT / "examples" / "miniredis.py")
+    spec = importlib.util.spec_from_file_location("miniredis_example", ROOT / "examples" / "miniredis.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -36,6 +35,7 @@ Database = miniredis.Database
 
 # -- a small RESP2/RESP3 reply reader, independent of the server's code -------
 
+
 class Error(str):
     """An error reply."""
 
@@ -44,7 +44,7 @@ def parse_reply(data, pos=0):
     """(value, position after it) for the reply at ``pos``; IndexError or
     ValueError if it is incomplete or malformed."""
     end = data.index(b"\r\n", pos)
-    kind, line, pos = data[pos:pos + 1], data[pos + 1:end], end + 2
+    kind, line, pos = data[pos : pos + 1], data[pos + 1 : end], end + 2
     if kind == b"+":
         return line.decode("utf-8", "surrogateescape"), pos
     if kind == b"-":
@@ -57,9 +57,9 @@ def parse_reply(data, pos=0):
         length = int(line)
         if length < 0:
             return None, pos
-        if data[pos + length:pos + length + 2] != b"\r\n":
+        if data[pos + length : pos + length + 2] != b"\r\n":
             raise ValueError("bulk not followed by CRLF")
-        return data[pos:pos + length], pos + length + 2
+        return data[pos : pos + length], pos + length + 2
     if kind in (b"*", b"~", b"%"):
         count = int(line)
         if count < 0:
@@ -101,6 +101,7 @@ def read_replies(sock, count):
 
 # -- servers ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def example():
     """The example as a subprocess: (host, port)."""
@@ -110,8 +111,7 @@ def example():
 
 @pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
 def client(example, request):
-    connection = redis.Redis(host=example[0], port=example[1], protocol=request.param,
-                             socket_timeout=10)
+    connection = redis.Redis(host=example[0], port=example[1], protocol=request.param, socket_timeout=10)
     connection.flushdb()
     yield connection
     connection.close()
@@ -136,9 +136,12 @@ def real_redis_server():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                "--save", "", "--appendonly", "no"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         seen = []
         for line in process.stdout:
@@ -155,6 +158,7 @@ def real_redis_server():
 
 
 # -- every command through redis-py ---------------------------------------------
+
 
 def test_strings_and_keys(client):
     assert client.ping() is True
@@ -221,13 +225,15 @@ def test_command_errors_are_replies_and_the_connection_stays(client):
         (lambda: client.execute_command("MSET", "a"), "wrong number of arguments for 'mset'"),
         (lambda: client.execute_command("HSET", "h", "f"), "wrong number of arguments"),
         (lambda: client.execute_command("LRANGE", "list", "a", "1"), "not an integer"),
-        (lambda: client.execute_command("NOSUCH", "x"),
-         "unknown command 'NOSUCH', with args beginning with: 'x'"),
+        (
+            lambda: client.execute_command("NOSUCH", "x"),
+            "unknown command 'NOSUCH', with args beginning with: 'x'",
+        ),
     ]
     for call, message in errors:
         with pytest.raises(redis.ResponseError, match=message):
             call()
-    client.set("big", str(2 ** 63 - 1))
+    client.set("big", str(2**63 - 1))
     with pytest.raises(redis.ResponseError, match="would overflow"):
         client.incr("big")
     assert client.get("string") == b"abc"  # the same connection, still serving
@@ -251,16 +257,22 @@ def test_redis_py_pipelines_with_and_without_a_transaction(client):
 
 def test_transactions_refuse_what_they_cannot_queue(example):
     with socket.create_connection(example, timeout=10) as sock:
-        sock.sendall(b"MULTI\r\nSET a 1\r\nNOSUCH\r\nEXEC\r\nEXEC\r\nMULTI\r\nMULTI\r\n"
-                     b"DISCARD\r\nGET a\r\n")
+        sock.sendall(b"MULTI\r\nSET a 1\r\nNOSUCH\r\nEXEC\r\nEXEC\r\nMULTI\r\nMULTI\r\nDISCARD\r\nGET a\r\n")
         assert read_replies(sock, 9) == [
-            "OK", "QUEUED", Error("ERR unknown command 'NOSUCH', with args beginning with: "),
+            "OK",
+            "QUEUED",
+            Error("ERR unknown command 'NOSUCH', with args beginning with: "),
             Error("EXECABORT Transaction discarded because of previous errors."),
-            Error("ERR EXEC without MULTI"), "OK", Error("ERR MULTI calls can not be nested"),
-            "OK", None]
+            Error("ERR EXEC without MULTI"),
+            "OK",
+            Error("ERR MULTI calls can not be nested"),
+            "OK",
+            None,
+        ]
 
 
 # -- redis-cli, inline commands, raw pipelining ---------------------------------
+
 
 def test_redis_cli_uses_it_unchanged(example):
     if shutil.which("redis-cli") is None:
@@ -268,8 +280,13 @@ def test_redis_cli_uses_it_unchanged(example):
     host, port = example
 
     def cli(*args):
-        done = subprocess.run(["redis-cli", "-h", host, "-p", str(port), *args],
-                              capture_output=True, text=True, timeout=10, check=True)
+        done = subprocess.run(
+            ["redis-cli", "-h", host, "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return done.stdout
 
     assert cli("FLUSHDB") == "OK\n"
@@ -284,31 +301,38 @@ def test_redis_cli_uses_it_unchanged(example):
     assert cli("--no-raw", "GET", "missing") == "(nil)\n"
     # redis-cli's own pipe mode: a stream of commands, one summary.
     commands = "".join(f"SET k{i} {i}\r\n" for i in range(100)).encode()
-    done = subprocess.run(["redis-cli", "-h", host, "-p", str(port), "--pipe"],
-                          input=commands, capture_output=True, timeout=20, check=True)
+    done = subprocess.run(
+        ["redis-cli", "-h", host, "-p", str(port), "--pipe"],
+        input=commands,
+        capture_output=True,
+        timeout=20,
+        check=True,
+    )
     assert b"errors: 0, replies: 100" in done.stdout
     assert cli("GET", "k99") == "99\n"
 
 
 def test_inline_commands_as_typed_into_telnet(example):
     with socket.create_connection(example, timeout=10) as sock:
-        sock.sendall(b'PING\r\nSET "two words" \'it\\\'s\'\r\nGET "two words"\n\r\n'
-                     b"ECHO \"\\x41\\tB\"\r\n")
+        sock.sendall(b'PING\r\nSET "two words" \'it\\\'s\'\r\nGET "two words"\n\r\nECHO "\\x41\\tB"\r\n')
         assert read_replies(sock, 4) == ["PONG", "OK", b"it's", b"A\tB"]
 
 
 def test_a_thousand_pipelined_commands_in_one_write(example):
     with socket.create_connection(example, timeout=10) as sock:
-        sock.sendall(encode_command("DEL", "pipe") + b"".join(
-            encode_command("RPUSH", "pipe", str(i)) for i in range(1000)))
+        sock.sendall(
+            encode_command("DEL", "pipe")
+            + b"".join(encode_command("RPUSH", "pipe", str(i)) for i in range(1000))
+        )
         assert read_replies(sock, 1001) == [0, *range(1, 1001)]
 
 
 def test_a_protocol_error_gets_redis_reply_then_the_close_and_others_go_on(example):
     with socket.create_connection(example, timeout=10) as bystander:
         with socket.create_connection(example, timeout=10) as sock:
-            sock.sendall(encode_command("SET", "before", "1") + b"*1\r\n$x\r\n"
-                         + encode_command("SET", "after", "1"))
+            sock.sendall(
+                encode_command("SET", "before", "1") + b"*1\r\n$x\r\n" + encode_command("SET", "after", "1")
+            )
             assert recv_all(sock) == b"+OK\r\n-ERR Protocol error: invalid bulk length\r\n"
         bystander.sendall(encode_command("EXISTS", "before", "after"))
         assert read_replies(bystander, 1) == [1]
@@ -321,37 +345,102 @@ def test_a_protocol_error_is_logged_with_the_peer_address(clocked, caplog):
             sock.sendall(b"*1\r\n$3\r\nabcd\r\n")
             assert recv_all(sock) == b"-ERR Protocol error: expected CRLF after a bulk string\r\n"
             peer = "{}:{}".format(*sock.getsockname()[:2])
-    assert any(peer in record.getMessage() and "not followed by CRLF" in record.getMessage()
-               for record in caplog.records)
+    assert any(
+        peer in record.getMessage() and "not followed by CRLF" in record.getMessage()
+        for record in caplog.records
+    )
 
 
 # -- the same bytes, the same replies as a real redis-server --------------------
 
 SCRIPT = [
-    ["PING"], ["PING", "hi"], ["ECHO", "x"], ["ECHO"], ["FLUSHDB"],
-    ["SET", "s", "v"], ["GET", "s"], ["GET", "none"], ["SET", "s", "w", "NX"],
-    ["SET", "s2", "w", "XX"], ["SET", "s", "v2", "XX", "EX", "100"], ["SET", "s", "v", "PX", "0"],
-    ["SET", "s", "v", "EX", "x"], ["SET", "s", "v", "EX", "10", "PX", "10"], ["SET", "s", "v", "ZZ"],
-    ["SET", "s"], ["SET", "s", "v", "KEEPTTL", "EX", "1"], ["get", "s"], ["GeT", "s", "x"],
-    ["DEL", "s", "none", "s"], ["EXISTS", "s"], ["DEL"],
-    ["INCR", "n"], ["INCR", "n"], ["DECR", "n"], ["DECR", "m"], ["SET", "n", "01"],
-    ["INCR", "n"], ["SET", "n", " 1"], ["INCR", "n"], ["SET", "n", "9223372036854775807"],
-    ["INCR", "n"], ["SET", "n", "-9223372036854775808"], ["DECR", "n"], ["INCR", "n", "1"],
-    ["INCRBY", "n", "5"], ["DECRBY", "n", "x"],
-    ["MSET", "a", "1", "b", "2"], ["MSET", "a"], ["MGET", "a", "none", "b"],
-    ["RPUSH", "l", "1", "2", "3"], ["LPUSH", "l", "0"], ["LRANGE", "l", "0", "-1"],
-    ["LRANGE", "l", "-100", "100"], ["LRANGE", "l", "2", "1"], ["LRANGE", "l", "x", "1"],
-    ["LRANGE", "none", "0", "-1"], ["LPOP", "l"], ["RPOP", "l"], ["LPOP", "l", "0"],
-    ["LPOP", "l", "-1"], ["RPOP", "l", "5"], ["LPOP", "l"], ["LPOP", "l", "2"], ["LPOP", "a"],
-    ["GET", "l"], ["RPUSH", "a", "x"], ["LPOP", "l", "1", "2"],
-    ["SADD", "set", "m"], ["SADD", "set", "m", "m"], ["SMEMBERS", "set"], ["SMEMBERS", "none"],
-    ["SMEMBERS", "a"], ["SADD", "a", "x"],
-    ["HSET", "h", "f", "v", "g", "w"], ["HSET", "h", "f", "v2"], ["HSET", "h", "f"],
-    ["HGET", "h", "f"], ["HGET", "h", "x"], ["HGET", "a", "f"], ["HSET", "a", "f", "v"],
-    ["KEYS", "se?"], ["KEYS", "[s]*"], ["KEYS", "h"], ["KEYS", "nothing*"], ["KEYS", "\\h"],
+    ["PING"],
+    ["PING", "hi"],
+    ["ECHO", "x"],
+    ["ECHO"],
+    ["FLUSHDB"],
+    ["SET", "s", "v"],
+    ["GET", "s"],
+    ["GET", "none"],
+    ["SET", "s", "w", "NX"],
+    ["SET", "s2", "w", "XX"],
+    ["SET", "s", "v2", "XX", "EX", "100"],
+    ["SET", "s", "v", "PX", "0"],
+    ["SET", "s", "v", "EX", "x"],
+    ["SET", "s", "v", "EX", "10", "PX", "10"],
+    ["SET", "s", "v", "ZZ"],
+    ["SET", "s"],
+    ["SET", "s", "v", "KEEPTTL", "EX", "1"],
+    ["get", "s"],
+    ["GeT", "s", "x"],
+    ["DEL", "s", "none", "s"],
+    ["EXISTS", "s"],
+    ["DEL"],
+    ["INCR", "n"],
+    ["INCR", "n"],
+    ["DECR", "n"],
+    ["DECR", "m"],
+    ["SET", "n", "01"],
+    ["INCR", "n"],
+    ["SET", "n", " 1"],
+    ["INCR", "n"],
+    ["SET", "n", "9223372036854775807"],
+    ["INCR", "n"],
+    ["SET", "n", "-9223372036854775808"],
+    ["DECR", "n"],
+    ["INCR", "n", "1"],
+    ["INCRBY", "n", "5"],
+    ["DECRBY", "n", "x"],
+    ["MSET", "a", "1", "b", "2"],
+    ["MSET", "a"],
+    ["MGET", "a", "none", "b"],
+    ["RPUSH", "l", "1", "2", "3"],
+    ["LPUSH", "l", "0"],
+    ["LRANGE", "l", "0", "-1"],
+    ["LRANGE", "l", "-100", "100"],
+    ["LRANGE", "l", "2", "1"],
+    ["LRANGE", "l", "x", "1"],
+    ["LRANGE", "none", "0", "-1"],
+    ["LPOP", "l"],
+    ["RPOP", "l"],
+    ["LPOP", "l", "0"],
+    ["LPOP", "l", "-1"],
+    ["RPOP", "l", "5"],
+    ["LPOP", "l"],
+    ["LPOP", "l", "2"],
+    ["LPOP", "a"],
+    ["GET", "l"],
+    ["RPUSH", "a", "x"],
+    ["LPOP", "l", "1", "2"],
+    ["SADD", "set", "m"],
+    ["SADD", "set", "m", "m"],
+    ["SMEMBERS", "set"],
+    ["SMEMBERS", "none"],
+    ["SMEMBERS", "a"],
+    ["SADD", "a", "x"],
+    ["HSET", "h", "f", "v", "g", "w"],
+    ["HSET", "h", "f", "v2"],
+    ["HSET", "h", "f"],
+    ["HGET", "h", "f"],
+    ["HGET", "h", "x"],
+    ["HGET", "a", "f"],
+    ["HSET", "a", "f", "v"],
+    ["KEYS", "se?"],
+    ["KEYS", "[s]*"],
+    ["KEYS", "h"],
+    ["KEYS", "nothing*"],
+    ["KEYS", "\\h"],
     ["KEYS", "[^a-r]et"],
-    ["FLUSHDB", "ASYNC"], ["FLUSHDB", "NOW"], ["KEYS", "*"], ["NOSUCH", "a", "b", "c", "d"],
-    ["MULTI"], ["SET", "t", "1"], ["INCR", "t"], ["EXEC"], ["EXEC"], ["DISCARD"],
+    ["FLUSHDB", "ASYNC"],
+    ["FLUSHDB", "NOW"],
+    ["KEYS", "*"],
+    ["NOSUCH", "a", "b", "c", "d"],
+    ["MULTI"],
+    ["SET", "t", "1"],
+    ["INCR", "t"],
+    ["EXEC"],
+    ["EXEC"],
+    ["DISCARD"],
 ]
 
 
@@ -368,8 +457,17 @@ def test_replies_match_a_real_redis_server_byte_for_byte(example):
         assert ours == theirs, argv
 
 
-@pytest.mark.parametrize("bad", [b"*1\r\n$x\r\n", b"*x\r\n", b"*1\r\n:1\r\n", b"*1\r\n$-1\r\n",
-                                 b'SET "a b\r\n', b"*1\r\n$" + b"9" * 20 + b"\r\n"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"*1\r\n$x\r\n",
+        b"*x\r\n",
+        b"*1\r\n:1\r\n",
+        b"*1\r\n$-1\r\n",
+        b'SET "a b\r\n',
+        b"*1\r\n$" + b"9" * 20 + b"\r\n",
+    ],
+)
 def test_protocol_errors_match_a_real_redis_server(example, bad):
     answers = []
     with real_redis_server() as real:
@@ -382,6 +480,7 @@ def test_protocol_errors_match_a_real_redis_server(example, bad):
 
 # -- expiry, on a clock the test moves --------------------------------------------
 
+
 def test_keys_expire_when_the_clock_says(clocked):
     clock, _, connection, _ = clocked
     connection.set("ex", "v", ex=10)
@@ -389,9 +488,9 @@ def test_keys_expire_when_the_clock_says(clocked):
     connection.set("keep", "v", ex=10)
     connection.set("keep", "w", keepttl=True)
     connection.set("cleared", "v", ex=10)
-    connection.set("cleared", "w")           # SET without options drops the deadline
+    connection.set("cleared", "w")  # SET without options drops the deadline
     connection.set("counter", "5", ex=10)
-    connection.incr("counter")                # INCR keeps it
+    connection.incr("counter")  # INCR keeps it
     clock.advance(1.499)
     assert connection.get("px") == b"v"
     clock.advance(0.001)
@@ -413,7 +512,7 @@ def test_active_expiry_reclaims_keys_nobody_reads():
     database.execute("SET", "k0", "again", "EX", "100")  # k0's first deadline is stale now
     database.execute("SET", "plain", "v")
     clock.advance(0.5)
-    assert database.expire_due() == 4                   # k1..k4
+    assert database.expire_due() == 4  # k1..k4
     assert sorted(database.data) == sorted([b"k0", b"plain"] + [b"k%d" % i for i in range(5, 10)])
     clock.advance(1000)
     assert database.expire_due(limit=3) == 3
@@ -431,6 +530,7 @@ def test_refreshing_a_deadline_does_not_grow_the_expiry_heap():
 
 # -- the handler on its own: chunking, one send per read, RESP3 -----------------
 
+
 class FreshMiniRedis(miniredis.MiniRedisHandler):
     """A handler with a keyspace of its own, for one run of the harness."""
 
@@ -440,11 +540,20 @@ class FreshMiniRedis(miniredis.MiniRedisHandler):
 
 
 def test_replies_are_the_same_in_every_split():
-    data = (encode_command("SET", "k", "v") + encode_command("GET", "k") + b"INCR n\r\n"
-            + encode_command("LPUSH", "k", "x") + encode_command("GET", "k"))
-    assert_handler_every_split(FreshMiniRedis, data,
-                               b"+OK\r\n$1\r\nv\r\n:1\r\n-WRONGTYPE Operation against a key "
-                               b"holding the wrong kind of value\r\n$1\r\nv\r\n", closed=False)
+    data = (
+        encode_command("SET", "k", "v")
+        + encode_command("GET", "k")
+        + b"INCR n\r\n"
+        + encode_command("LPUSH", "k", "x")
+        + encode_command("GET", "k")
+    )
+    assert_handler_every_split(
+        FreshMiniRedis,
+        data,
+        b"+OK\r\n$1\r\nv\r\n:1\r\n-WRONGTYPE Operation against a key "
+        b"holding the wrong kind of value\r\n$1\r\nv\r\n",
+        closed=False,
+    )
 
 
 def test_all_replies_to_one_read_leave_in_one_send():
@@ -458,8 +567,12 @@ def test_hello_switches_a_connection_to_resp3_and_back():
     harness = HandlerHarness(FreshMiniRedis)
     hello = parse_all(harness.feed(encode_command("HELLO", "3")))[0]
     assert hello[b"proto"] == 3 and hello[b"server"] == b"redis"
-    data = harness.feed(encode_command("GET", "x") + encode_command("SADD", "s", "a")
-                        + encode_command("SMEMBERS", "s") + encode_command("LPOP", "l", "2"))
+    data = harness.feed(
+        encode_command("GET", "x")
+        + encode_command("SADD", "s", "a")
+        + encode_command("SMEMBERS", "s")
+        + encode_command("LPOP", "l", "2")
+    )
     assert data == b"_\r\n:1\r\n~1\r\n$1\r\na\r\n_\r\n"
     assert parse_all(harness.feed(encode_command("HELLO", "2")))[0][4:6] == [b"proto", 2]
     assert harness.feed(encode_command("GET", "x")) == b"$-1\r\n"
@@ -469,10 +582,33 @@ def test_hello_switches_a_connection_to_resp3_and_back():
 # -- any command, any arguments: a reply, never an exception ---------------------
 
 NAMES = [name for name, _ in miniredis._COMMANDS] + ["get", "Set", "NOSUCH"]
-words = st.one_of(st.sampled_from([b"k", b"l", b"s", b"h", b"0", b"-1", b"2", b"EX", b"PX",
-                                   b"NX", b"XX", b"KEEPTTL", b"*", b"[", b"\\", b"3", b"GET",
-                                   b"9223372036854775807", b"SETNAME", b"ASYNC"]),
-                  st.binary(max_size=6))
+words = st.one_of(
+    st.sampled_from(
+        [
+            b"k",
+            b"l",
+            b"s",
+            b"h",
+            b"0",
+            b"-1",
+            b"2",
+            b"EX",
+            b"PX",
+            b"NX",
+            b"XX",
+            b"KEEPTTL",
+            b"*",
+            b"[",
+            b"\\",
+            b"3",
+            b"GET",
+            b"9223372036854775807",
+            b"SETNAME",
+            b"ASYNC",
+        ]
+    ),
+    st.binary(max_size=6),
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -484,13 +620,13 @@ def test_any_command_gets_exactly_one_well_formed_reply(script):
     # Outside a transaction every command gets one reply; inside, EXEC's array
     # stands for the queued ones, so count only that far.
     replies = parse_all(database.execute_many(commands))
-    transaction_free = not any(name.upper() in ("MULTI", "EXEC", "DISCARD")
-                               for name, _ in script)
+    transaction_free = not any(name.upper() in ("MULTI", "EXEC", "DISCARD") for name, _ in script)
     if transaction_free:
         assert len(replies) == len(commands)
 
 
 # -- the asyncio yardstick serves the same protocol --------------------------------
+
 
 def test_the_asyncio_version_serves_the_same_commands():
     # running_example finds scripts under examples/; this one lives in benchmarks/.
@@ -506,5 +642,3 @@ def test_the_asyncio_version_serves_the_same_commands():
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(b"PING\r\n*1\r\n$x\r\n")
             assert recv_all(sock) == b"+PONG\r\n-ERR Protocol error: invalid bulk length\r\n"
-
-

@@ -25,24 +25,26 @@ def ns(payload):
 
 def test_every_split_with_trailing_bytes_untouched():
     data = ns(b"hello") + ns(b"") + ns(b"a,b:c") + ns(b"9" * 12) + b"7:par"
-    assert_framer_every_split(NetstringFramer, data, [b"hello", b"", b"a,b:c", b"9" * 12],
-                              leftover=3)
+    assert_framer_every_split(NetstringFramer, data, [b"hello", b"", b"a,b:c", b"9" * 12], leftover=3)
 
 
-@pytest.mark.parametrize("bad, reason", [
-    (b"x:", "not a decimal number"),
-    (b"-1:", "not a decimal number"),
-    (b" 5:hello,", "not a decimal number"),
-    (b"5 :hello,", "not a decimal number"),
-    (b"+5:hello,", "not a decimal number"),
-    (b":", "length is missing"),
-    (b"05:hello,", "leading zero"),
-    (b"00:,", "leading zero"),
-    (b"5:hello;", "not followed by ','"),
-    (b"0:x", "not followed by ','"),
-    (b"123456:", "longer than 5 digits"),
-    (b"1234567", "longer than 5 digits"),
-])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (b"x:", "not a decimal number"),
+        (b"-1:", "not a decimal number"),
+        (b" 5:hello,", "not a decimal number"),
+        (b"5 :hello,", "not a decimal number"),
+        (b"+5:hello,", "not a decimal number"),
+        (b":", "length is missing"),
+        (b"05:hello,", "leading zero"),
+        (b"00:,", "leading zero"),
+        (b"5:hello;", "not followed by ','"),
+        (b"0:x", "not followed by ','"),
+        (b"123456:", "longer than 5 digits"),
+        (b"1234567", "longer than 5 digits"),
+    ],
+)
 def test_malformed_netstrings_are_refused(bad, reason):
     assert_framer_every_split(NetstringFramer, ns(b"ok") + bad, [b"ok"], error=reason)
 
@@ -70,8 +72,9 @@ def test_the_error_sticks_and_the_buffer_is_dropped():
 
 @pytest.mark.parametrize("tail", [b"1", b"12:", b"3:ab", b"3:abc"])
 def test_end_of_stream_inside_a_netstring_is_an_error(tail):
-    assert_framer_every_split(NetstringFramer, ns(b"a") + tail, [b"a"],
-                              error="ended inside a request", eof=True)
+    assert_framer_every_split(
+        NetstringFramer, ns(b"a") + tail, [b"a"], error="ended inside a request", eof=True
+    )
 
 
 def test_end_of_stream_between_netstrings_is_fine():
@@ -95,18 +98,26 @@ def _chunked(data, sizes):
 
 
 # Whole netstrings, bare length prefixes around the limit of 20, and junk.
-_netstringish = st.lists(st.one_of(st.binary(max_size=25).map(ns),
-                                   st.integers(min_value=15, max_value=25).map(b"%d:".__mod__),
-                                   st.sampled_from([b":", b",", b"0", b"1", b"12", b"x"])),
-                         max_size=8).map(b"".join)
+_netstringish = st.lists(
+    st.one_of(
+        st.binary(max_size=25).map(ns),
+        st.integers(min_value=15, max_value=25).map(b"%d:".__mod__),
+        st.sampled_from([b":", b",", b"0", b"1", b"12", b"x"]),
+    ),
+    max_size=8,
+).map(b"".join)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.binary(max_size=60), _netstringish),
-       st.lists(st.integers(min_value=1, max_value=7), max_size=12), st.booleans())
+@given(
+    st.one_of(st.binary(max_size=60), _netstringish),
+    st.lists(st.integers(min_value=1, max_value=7), max_size=12),
+    st.booleans(),
+)
 def test_property_any_bytes_give_strings_or_a_protocol_error(data, sizes, eof):
     """Any input yields payloads or RemoteProtocolError, never anything
     else, and the chunking never changes the result."""
+
     def make():
         return NetstringFramer(max_size=20)
 

@@ -177,8 +177,7 @@ def test_replies_keep_request_order_behind_a_slow_call(running_loop):
         assert recv_exactly(sock, len(expected)) == expected
 
 
-def test_an_error_in_the_pool_reaches_handle_error_and_drops_only_that_client(
-        running_loop, caplog):
+def test_an_error_in_the_pool_reaches_handle_error_and_drops_only_that_client(running_loop, caplog):
     errors = queue.Queue()
 
     def fails(body):
@@ -281,8 +280,8 @@ def test_one_client_gets_at_most_max_offloaded_calls_and_reading_pauses():
     harness, pool = harness_with_manual_pool(Limited)
     bodies = [b"%d" % i for i in range(5)]
     harness.feed(b"".join(frame(body) for body in bodies))
-    assert len(pool.calls) == 2          # the rest wait in the connection's queue
-    assert reading_paused(harness)       # and no more requests are read meanwhile
+    assert len(pool.calls) == 2  # the rest wait in the connection's queue
+    assert reading_paused(harness)  # and no more requests are read meanwhile
     pool.run(0)
     harness.advance(0)
     assert len(pool.calls) == 3

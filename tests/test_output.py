@@ -20,7 +20,7 @@ class LineCommands(ClientHandler):
         return end + 1 if end >= 0 else False
 
     def make_response(self):
-        command = bytes(self.incoming[:self.incoming.find(b"\n")])
+        command = bytes(self.incoming[: self.incoming.find(b"\n")])
         factory = self.responses[command]
         return factory(self) if callable(factory) else factory
 

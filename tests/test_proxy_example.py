@@ -46,7 +46,7 @@ def test_a_lengthsep_echo_session_goes_through_the_proxy(proxy):
         # ...pipelined, split anywhere...
         burst = b"".join(frame(b"%d" % i) for i in range(200))
         for cut in range(0, len(burst), 7):
-            sock.sendall(burst[cut:cut + 7])
+            sock.sendall(burst[cut : cut + 7])
         assert recv_exactly(sock, len(burst)) == burst
         # ...megabytes both ways at once...
         big = frame(bytes(range(256)) * 4000)
@@ -78,8 +78,10 @@ def test_an_unreachable_target_closes_that_client_and_the_proxy_serves_on(echo_t
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))  # bound, never listening: refused
     dead_port = holder.getsockname()[1]
-    with holder, running_example("tcp_proxy.py", "--target", f"127.0.0.1:{dead_port}") as (
-            host, port, process):
+    with (
+        holder,
+        running_example("tcp_proxy.py", "--target", f"127.0.0.1:{dead_port}") as (host, port, process),
+    ):
         with socket.create_connection((host, port), timeout=WAIT) as sock:
             sock.sendall(frame(b"anyone?"))
             assert recv_all(sock) == b""
@@ -94,9 +96,13 @@ def test_an_unreachable_target_closes_that_client_and_the_proxy_serves_on(echo_t
 
 def test_a_bad_target_is_refused_with_usage():
     environment = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "tcp_proxy.py"),
-                             "--port", "0", "--target", "nowhere"],
-                            capture_output=True, text=True, timeout=WAIT, env=environment)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "tcp_proxy.py"), "--port", "0", "--target", "nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        env=environment,
+    )
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
 
 
@@ -144,7 +150,7 @@ def test_a_client_faster_than_the_target_is_paused_not_buffered(running_loop):
                 if not select.select([], [client], [], 0.5)[1]:
                     break
                 try:
-                    sent += client.send(payload[sent:sent + 65536])
+                    sent += client.send(payload[sent : sent + 65536])
                 except BlockingIOError:
                     continue
             # Kernel buffers (a few times 64 KiB) plus the proxy's high water
@@ -152,8 +158,7 @@ def test_a_client_faster_than_the_target_is_paused_not_buffered(running_loop):
             assert sent < 2 * 1024 * 1024, f"the proxy took {sent} bytes: no backpressure"
 
             def upstream_backlog():
-                relays = [h for h in running_loop.loop.handlers
-                          if isinstance(h, proxy_module.Relay)]
+                relays = [h for h in running_loop.loop.handlers if isinstance(h, proxy_module.Relay)]
                 return max(h.buffered_output for h in relays), len(relays)
 
             backlog, relays = running_loop.call(upstream_backlog)

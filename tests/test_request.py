@@ -39,8 +39,9 @@ def test_one_request_one_reply_then_close_in_every_split():
 
 
 def test_the_request_ends_at_end_of_stream_too():
-    assert_handler_every_split(RequestHandler, b"no line end", b"Requested: no line end\r\n",
-                               closed=True, eof=True)
+    assert_handler_every_split(
+        RequestHandler, b"no line end", b"Requested: no line end\r\n", closed=True, eof=True
+    )
 
 
 def test_only_the_first_request_is_answered():
@@ -93,6 +94,7 @@ def test_property_any_bytes_get_one_reply_or_an_error_reply(data, cut):
     """Whatever a peer sends, it gets exactly one reply line (a real one or
     an ERROR line) and the close, never a crash, and the split point of
     the reads changes nothing."""
+
     class Small(RequestHandler):
         max_size = 20
 
@@ -123,8 +125,9 @@ def test_split_address_names():
     assert split_address("publichost:8000", server=True) == ("", 8000)
 
 
-@pytest.mark.parametrize("bad", ["8000", "localhost", "localhost:", ":8000", "h:http",
-                                 "h:70000", "h:-1", "h:\u0661"])
+@pytest.mark.parametrize(
+    "bad", ["8000", "localhost", "localhost:", ":8000", "h:http", "h:70000", "h:-1", "h:\u0661"]
+)
 def test_split_address_refuses_what_is_not_host_port(bad):
     with pytest.raises(ValueError):
         split_address(bad)
@@ -314,7 +317,6 @@ def test_request_server_example():
 
 
 def test_request_server_example_threads_and_publichost():
-    with running_example("request_server.py", "--threads", "2", "--host", "publichost") as (
-            host, port, _):
+    with running_example("request_server.py", "--threads", "2", "--host", "publichost") as (host, port, _):
         assert host == "0.0.0.0"
         assert do_request(f"127.0.0.1:{port}", "threaded", 10) == "Requested: threaded"

@@ -32,8 +32,7 @@ def batched_results(make_framer, chunks, eof=False):
     return requests, None, framer
 
 
-def assert_batched_every_split(make_framer, data, expected, *, error=None, eof=False,
-                               leftover=None):
+def assert_batched_every_split(make_framer, data, expected, *, error=None, eof=False, leftover=None):
     """assert_framer_every_split's promise for maybe_requests()."""
     for label, chunks in every_split(data):
         requests, exc, framer = batched_results(make_framer, chunks, eof)
@@ -66,12 +65,27 @@ def refusal(data, make_framer=RespFramer, eof=False):
 
 # -- whole commands in every chunking ----------------------------------------
 
+
 def test_multibulk_and_inline_in_every_split_with_trailing_bytes_untouched():
-    data = (SET + GET + b"PING\r\n" + encode_command("ECHO", "a\r\nb") + b"\r\n"
-            + encode_command("SET", "", "") + b"*0\r\n*-1\r\n" + b"get  key\n"
-            + b"*2\r\n$3\r\nGET\r\n$3\r\nke")
-    expected = [[b"SET", b"key", b"value"], [b"GET", b"key"], [b"PING"],
-                [b"ECHO", b"a\r\nb"], [b"SET", b"", b""], [b"get", b"key"]]
+    data = (
+        SET
+        + GET
+        + b"PING\r\n"
+        + encode_command("ECHO", "a\r\nb")
+        + b"\r\n"
+        + encode_command("SET", "", "")
+        + b"*0\r\n*-1\r\n"
+        + b"get  key\n"
+        + b"*2\r\n$3\r\nGET\r\n$3\r\nke"
+    )
+    expected = [
+        [b"SET", b"key", b"value"],
+        [b"GET", b"key"],
+        [b"PING"],
+        [b"ECHO", b"a\r\nb"],
+        [b"SET", b"", b""],
+        [b"get", b"key"],
+    ]
     # The partial last command keeps its parsed GET plus two buffered bytes.
     assert_both_every_split(data, expected, leftover=5)
 
@@ -88,8 +102,14 @@ def test_a_run_of_alike_commands_and_what_breaks_it():
     # shape or a cut-off command must each hand over to the walk exactly there.
     alike = [encode_command("SET", f"k{i}", "v" * i) for i in range(6)]
     crlf = encode_command("SET", "k", "a\r\nb")
-    data = (b"".join(alike[:3]) + crlf + b"".join(alike[3:]) + encode_command("GET", "k")
-            + b"".join(alike) + b"*3\r\n$3\r\nSET\r\n$2\r\nk0\r\n$3\r\nvv")
+    data = (
+        b"".join(alike[:3])
+        + crlf
+        + b"".join(alike[3:])
+        + encode_command("GET", "k")
+        + b"".join(alike)
+        + b"*3\r\n$3\r\nSET\r\n$2\r\nk0\r\n$3\r\nvv"
+    )
     argv = [[b"SET", b"k%d" % i, b"v" * i] for i in range(6)]
     expected = [*argv[:3], [b"SET", b"k", b"a\r\nb"], *argv[3:], [b"GET", b"k"], *argv]
     # Left: the parsed SET and k0 (5 bytes) and the 2 bytes of the last value.
@@ -129,7 +149,7 @@ def test_inline_words_follow_redis_quoting():
     cases = {
         b"set a b": [b"set", b"a", b"b"],
         b"  set\t a   b  ": [b"set", b"a", b"b"],
-        b'set "a b" \'c d\'': [b"set", b"a b", b"c d"],
+        b"set \"a b\" 'c d'": [b"set", b"a b", b"c d"],
         b'echo "\\x41\\n\\t\\"\\\\"': [b"echo", b'A\n\t"\\'],
         b"echo 'it\\'s'": [b"echo", b"it's"],
         b'echo ""': [b"echo", b""],
@@ -155,22 +175,26 @@ def test_empty_inline_lines_are_skipped():
 
 # -- malformed input: Redis's own error replies ------------------------------
 
-@pytest.mark.parametrize("bad, reply", [
-    (b"*x\r\n", b"invalid multibulk length"),
-    (b"*01\r\n", b"invalid multibulk length"),
-    (b"*+1\r\n", b"invalid multibulk length"),
-    (b"* 1\r\n", b"invalid multibulk length"),
-    (b"*\r\n", b"invalid multibulk length"),
-    (b"*-0\r\n", b"invalid multibulk length"),  # string2ll refuses "-0"; so does Redis
-    (b"*1\r\n:3\r\n", b"expected '$', got ':'"),
-    (b"*1\r\n$-1\r\n", b"invalid bulk length"),
-    (b"*1\r\n$-0\r\n\r\n", b"invalid bulk length"),
-    (b"*1\r\n$x\r\n", b"invalid bulk length"),
-    (b"*1\r\n$03\r\nabc\r\n", b"invalid bulk length"),
-    (b"*1\r\n$99999999999999999999\r\n", b"invalid bulk length"),
-    (b"*1\r\n$3\r\nabcd\r\n", b"expected CRLF after a bulk string"),
-    (b"*1\r\n$3\r\nabc\n\r", b"expected CRLF after a bulk string"),
-])
+
+@pytest.mark.parametrize(
+    "bad, reply",
+    [
+        (b"*x\r\n", b"invalid multibulk length"),
+        (b"*01\r\n", b"invalid multibulk length"),
+        (b"*+1\r\n", b"invalid multibulk length"),
+        (b"* 1\r\n", b"invalid multibulk length"),
+        (b"*\r\n", b"invalid multibulk length"),
+        (b"*-0\r\n", b"invalid multibulk length"),  # string2ll refuses "-0"; so does Redis
+        (b"*1\r\n:3\r\n", b"expected '$', got ':'"),
+        (b"*1\r\n$-1\r\n", b"invalid bulk length"),
+        (b"*1\r\n$-0\r\n\r\n", b"invalid bulk length"),
+        (b"*1\r\n$x\r\n", b"invalid bulk length"),
+        (b"*1\r\n$03\r\nabc\r\n", b"invalid bulk length"),
+        (b"*1\r\n$99999999999999999999\r\n", b"invalid bulk length"),
+        (b"*1\r\n$3\r\nabcd\r\n", b"expected CRLF after a bulk string"),
+        (b"*1\r\n$3\r\nabc\n\r", b"expected CRLF after a bulk string"),
+    ],
+)
 def test_malformed_multibulk_gets_redis_error_after_earlier_commands(bad, reply):
     data = SET + bad
     assert_both_every_split(data, [[b"SET", b"key", b"value"]], error="")
@@ -198,12 +222,14 @@ def test_commands_before_an_error_come_first_and_the_error_next():
 
 def test_end_of_stream_inside_a_command_is_an_error():
     for partial in (b"*2\r\n$3\r\nGET\r\n", b"*2\r\n$3\r\nGE", b"*2", b"PIN"):
-        assert_both_every_split(SET + partial, [[b"SET", b"key", b"value"]],
-                                error="ended inside a command", eof=True)
+        assert_both_every_split(
+            SET + partial, [[b"SET", b"key", b"value"]], error="ended inside a command", eof=True
+        )
     assert_both_every_split(SET + GET, [[b"SET", b"key", b"value"], [b"GET", b"key"]], eof=True)
 
 
 # -- limits, checked before the number is trusted ----------------------------
+
 
 def test_a_bulk_length_over_the_limit_is_refused_before_its_bytes():
     framer = RespFramer(max_size=100)
@@ -216,7 +242,7 @@ def test_a_bulk_length_over_the_limit_is_refused_before_its_bytes():
 
 def test_the_size_limit_counts_the_whole_command():
     make = lambda: RespFramer(max_size=100)  # noqa: E731
-    fits = encode_command("MSET", "a" * 46, "b" * 50)   # 4 + 46 + 50 = 100 bytes
+    fits = encode_command("MSET", "a" * 46, "b" * 50)  # 4 + 46 + 50 = 100 bytes
     assert_both_every_split(fits, [[b"MSET", b"a" * 46, b"b" * 50]], make_framer=make)
     message, _ = refusal(encode_command("MSET", "a" * 47, "b" * 50), make)
     assert "over the limit of 100 bytes" in message
@@ -230,15 +256,17 @@ def test_an_element_count_over_the_limit_is_refused_before_any_element():
     assert "11 arguments are over the limit of 10" in caught.value.message
     assert caught.value.reply == b"-ERR Protocol error: invalid multibulk length\r\n"
     ten = [bytes([c]) for c in b"abcdefghij"]
-    assert_both_every_split(encode_command(*ten), [ten],
-                            make_framer=lambda: RespFramer(max_elements=10))
+    assert_both_every_split(encode_command(*ten), [ten], make_framer=lambda: RespFramer(max_elements=10))
 
 
-@pytest.mark.parametrize("data, reply", [
-    (b"*" + b"1" * 70, b"too big mbulk count string"),
-    (b"*1\r\n$" + b"1" * 70, b"too big bulk count string"),
-    (b"GET " + b"k" * 70, b"too big inline request"),
-])
+@pytest.mark.parametrize(
+    "data, reply",
+    [
+        (b"*" + b"1" * 70, b"too big mbulk count string"),
+        (b"*1\r\n$" + b"1" * 70, b"too big bulk count string"),
+        (b"GET " + b"k" * 70, b"too big inline request"),
+    ],
+)
 def test_a_line_without_end_is_refused_at_the_line_limit(data, reply):
     make = lambda: RespFramer(max_line=64)  # noqa: E731
     _, got = refusal(data, make)
@@ -253,14 +281,20 @@ def test_a_header_line_of_exactly_max_line_bytes_is_taken_in_every_split():
     # "*10" and "$12" are 3 bytes: at max_line=3 they are allowed, also when
     # a read ends between their CR and LF.
     ten = [b"%d" % i for i in range(10)]
-    assert_both_every_split(encode_command(*ten) + encode_command(b"hello world!"),
-                            [ten, [b"hello world!"]], make_framer=lambda: RespFramer(max_line=3))
+    assert_both_every_split(
+        encode_command(*ten) + encode_command(b"hello world!"),
+        [ten, [b"hello world!"]],
+        make_framer=lambda: RespFramer(max_line=3),
+    )
 
 
-@pytest.mark.parametrize("data, reply", [
-    (b"*" + b"1" * 70 + b"\r\n", b"too big mbulk count string"),
-    (b"*1\r\n$" + b"1" * 70 + b"\r\n", b"too big bulk count string"),
-])
+@pytest.mark.parametrize(
+    "data, reply",
+    [
+        (b"*" + b"1" * 70 + b"\r\n", b"too big mbulk count string"),
+        (b"*1\r\n$" + b"1" * 70 + b"\r\n", b"too big bulk count string"),
+    ],
+)
 def test_an_overlong_header_line_gets_one_refusal_whether_or_not_its_crlf_came(data, reply):
     _, got = refusal(data, lambda: RespFramer(max_line=64))
     assert got == b"-ERR Protocol error: " + reply + b"\r\n"
@@ -289,16 +323,17 @@ def test_a_slow_peers_partial_line_is_not_rescanned():
     framer._buffer = CountingBuffer()
     line = b"*1\r\n$60000\r\n"
     for i in range(len(line)):
-        framer.feed(line[i:i + 1])
+        framer.feed(line[i : i + 1])
         framer.maybe_requests()
     inline = b"ECHO " + b"x" * 20000 + b"\n"
     for i in range(0, len(inline), 7):
-        framer.feed(inline[i:i + 7])
+        framer.feed(inline[i : i + 7])
         framer.maybe_requests()
     assert sum(searched) < 3 * (len(line) + len(inline))
 
 
 # -- encoding -----------------------------------------------------------------
+
 
 def test_replies_encode_as_resp2():
     assert encode_reply(b"hi") == b"$2\r\nhi\r\n"
@@ -320,21 +355,40 @@ def test_encode_command_round_trips():
 
 # -- properties ---------------------------------------------------------------
 
+
 def chunked(data, cuts):
     points = sorted({cut % (len(data) + 1) for cut in cuts})
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
-resp_tokens = st.sampled_from([b"*", b"$", b"\r\n", b"\r", b"\n", b"0", b"1", b"2", b"3",
-                               b"-", b" ", b"\"", b"'", b"\\", b"x", b"SET", b"*2\r\n",
-                               b"$3\r\n", b"$1\r\n"])
-noisy = st.one_of(st.binary(max_size=80),
-                  st.lists(resp_tokens, max_size=40).map(b"".join))
+resp_tokens = st.sampled_from(
+    [
+        b"*",
+        b"$",
+        b"\r\n",
+        b"\r",
+        b"\n",
+        b"0",
+        b"1",
+        b"2",
+        b"3",
+        b"-",
+        b" ",
+        b'"',
+        b"'",
+        b"\\",
+        b"x",
+        b"SET",
+        b"*2\r\n",
+        b"$3\r\n",
+        b"$1\r\n",
+    ]
+)
+noisy = st.one_of(st.binary(max_size=80), st.lists(resp_tokens, max_size=40).map(b"".join))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=noisy, cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6),
-       eof=st.booleans())
+@given(data=noisy, cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6), eof=st.booleans())
 def test_any_bytes_give_commands_or_the_protocol_error_whatever_the_chunking(data, cuts, eof):
     make = lambda: RespFramer(max_line=32, max_size=64, max_elements=8)  # noqa: E731
     whole = batched_results(make, [data], eof)

@@ -14,14 +14,19 @@ def test_every_python_block_of_the_security_page_runs(tmp_path):
     blocks = re.findall(r"```python\n(.+?)```", DOC.read_text(), re.S)
     assert len(blocks) >= 6
     files = make_tls_files(tmp_path)
-    namespace = {"__name__": "docs_security", "certfile": str(files.server_cert),
-                 "keyfile": str(files.server_key), "cafile": str(files.ca)}
+    namespace = {
+        "__name__": "docs_security",
+        "certfile": str(files.server_cert),
+        "keyfile": str(files.server_key),
+        "cafile": str(files.ca),
+    }
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), namespace)
 
 
 def test_the_defaults_on_the_page_are_the_real_ones():
     from evloop import DEFAULT_LIMITS
+
     text = DOC.read_text()
     limits = DEFAULT_LIMITS
     assert f"| idle connection | {limits.idle_timeout:g} s |" in text

@@ -55,24 +55,23 @@ def test_graceful_stop_finishes_in_flight_work_and_cuts_the_rest(shutting_loop, 
     idle, slow, partial, stuck = (connect(server) for _ in range(4))
     try:
         idle.sendall(frame(b"hi"))
-        assert recv_exactly(idle, 4) == frame(b"hi")            # served, now idle
-        slow.sendall(frame(b"slow"))                             # its reply is being made
+        assert recv_exactly(idle, 4) == frame(b"hi")  # served, now idle
+        slow.sendall(frame(b"slow"))  # its reply is being made
         future = SlowOnRequest.futures.get(timeout=10)
-        partial.sendall(b"5\nab")                                # half a request each
+        partial.sendall(b"5\nab")  # half a request each
         stuck.sendall(b"9\nab")
-        assert wait_on_loop(shutting_loop, lambda: sum(
-            h.pending_input() for h in loop.handlers) == 4)
+        assert wait_on_loop(shutting_loop, lambda: sum(h.pending_input() for h in loop.handlers) == 4)
 
         started = time.monotonic()
         loop.stop(graceful=True, timeout=1.0)
-        assert recv_all(idle) == b""                             # nothing in flight: closed now
-        with pytest.raises(ConnectionRefusedError):              # and nothing new is accepted
+        assert recv_all(idle) == b""  # nothing in flight: closed now
+        with pytest.raises(ConnectionRefusedError):  # and nothing new is accepted
             socket.create_connection((server.host, server.port), timeout=10).close()
-        partial.sendall(b"cde")                                  # its request completes: answered
+        partial.sendall(b"cde")  # its request completes: answered
         assert recv_all(partial) == frame(b"abcde")
-        future.set_result(b"done late")                          # its reply goes out
+        future.set_result(b"done late")  # its reply goes out
         assert recv_all(slow) == b"done late"
-        assert recv_all(stuck) == b""                            # cut at the deadline
+        assert recv_all(stuck) == b""  # cut at the deadline
         shutting_loop.thread.join(10)
         assert not shutting_loop.thread.is_alive(), "run() returned by itself"
         assert 1.0 <= time.monotonic() - started < 5
@@ -82,7 +81,7 @@ def test_graceful_stop_finishes_in_flight_work_and_cuts_the_rest(shutting_loop, 
     summary = loop.last_shutdown
     assert (summary["idle"], summary["finished"], summary["cut"]) == (1, 2, 1)
     lines = [r for r in caplog.records if "graceful shutdown done" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].levelno == logging.WARNING   # something was cut
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING  # something was cut
     assert "1 idle connections closed, 2 finished, 1 cut at the 1s deadline" in lines[0].getMessage()
 
 
@@ -103,8 +102,13 @@ def test_the_deadline_comes_from_the_servers_limits(shutting_loop):
     server = shutting_loop.serve(LengthSepEcho, limits=Limits(shutdown_timeout=0.2))
     with connect(server) as stuck:
         stuck.sendall(b"9\nab")
-        assert wait_on_loop(shutting_loop, lambda: len(shutting_loop.loop.handlers) == 1
-                            and any(h.pending_input() for h in shutting_loop.loop.handlers))
+        assert wait_on_loop(
+            shutting_loop,
+            lambda: (
+                len(shutting_loop.loop.handlers) == 1
+                and any(h.pending_input() for h in shutting_loop.loop.handlers)
+            ),
+        )
         shutting_loop.loop.stop(graceful=True)
         assert recv_all(stuck) == b""
     shutting_loop.thread.join(10)
@@ -133,6 +137,7 @@ def test_graceful_stop_on_an_embedded_loop_with_run_once():
 
 
 # -- signals to a real server process ---------------------------------------------
+
 
 def output_lines(process):
     """The process's output, line by line, through a queue (waited on, not polled)."""
@@ -196,7 +201,7 @@ def test_a_second_signal_stops_at_once(tmp_path):
     with running_example("echo_lengthsep.py", "--persistent") as (host, port, process):
         lines, seen = output_lines(process), []
         with socket.create_connection((host, port), timeout=10) as sock:
-            sock.sendall(frame(b"hi") + b"9\nab")              # then never completes it
+            sock.sendall(frame(b"hi") + b"9\nab")  # then never completes it
             assert recv_exactly(sock, 4) == frame(b"hi")
             process.send_signal(signal.SIGTERM)
             wait_for_line(lines, "no longer accepting", seen)
@@ -204,7 +209,7 @@ def test_a_second_signal_stops_at_once(tmp_path):
             process.send_signal(signal.SIGTERM)
             assert recv_all(sock) == b""
             assert process.wait(10) == 0
-            assert time.monotonic() - started < 5               # not the 10s deadline
+            assert time.monotonic() - started < 5  # not the 10s deadline
         wait_for_line(lines, "stopped at once on the second signal", seen)
 
 
@@ -226,9 +231,16 @@ def test_sigterm_during_serve_forever_is_graceful():
     import subprocess
 
     from tests.examples import LISTENING, ROOT
+
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
-    process = subprocess.Popen([sys.executable, "-c", SERVE_FOREVER], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVE_FOREVER],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines, seen = output_lines(process), []
         host, port = LISTENING.search(wait_for_line(lines, "listening on", seen)).groups()

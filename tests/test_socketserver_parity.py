@@ -10,8 +10,16 @@ import threading
 
 import pytest
 
-from evloop import (ClientHandler, DatagramHandler, DatagramServer, EventLoop, LoopThread, Server,
-                    UnixDatagramServer, UnixServer)
+from evloop import (
+    ClientHandler,
+    DatagramHandler,
+    DatagramServer,
+    EventLoop,
+    LoopThread,
+    Server,
+    UnixDatagramServer,
+    UnixServer,
+)
 from protocols import LengthSepEcho
 from tests.conftest import recv_all, recv_exactly
 from tests.examples import running_example
@@ -93,6 +101,7 @@ def test_tcp_udp_unix_stream_and_unix_datagram_served_by_one_loop_at_once(select
 
 # -- serve_forever / shutdown / server_close / with ------------------------------
 
+
 def make_server(kind, tmp_path):
     if kind == "tcp":
         return Server("127.0.0.1", 0), LengthSepEcho
@@ -133,7 +142,7 @@ def test_serve_forever_in_a_thread_and_shutdown_from_the_main_thread(kind, tmp_p
 def test_shutdown_before_serve_forever_started_is_not_lost():
     with Server("127.0.0.1", 0) as server:
         thread = threading.Thread(target=server.serve_forever, args=(LengthSepEcho,))
-        server.shutdown()          # the thread has not even started
+        server.shutdown()  # the thread has not even started
         thread.start()
         thread.join(10)
         assert not thread.is_alive()
@@ -156,9 +165,11 @@ def test_shutdown_from_a_handler_does_not_deadlock(selector_name):
 
     done = threading.Event()
     with Server("127.0.0.1", 0) as server:
+
         def serve():
-            server.serve_forever(StopOnRequest, selector=None if selector_name == "default"
-                                 else selector_name)
+            server.serve_forever(
+                StopOnRequest, selector=None if selector_name == "default" else selector_name
+            )
             done.set()
 
         thread = threading.Thread(target=serve)
@@ -172,6 +183,7 @@ def test_shutdown_from_a_handler_does_not_deadlock(selector_name):
 def test_shutdown_from_a_signal_handler_in_the_serving_thread():
     previous = None
     with Server("127.0.0.1", 0) as server:
+
         class SignalSelf(ClientHandler):
             def make_response(self):
                 signal.raise_signal(signal.SIGUSR1)  # delivered to this, the main thread
@@ -255,6 +267,7 @@ def test_keyboard_interrupt_leaves_serve_forever_and_serving_again_works():
             self.close_when_sent()
 
     with Server("127.0.0.1", 0) as server:
+
         def interrupt():
             with stream_client(server) as client:
                 client.sendall(b"^C")
@@ -282,6 +295,7 @@ def test_socketserver_names():
 
 # -- the example and the docs page --------------------------------------------------
 
+
 def test_socketserver_style_example_serves_tcp_udp_and_unix(tmp_path):
     path = str(tmp_path / "upper.sock")
     with running_example("socketserver_style.py", "--unix", path) as (host, port, process):
@@ -306,6 +320,7 @@ def test_socketserver_style_example_serves_tcp_udp_and_unix(tmp_path):
 
 def test_the_transports_benchmark_runs_on_tiny_settings(capsys):
     from benchmarks.transports_bench import main
+
     main(["--requests", "20"])
     out = capsys.readouterr().out
     for transport in ("udp", "unix-dgram", "tcp", "unix-stream"):

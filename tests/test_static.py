@@ -97,13 +97,16 @@ def test_symlinks_out_of_the_root_are_refused(site, target, caplog):
     assert "outside the static root" in caplog.text
 
 
-@pytest.mark.parametrize("target", [
-    "/static/%252e%252e/secret.txt",   # double encoding is a name, not a dot segment
-    "//secret.txt",                     # empty segments are skipped, still inside
-    "/static/.env",                     # hidden files stay hidden
-    "/static/nothing-here",
-    "/static/sub/page.txt/x",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/static/%252e%252e/secret.txt",  # double encoding is a name, not a dot segment
+        "//secret.txt",  # empty segments are skipped, still inside
+        "/static/.env",  # hidden files stay hidden
+        "/static/nothing-here",
+        "/static/sub/page.txt/x",
+    ],
+)
 def test_other_odd_paths_find_nothing(site, target):
     status, _, body = request(site, target)
     assert status == 404 and SECRET not in body
@@ -113,18 +116,25 @@ def test_symlink_inside_the_root_is_followed(site):
     assert request(site, "/static/link-in.txt")[2] == b"sub page"
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("index.html", "text/html; charset=utf-8"), ("style.css", "text/css; charset=utf-8"),
-    ("app.js", "text/javascript; charset=utf-8"), ("data.json", "application/json; charset=utf-8"),
-    ("pic.png", "image/png"), ("blob.unknownext", "application/octet-stream"),
-    ("sub/page.txt", "text/plain; charset=utf-8"),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("index.html", "text/html; charset=utf-8"),
+        ("style.css", "text/css; charset=utf-8"),
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("data.json", "application/json; charset=utf-8"),
+        ("pic.png", "image/png"),
+        ("blob.unknownext", "application/octet-stream"),
+        ("sub/page.txt", "text/plain; charset=utf-8"),
+    ],
+)
 def test_content_types(site, name, expected):
     status, headers, _ = request(site, "/static/" + name)
     assert status == 200
     # JavaScript's registered type changed (RFC 9239); older Pythons say application/.
     assert headers["content-type"] == expected or (
-        name == "app.js" and headers["content-type"] == "application/javascript; charset=utf-8")
+        name == "app.js" and headers["content-type"] == "application/javascript; charset=utf-8"
+    )
     assert content_type_for("x.tar.gz") == "application/octet-stream"
 
 
@@ -157,10 +167,12 @@ def test_if_modified_since_and_etag(site, tmp_path):
     assert request(site, "/static/style.css", f"If-Modified-Since: {earlier}\r\n")[0] == 200
     assert request(site, "/static/style.css", "If-Modified-Since: yesterday\r\n")[0] == 200
     assert request(site, "/static/style.css", f"If-None-Match: {etag}\r\n")[0] == 304
-    assert request(site, "/static/style.css", f"If-None-Match: \"other\", {etag[2:]}\r\n")[0] == 304
+    assert request(site, "/static/style.css", f'If-None-Match: "other", {etag[2:]}\r\n')[0] == 304
     # If-None-Match wins over If-Modified-Since (RFC 9110 section 13.1.3).
-    assert request(site, "/static/style.css",
-                   f"If-None-Match: \"other\"\r\nIf-Modified-Since: {later}\r\n")[0] == 200
+    assert (
+        request(site, "/static/style.css", f'If-None-Match: "other"\r\nIf-Modified-Since: {later}\r\n')[0]
+        == 200
+    )
 
 
 def test_root_must_be_a_directory(tmp_path):
@@ -201,8 +213,13 @@ def test_a_100_mib_file_is_served_with_flat_memory(tmp_path):
         file.seek(size - 4)
         file.write(b"END!")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    process = subprocess.Popen([sys.executable, "-c", SERVER, str(tmp_path)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         lines = queue.Queue()
         threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
@@ -235,6 +252,8 @@ def test_a_100_mib_file_is_served_with_flat_memory(tmp_path):
         process.stdout.close()
     assert received > size and tail == b"END!"
     growth_mib = (peak - before) / 1024
-    print(f"server RSS before {before / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, "
-          f"growth {growth_mib:.1f} MiB for a 100 MiB file")
+    print(
+        f"server RSS before {before / 1024:.1f} MiB, peak {peak / 1024:.1f} MiB, "
+        f"growth {growth_mib:.1f} MiB for a 100 MiB file"
+    )
     assert growth_mib < 16, f"server memory grew by {growth_mib:.1f} MiB while sending 100 MiB"

@@ -68,8 +68,7 @@ def test_stop_wakes_an_idle_loop_with_nothing_due(selector_name):
 
 
 def test_two_loops_in_one_process_serve_and_stop_independently(selector_name):
-    loops = [LoopThread(selector=selector_of(selector_name), name=f"loop-{n}").start()
-             for n in range(2)]
+    loops = [LoopThread(selector=selector_of(selector_name), name=f"loop-{n}").start() for n in range(2)]
     servers = [lt.add_server(Server("127.0.0.1", 0), LengthSepEcho) for lt in loops]
     seen_threads = []
 

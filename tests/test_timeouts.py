@@ -25,6 +25,7 @@ def timeout_lines(caplog):
 
 # -- idle ------------------------------------------------------------------------
 
+
 def test_idle_timeout_fires_after_exactly_the_idle_time(caplog):
     caplog.set_level(logging.INFO, logger="evloop")
     harness = HandlerHarness(LengthSepEcho, limits=LIMITS, peer=("10.0.0.9", 1234))
@@ -33,7 +34,8 @@ def test_idle_timeout_fires_after_exactly_the_idle_time(caplog):
     harness.advance(0.02)
     assert harness.closed
     assert timeout_lines(caplog) == [
-        (logging.INFO, "10.0.0.9:1234: idle timeout (10s) fired; closing the connection")]
+        (logging.INFO, "10.0.0.9:1234: idle timeout (10s) fired; closing the connection")
+    ]
 
 
 def test_traffic_keeps_a_connection_from_being_idle():
@@ -55,12 +57,12 @@ def test_waiting_for_the_servers_own_reply_is_not_idleness():
 
     harness = HandlerHarness(Slow, limits=LIMITS)
     harness.feed(frame(b"work"))
-    harness.advance(100)                     # the server is busy, not the client idle
+    harness.advance(100)  # the server is busy, not the client idle
     assert not harness.closed
     future.set_result(b"done")
     harness.advance(0)
     assert harness.output == b"done"
-    harness.advance(9)                       # idleness counts from the reply
+    harness.advance(9)  # idleness counts from the reply
     assert not harness.closed
     harness.advance(3.5)
     assert harness.closed
@@ -68,57 +70,63 @@ def test_waiting_for_the_servers_own_reply_is_not_idleness():
 
 # -- request (slowloris) -----------------------------------------------------------
 
+
 def test_a_request_must_be_whole_within_request_timeout_however_it_dribbles(caplog):
     harness = HandlerHarness(LengthSepEcho, limits=LIMITS)
-    harness.advance(7)                       # idle a while first: that is not the request's time
+    harness.advance(7)  # idle a while first: that is not the request's time
     harness.feed(b"1000\nx")
-    for _ in range(29):                      # a byte every 0.1s keeps it busy, not alive
+    for _ in range(29):  # a byte every 0.1s keeps it busy, not alive
         harness.advance(0.1)
         harness.feed(b"x")
     assert not harness.closed
-    harness.advance(0.11)                    # 3.01s after its first byte
+    harness.advance(0.11)  # 3.01s after its first byte
     assert harness.closed
     assert timeout_lines(caplog) == [
-        (logging.WARNING, "127.0.0.1:40000: request timeout (3s) fired; closing the connection")]
+        (logging.WARNING, "127.0.0.1:40000: request timeout (3s) fired; closing the connection")
+    ]
 
 
 def test_the_request_clock_restarts_with_each_new_request():
     harness = HandlerHarness(LengthSepEcho, limits=LIMITS)
     harness.feed(b"3\nab")
     harness.advance(2.5)
-    assert harness.feed(b"c" + b"3\nde") == frame(b"abc")   # done; the next one begins now
+    assert harness.feed(b"c" + b"3\nde") == frame(b"abc")  # done; the next one begins now
     harness.advance(2.5)
-    assert not harness.closed                # 5s after the first request began
+    assert not harness.closed  # 5s after the first request began
     assert harness.feed(b"f") == frame(b"def")
     harness.advance(2.9)
-    assert not harness.closed                # nothing in flight: only idle counts now
+    assert not harness.closed  # nothing in flight: only idle counts now
     harness.advance(7.2)
     assert harness.closed
 
 
 # -- write --------------------------------------------------------------------------
 
+
 def test_a_client_that_takes_no_output_is_closed_after_write_timeout(caplog):
     harness = HandlerHarness(LengthSepEcho, limits=LIMITS, send_window=100)
     harness.feed(frame(b"x" * 1000))
-    for _ in range(3):                       # it reads a little every 4s: alive
+    for _ in range(3):  # it reads a little every 4s: alive
         harness.advance(4)
         assert harness.drain()
     assert not harness.closed
-    harness.advance(5.01)                    # then stops reading
+    harness.advance(5.01)  # then stops reading
     assert harness.closed
     assert timeout_lines(caplog)[-1] == (
-        logging.WARNING, "127.0.0.1:40000: write timeout (5s) fired; closing the connection")
+        logging.WARNING,
+        "127.0.0.1:40000: write timeout (5s) fired; closing the connection",
+    )
 
 
 # -- cost and switches -----------------------------------------------------------------
+
 
 def test_one_lazy_timer_per_connection_not_one_per_read():
     harness = HandlerHarness(LengthSepEcho, limits=LIMITS)
     pushes = []
     call_at = harness.loop.call_at
     harness.loop.call_at = lambda *args: pushes.append(args) or call_at(*args)
-    for _ in range(1000):                    # 1000 requests in 100 seconds
+    for _ in range(1000):  # 1000 requests in 100 seconds
         harness.advance(0.1)
         harness.feed(frame(b"hi"))
     assert len(harness.loop._timers) == 1
@@ -129,18 +137,20 @@ def test_one_lazy_timer_per_connection_not_one_per_read():
 
 
 def test_timeouts_switched_off_cost_no_timer():
-    harness = HandlerHarness(LengthSepEcho, limits=Limits(idle_timeout=None, request_timeout=None,
-                                                          write_timeout=None))
+    harness = HandlerHarness(
+        LengthSepEcho, limits=Limits(idle_timeout=None, request_timeout=None, write_timeout=None)
+    )
     assert harness.handler._timer is None and len(harness.loop._timers) == 0
     harness.feed(b"5\nab")
-    harness.advance(10 ** 6)
+    harness.advance(10**6)
     assert not harness.closed
 
 
 def test_only_the_idle_timeout():
-    harness = HandlerHarness(LengthSepEcho, limits=Limits(request_timeout=None, write_timeout=None,
-                                                          idle_timeout=2))
-    harness.feed(b"5\nab")                   # an incomplete request is not idle
+    harness = HandlerHarness(
+        LengthSepEcho, limits=Limits(request_timeout=None, write_timeout=None, idle_timeout=2)
+    )
+    harness.feed(b"5\nab")  # an incomplete request is not idle
     harness.advance(100)
     assert not harness.closed
     harness.feed(b"cde")
@@ -169,6 +179,7 @@ def test_a_closed_connection_leaves_no_timer():
 
 # -- over real sockets -------------------------------------------------------------------
 
+
 def test_real_socket_request_timeout_closes_only_the_slow_client(running_loop, caplog):
     server = running_loop.serve(LengthSepEcho, limits=Limits(request_timeout=0.3))
     with connect(server) as slow, connect(server) as quick:
@@ -176,10 +187,10 @@ def test_real_socket_request_timeout_closes_only_the_slow_client(running_loop, c
         slow.sendall(b"10\nabc")
         quick.sendall(frame(b"hi"))
         assert recv_exactly(quick, 4) == frame(b"hi")
-        assert recv_all(slow) == b""                    # the server gave up on it
+        assert recv_all(slow) == b""  # the server gave up on it
         waited = time.monotonic() - started
         assert 0.3 <= waited < 5
-        quick.sendall(frame(b"still"))                  # the other client is untouched
+        quick.sendall(frame(b"still"))  # the other client is untouched
         assert recv_exactly(quick, 7) == frame(b"still")
     assert any("request timeout (0.3s) fired" in line for _, line in timeout_lines(caplog))
 
@@ -216,8 +227,8 @@ def test_real_socket_write_timeout(running_loop, caplog):
         sock.settimeout(10)
         sock.connect((server.host, server.port))
         started = time.monotonic()
-        sock.sendall(reply)                             # one request; its reply is not read
-        assert SmallSendBuffer.closed_event.wait(10)    # the server gave up on this client
+        sock.sendall(reply)  # one request; its reply is not read
+        assert SmallSendBuffer.closed_event.wait(10)  # the server gave up on this client
         assert time.monotonic() - started >= 0.3
         received = 0
         try:

@@ -80,7 +80,7 @@ def test_cancelled_call_soon_does_not_run(clocked):
 
 
 def test_select_sleeps_exactly_until_the_next_timer(clocked):
-    ev, clock = clocked
+    ev, _clock = clocked
     waits = []
     real_select = ev._selector.select
 

@@ -64,6 +64,7 @@ def recv_exactly_tls(sock, count):
 
 # -- the same handlers, over TLS -------------------------------------------------
 
+
 def test_echo_over_tls_with_pipelining(running_loop, server_context, client_context):
     server = running_loop.serve(LengthSepEcho, ssl=server_context)
     data = b"".join(frame(b"request %d" % i) for i in range(100))
@@ -87,7 +88,7 @@ def exchange_tls(sock, data, expected):
                 raise TimeoutError(f"stuck: sent {sent}, received {len(received)}")
             if sent < len(data):
                 try:
-                    sent += sock.send(view[sent:sent + 65536])
+                    sent += sock.send(view[sent : sent + 65536])
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     pass
             else:
@@ -127,6 +128,7 @@ def test_the_server_ends_the_stream_with_close_notify(running_loop, server_conte
 
 def test_tls_over_a_unix_stream_socket(running_loop, server_context, client_context, tmp_path):
     from evloop import UnixServer
+
     path = str(tmp_path / "tls.sock")
     server = UnixServer(path, ssl=server_context, limits=Limits(idle_timeout=30))
     running_loop.call(running_loop.loop.add_server, server, LengthSepEcho)
@@ -142,8 +144,10 @@ def test_tls_over_a_unix_stream_socket(running_loop, server_context, client_cont
 def test_a_plain_server_and_a_tls_server_on_one_loop(running_loop, server_context, client_context):
     plain = running_loop.serve(LengthSepEcho)
     secure = running_loop.serve(LengthSepEcho, ssl=server_context)
-    with socket.create_connection((plain.host, plain.port), timeout=10) as a, \
-            tls_connect(secure, client_context) as b:
+    with (
+        socket.create_connection((plain.host, plain.port), timeout=10) as a,
+        tls_connect(secure, client_context) as b,
+    ):
         a.sendall(frame(b"plain"))
         b.sendall(frame(b"secure"))
         assert recv_exactly(a, 7) == frame(b"plain")
@@ -151,6 +155,7 @@ def test_a_plain_server_and_a_tls_server_on_one_loop(running_loop, server_contex
 
 
 # -- client certificates -----------------------------------------------------------
+
 
 class WhoAreYou(ClientHandler):
     """Answers with the common name of the client's verified certificate."""
@@ -162,11 +167,16 @@ class WhoAreYou(ClientHandler):
 
 
 def test_client_certificates_required(running_loop, tls_files, caplog):
-    context = make_server_context(str(tls_files.server_cert), str(tls_files.server_key),
-                                  cafile=str(tls_files.ca), client_certs="required")
+    context = make_server_context(
+        str(tls_files.server_cert),
+        str(tls_files.server_key),
+        cafile=str(tls_files.ca),
+        client_certs="required",
+    )
     server = running_loop.serve(WhoAreYou, ssl=context)
-    with_cert = make_client_context(str(tls_files.ca), certfile=str(tls_files.client_cert),
-                                    keyfile=str(tls_files.client_key))
+    with_cert = make_client_context(
+        str(tls_files.ca), certfile=str(tls_files.client_cert), keyfile=str(tls_files.client_key)
+    )
     with tls_connect(server, with_cert) as sock:
         sock.sendall(b"?")
         assert recv_all(sock) == tls_files.client_name.encode() + b"\n"
@@ -185,8 +195,12 @@ def test_client_certificates_required(running_loop, tls_files, caplog):
 
 
 def test_client_certificates_optional(running_loop, tls_files):
-    context = make_server_context(str(tls_files.server_cert), str(tls_files.server_key),
-                                  cafile=str(tls_files.ca), client_certs="optional")
+    context = make_server_context(
+        str(tls_files.server_cert),
+        str(tls_files.server_key),
+        cafile=str(tls_files.ca),
+        client_certs="optional",
+    )
     server = running_loop.serve(WhoAreYou, ssl=context)
     with tls_connect(server, make_client_context(str(tls_files.ca))) as sock:
         sock.sendall(b"?")
@@ -195,21 +209,22 @@ def test_client_certificates_optional(running_loop, tls_files):
 
 def test_make_server_context_refuses_nonsense(tls_files):
     with pytest.raises(ValueError):
-        make_server_context(str(tls_files.server_cert), str(tls_files.server_key),
-                            client_certs="sometimes")
+        make_server_context(str(tls_files.server_cert), str(tls_files.server_key), client_certs="sometimes")
     with pytest.raises(ValueError):
-        make_server_context(str(tls_files.server_cert), str(tls_files.server_key),
-                            client_certs="required")      # no CA to check them against
+        make_server_context(
+            str(tls_files.server_cert), str(tls_files.server_key), client_certs="required"
+        )  # no CA to check them against
 
 
 # -- bad clients ---------------------------------------------------------------------
 
-def test_a_silent_client_is_cut_by_the_handshake_timeout(running_loop, server_context,
-                                                         client_context, caplog):
-    server = running_loop.serve(LengthSepEcho, ssl=server_context,
-                                limits=Limits(handshake_timeout=0.3))
+
+def test_a_silent_client_is_cut_by_the_handshake_timeout(
+    running_loop, server_context, client_context, caplog
+):
+    server = running_loop.serve(LengthSepEcho, ssl=server_context, limits=Limits(handshake_timeout=0.3))
     with socket.create_connection((server.host, server.port), timeout=10) as silent:
-        with tls_connect(server, client_context) as other:      # others are served meanwhile
+        with tls_connect(server, client_context) as other:  # others are served meanwhile
             other.sendall(frame(b"ok"))
             assert recv_exactly_tls(other, 4) == frame(b"ok")
         assert recv_all(silent) == b""
@@ -217,13 +232,12 @@ def test_a_silent_client_is_cut_by_the_handshake_timeout(running_loop, server_co
     assert running_loop.call(lambda: server.connections) == 0
 
 
-def test_plaintext_at_a_tls_port_is_refused_alone(running_loop, server_context, client_context,
-                                                  caplog):
+def test_plaintext_at_a_tls_port_is_refused_alone(running_loop, server_context, client_context, caplog):
     server = running_loop.serve(LengthSepEcho, ssl=server_context)
     with socket.create_connection((server.host, server.port), timeout=10) as plain:
         plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         try:
-            recv_all(plain)                         # an alert or nothing, then the close
+            recv_all(plain)  # an alert or nothing, then the close
         except ConnectionResetError:
             pass
     with tls_connect(server, client_context) as sock:
@@ -239,7 +253,7 @@ def test_a_client_that_leaves_mid_handshake_is_forgotten(running_loop, server_co
         with socket.create_connection((server.host, server.port), timeout=10) as sock:
             sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello begins
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
-        sock.sendall(b"\x16\x03\x01\x00\x05hello")   # junk record: refused, closed
+        sock.sendall(b"\x16\x03\x01\x00\x05hello")  # junk record: refused, closed
         try:
             recv_all(sock)
         except ConnectionResetError:
@@ -251,33 +265,69 @@ def test_a_client_that_leaves_mid_handshake_is_forgotten(running_loop, server_co
 
 # -- openssl s_client, a TLS client that is not Python's ------------------------------
 
+
 @pytest.mark.skipif(OPENSSL is None, reason="no openssl command")
 def test_openssl_s_client(running_loop, server_context, tls_files):
     server = running_loop.serve(LengthSepBody, ssl=server_context)
     result = subprocess.run(
-        [OPENSSL, "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername", "localhost",
-         "-CAfile", str(tls_files.ca), "-verify_return_error", "-quiet"],
-        input=frame(b"hello from openssl"), capture_output=True, timeout=30)
+        [
+            OPENSSL,
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-servername",
+            "localhost",
+            "-CAfile",
+            str(tls_files.ca),
+            "-verify_return_error",
+            "-quiet",
+        ],
+        input=frame(b"hello from openssl"),
+        capture_output=True,
+        timeout=30,
+    )
     assert result.stdout == b"hello from openssl", result.stderr
 
 
 @pytest.mark.skipif(OPENSSL is None, reason="no openssl command")
 def test_openssl_s_client_with_a_client_certificate(running_loop, tls_files):
-    context = make_server_context(str(tls_files.server_cert), str(tls_files.server_key),
-                                  cafile=str(tls_files.ca), client_certs="required")
+    context = make_server_context(
+        str(tls_files.server_cert),
+        str(tls_files.server_key),
+        cafile=str(tls_files.ca),
+        client_certs="required",
+    )
     server = running_loop.serve(WhoAreYou, ssl=context)
     result = subprocess.run(
-        [OPENSSL, "s_client", "-connect", f"127.0.0.1:{server.port}", "-servername", "localhost",
-         "-CAfile", str(tls_files.ca), "-verify_return_error", "-quiet",
-         "-cert", str(tls_files.client_cert), "-key", str(tls_files.client_key)],
-        input=b"?", capture_output=True, timeout=30)
+        [
+            OPENSSL,
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-servername",
+            "localhost",
+            "-CAfile",
+            str(tls_files.ca),
+            "-verify_return_error",
+            "-quiet",
+            "-cert",
+            str(tls_files.client_cert),
+            "-key",
+            str(tls_files.client_key),
+        ],
+        input=b"?",
+        capture_output=True,
+        timeout=30,
+    )
     assert result.stdout == tls_files.client_name.encode() + b"\n", result.stderr
 
 
 # -- the blocking clients speak TLS too ------------------------------------------------
 
+
 def test_json_client_over_tls(running_loop, server_context, client_context):
     from protocols import JsonClient, JsonEcho
+
     server = running_loop.serve(JsonEcho, ssl=server_context)
     with JsonClient("localhost", server.port, timeout=10, ssl=client_context) as client:
         for message in ({"a": [1, 2, 3]}, "x" * 100000, [None], 3.5):
@@ -289,6 +339,7 @@ def test_json_client_over_tls(running_loop, server_context, client_context):
 def test_json_client_refuses_a_server_it_cannot_verify(running_loop, server_context, tls_files):
     from protocols import JsonClient, JsonEcho
     from protocols.jsonclient import JsonConnectionError
+
     server = running_loop.serve(JsonEcho, ssl=server_context)
     wrong_ca = make_client_context(str(tls_files.other_ca))
     with pytest.raises(JsonConnectionError):
@@ -297,8 +348,8 @@ def test_json_client_refuses_a_server_it_cannot_verify(running_loop, server_cont
 
 def test_do_request_over_tls(running_loop, server_context, client_context):
     from protocols import RequestHandler, do_request
+
     server = running_loop.serve(RequestHandler, ssl=server_context)
-    assert do_request(f"localhost:{server.port}", "hello", 10, ssl=client_context) == \
-        "Requested: hello"
+    assert do_request(f"localhost:{server.port}", "hello", 10, ssl=client_context) == "Requested: hello"
     with pytest.raises(ssl.SSLError):
         do_request(f"localhost:{server.port}", "hello", 10, ssl=ssl.create_default_context())

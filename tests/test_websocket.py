@@ -34,6 +34,7 @@ KEY = base64.b64encode(b"0123456789abcdef").decode()
 
 # -- helpers --------------------------------------------------------------------
 
+
 def client_frame(opcode, payload=b"", *, fin=True, rsv=0, mask=True):
     """A client-to-server frame, built by hand (RFC 6455 section 5.2)."""
     head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
@@ -67,12 +68,12 @@ def server_frames(data):
         size = second & 0x7F
         i += 2
         if size == 126:
-            size, = struct.unpack("!H", data[i:i + 2])
+            (size,) = struct.unpack("!H", data[i : i + 2])
             i += 2
         elif size == 127:
-            size, = struct.unpack("!Q", data[i:i + 8])
+            (size,) = struct.unpack("!Q", data[i : i + 8])
             i += 8
-        frames.append((first & 0x0F, data[i:i + size], bool(first & 0x80)))
+        frames.append((first & 0x0F, data[i : i + size], bool(first & 0x80)))
         i += size
     assert i == len(data), "truncated frame"
     return frames
@@ -84,9 +85,11 @@ def split_response(data):
 
 
 def handshake(path="/", extra=""):
-    return (f"GET {path} HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\n"
-            f"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\n"
+        f"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
 
 
 class Recorder(WebSocketHandler):
@@ -146,6 +149,7 @@ def close_code_of(output):
 
 # -- the opening handshake ----------------------------------------------------------
 
+
 def test_handshake_answers_101_with_the_accept_key():
     harness = HandlerHarness(App)
     head, _rest = split_response(harness.feed(handshake()))
@@ -162,15 +166,21 @@ def test_handshake_answers_101_with_the_accept_key():
     assert not harness.closed
 
 
-@pytest.mark.parametrize("request_bytes, status, header", [
-    (handshake().replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8"),
-     "426", "sec-websocket-version: 13"),
-    (handshake().replace(KEY.encode(), b"short"), "400", None),
-    (handshake().replace(b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\n", b""), "400", None),
-    (b"GET / HTTP/1.1\r\nHost: example\r\n\r\n", "426", "upgrade: websocket"),
-    (b"POST / HTTP/1.1\r\nHost: example\r\nContent-Length: 0\r\n\r\n", "405", "allow: get"),
-    (handshake("/chat", "Origin: https://evil.example\r\n"), "403", None),
-])
+@pytest.mark.parametrize(
+    "request_bytes, status, header",
+    [
+        (
+            handshake().replace(b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8"),
+            "426",
+            "sec-websocket-version: 13",
+        ),
+        (handshake().replace(KEY.encode(), b"short"), "400", None),
+        (handshake().replace(b"Sec-WebSocket-Key: " + KEY.encode() + b"\r\n", b""), "400", None),
+        (b"GET / HTTP/1.1\r\nHost: example\r\n\r\n", "426", "upgrade: websocket"),
+        (b"POST / HTTP/1.1\r\nHost: example\r\nContent-Length: 0\r\n\r\n", "405", "allow: get"),
+        (handshake("/chat", "Origin: https://evil.example\r\n"), "403", None),
+    ],
+)
 def test_bad_handshakes_get_an_http_error_and_the_connection_stays(request_bytes, status, header):
     harness = HandlerHarness(App)
     head, _ = split_response(harness.feed(request_bytes))
@@ -186,8 +196,11 @@ def test_bad_handshakes_get_an_http_error_and_the_connection_stays(request_bytes
 
 def test_subprotocol_is_chosen_by_server_preference():
     harness = HandlerHarness(App)
-    head, _ = split_response(harness.feed(handshake(
-        "/chat", "Origin: https://good.example\r\nSec-WebSocket-Protocol: chat.v1, chat.v2\r\n")))
+    head, _ = split_response(
+        harness.feed(
+            handshake("/chat", "Origin: https://good.example\r\nSec-WebSocket-Protocol: chat.v1, chat.v2\r\n")
+        )
+    )
     assert "Sec-WebSocket-Protocol: chat.v2" in head
     assert harness.handler.upgraded.subprotocol == "chat.v2"
 
@@ -201,23 +214,30 @@ def test_frames_in_the_same_read_as_the_handshake_are_served():
 
 # -- messages -----------------------------------------------------------------------
 
+
 def test_text_binary_and_fragmented_messages_every_split():
-    data = (handshake("/echo")
-            + client_frame(0x1, "héllo".encode())
-            + client_frame(0x2, b"\x00\xff", fin=False)
-            + client_frame(0x9, b"mid")                     # a ping between fragments
-            + client_frame(0x0, b"\x01", fin=False)
-            + client_frame(0x0, b"", fin=True)
-            + client_frame(0x1, "é".encode()[:1], fin=False)  # a character split across frames
-            + client_frame(0x0, "é".encode()[1:])
-            + client_frame(0x8, close_payload(1000, b"done")))
+    data = (
+        handshake("/echo")
+        + client_frame(0x1, "héllo".encode())
+        + client_frame(0x2, b"\x00\xff", fin=False)
+        + client_frame(0x9, b"mid")  # a ping between fragments
+        + client_frame(0x0, b"\x01", fin=False)
+        + client_frame(0x0, b"", fin=True)
+        + client_frame(0x1, "é".encode()[:1], fin=False)  # a character split across frames
+        + client_frame(0x0, "é".encode()[1:])
+        + client_frame(0x8, close_payload(1000, b"done"))
+    )
     harness = HandlerHarness(App)
     expected = harness.feed(data)
     head, frames = split_response(expected)
     assert head.startswith("HTTP/1.1 101 ")
-    assert server_frames(frames) == [(0x1, "héllo".encode(), True), (0xA, b"mid", True),
-                                     (0x2, b"\x00\xff\x01", True), (0x1, "é".encode(), True),
-                                     (0x8, close_payload(1000, b"done"), True)]
+    assert server_frames(frames) == [
+        (0x1, "héllo".encode(), True),
+        (0xA, b"mid", True),
+        (0x2, b"\x00\xff\x01", True),
+        (0x1, "é".encode(), True),
+        (0x8, close_payload(1000, b"done"), True),
+    ]
     assert harness.closed
     assert_handler_every_split(App, data, expected, closed=True)
 
@@ -287,9 +307,9 @@ def test_keepalive_pings_and_a_missing_pong_closes():
 
 
 def test_an_idle_socket_without_keepalive_is_closed_with_1001():
-    harness = opened_harness()          # Recorder: ping_interval None
+    harness = opened_harness()  # Recorder: ping_interval None
     assert harness.advance(299) == b""
-    assert close_code_of(harness.advance(2)) == 1001   # the engine's idle timeout, 300 s
+    assert close_code_of(harness.advance(2)) == 1001  # the engine's idle timeout, 300 s
     assert harness.closed
     assert Recorder.events[-1] == ("closed", 1001, "idle")
 
@@ -305,7 +325,7 @@ class SmallApp(HTTPHandler):
 
 def test_a_client_that_does_not_read_is_dropped_at_the_backlog_limit(caplog):
     harness = HandlerHarness(SmallApp, send_window=200)
-    harness.feed(handshake())   # the 101 fits the window; then it is shut
+    harness.feed(handshake())  # the 101 fits the window; then it is shut
     socket = harness.handler.upgraded
     sent = 0
     while socket.send(b"x" * 1000):
@@ -350,11 +370,17 @@ VIOLATIONS = [
     ("control frame over 125 bytes", client_frame(0x9, b"p" * 126), 1002),
     ("fragmented control frame", client_frame(0x9, b"p", fin=False), 1002),
     ("continuation with nothing to continue", client_frame(0x0, b"x"), 1002),
-    ("new message inside a fragmented one",
-     client_frame(0x1, b"a", fin=False) + client_frame(0x1, b"b"), 1002),
+    (
+        "new message inside a fragmented one",
+        client_frame(0x1, b"a", fin=False) + client_frame(0x1, b"b"),
+        1002,
+    ),
     ("invalid UTF-8 text", client_frame(0x1, b"\xce\xba\xff"), 1007),
-    ("invalid UTF-8 in a first fragment (fail fast)",
-     client_frame(0x1, b"ok\xf4\x90\x80\x80", fin=False), 1007),
+    (
+        "invalid UTF-8 in a first fragment (fail fast)",
+        client_frame(0x1, b"ok\xf4\x90\x80\x80", fin=False),
+        1007,
+    ),
     ("truncated UTF-8 at the end of a message", client_frame(0x1, b"\xce"), 1007),
     ("close with one byte", client_frame(0x8, b"\x03"), 1002),
     ("close code 999", client_frame(0x8, close_payload(999)), 1002),
@@ -365,8 +391,11 @@ VIOLATIONS = [
     ("close code 5000", client_frame(0x8, close_payload(5000)), 1002),
     ("close reason not UTF-8", client_frame(0x8, close_payload(1000, b"\xff")), 1007),
     ("message over the size limit", client_frame(0x2, b"x" * 1001), 1009),
-    ("fragments over the size limit",
-     client_frame(0x2, b"x" * 600, fin=False) + client_frame(0x0, b"x" * 600), 1009),
+    (
+        "fragments over the size limit",
+        client_frame(0x2, b"x" * 600, fin=False) + client_frame(0x0, b"x" * 600),
+        1009,
+    ),
 ]
 
 
@@ -407,10 +436,23 @@ class FaultLog(App):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(
-    st.binary(max_size=40),
-    st.builds(client_frame, st.integers(0, 15), st.binary(max_size=140), fin=st.booleans(),
-              rsv=st.integers(0, 7), mask=st.booleans())), max_size=6), st.data())
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=40),
+            st.builds(
+                client_frame,
+                st.integers(0, 15),
+                st.binary(max_size=140),
+                fin=st.booleans(),
+                rsv=st.integers(0, 7),
+                mask=st.booleans(),
+            ),
+        ),
+        max_size=6,
+    ),
+    st.data(),
+)
 def test_any_bytes_give_messages_or_a_close_never_another_error(pieces, data):
     stream = b"".join(pieces)
     results = []
@@ -429,6 +471,7 @@ def test_any_bytes_give_messages_or_a_close_never_another_error(pieces, data):
 
 
 # -- broadcast and the real loop ------------------------------------------------------
+
 
 def test_broadcast_frames_once_and_reaches_only_open_sockets():
     harnesses = [HandlerHarness(App) for _ in range(3)]
@@ -459,9 +502,9 @@ def read_frame(sock):
     head = recv_exactly(sock, 2)
     size = head[1] & 0x7F
     if size == 126:
-        size, = struct.unpack("!H", recv_exactly(sock, 2))
+        (size,) = struct.unpack("!H", recv_exactly(sock, 2))
     elif size == 127:
-        size, = struct.unpack("!Q", recv_exactly(sock, 8))
+        (size,) = struct.unpack("!Q", recv_exactly(sock, 8))
     return head[0] & 0x0F, recv_exactly(sock, size)
 
 
@@ -572,6 +615,7 @@ def test_echo_example_closes_an_oversize_message_with_1009():
 def test_echo_example_closes_invalid_utf8_with_1007_and_keeps_serving(echo_server):
     url, _ = echo_server
     from websockets.frames import Frame, Opcode
+
     with websockets_client.connect(url) as bad, websockets_client.connect(url) as good:
         # The client library will not send bad UTF-8 itself: hand it a frame.
         with bad.protocol_mutex:
@@ -587,6 +631,7 @@ def test_echo_example_closes_invalid_utf8_with_1007_and_keeps_serving(echo_serve
 def test_echo_example_plain_http_gets_426(echo_server):
     url, _ = echo_server
     import socket
+
     host, port = url[5:-1].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -603,6 +648,7 @@ def test_echo_example_plain_http_gets_426(echo_server):
 def test_chat_example_serves_its_page_and_relays_messages():
     import json
     import urllib.request
+
     with running_example("websocket_chat.py") as (host, port, _):
         with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as reply:
             assert reply.headers["Content-Type"] == "text/html; charset=utf-8"

@@ -19,8 +19,10 @@ from tests.conftest import recv_all
 from tests.examples import ROOT
 
 WAIT = 10
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(socket, "SO_REUSEPORT"),
-                                reason="worker processes need fork() and SO_REUSEPORT")
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "fork") or not hasattr(socket, "SO_REUSEPORT"),
+    reason="worker processes need fork() and SO_REUSEPORT",
+)
 
 # Each worker answers with its pid; "slow" is answered half a second later
 # (a loop timer, not a sleep), to show a stopping worker finishes its requests.
@@ -54,9 +56,14 @@ class Supervisor:
     def __init__(self):
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         # A session of its own: teardown can end every process it made.
-        self.process = subprocess.Popen([sys.executable, "-c", APP], stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True, env=env,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", APP],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         self.lines = queue.Queue()
         self.log = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -77,7 +84,7 @@ class Supervisor:
             try:
                 line = self.lines.get(timeout=WAIT)
             except queue.Empty:
-                raise AssertionError(f"no line like {pattern!r} in:\n" + "\n".join(self.log))
+                raise AssertionError(f"no line like {pattern!r} in:\n" + "\n".join(self.log)) from None
             if line is None:
                 raise AssertionError(f"exited before {pattern!r}:\n" + "\n".join(self.log))
             self.log.append(line)

@@ -61,31 +61,64 @@ class FramerCase:
 
 
 FRAMERS = [
-    FramerCase("lengthsep", LengthSepFramer, frame(b"hello") + frame(b""),
-               lambda n: frame(b"x" * n),
-               [b"-1\n", b"abc\nxyz", b" 5\nhello", b"\n", b"5\r\nhello", b"99999999999\n"]),
-    FramerCase("int32", Int32Framer, struct.pack("!I", 5) + b"hello",
-               lambda n: struct.pack("!I", n) + b"x" * n,
-               [b"\xff\xff\xff\xff", b"\x00\x00\x10\x00"]),
-    FramerCase("netstring", NetstringFramer, b"5:hello,0:,",
-               lambda n: b"%d:%s," % (n, b"x" * n),
-               [b"5:hello!", b"05:hello,", b"-1:", b"x:", b":", b"5 :hello,", b"1:a1:b,"]),
-    FramerCase("json", JsonFramer, json_message(b'{"a": [1, 2]}') + json_message(b'"x"'),
-               lambda n: json_message(b'"' + b"x" * n + b'"'),
-               [json_message(b'{"a":1}', magic=b"JSN2"), json_message(b'{"a":1}', checksum=1),
-                json_message(b"\xff\xfe"), json_message(b"{nope"), json_message(b""),
-                _JSON_HEADER.pack(b"JSN1", 1 << 31, 0)]),
+    FramerCase(
+        "lengthsep",
+        LengthSepFramer,
+        frame(b"hello") + frame(b""),
+        lambda n: frame(b"x" * n),
+        [b"-1\n", b"abc\nxyz", b" 5\nhello", b"\n", b"5\r\nhello", b"99999999999\n"],
+    ),
+    FramerCase(
+        "int32",
+        Int32Framer,
+        struct.pack("!I", 5) + b"hello",
+        lambda n: struct.pack("!I", n) + b"x" * n,
+        [b"\xff\xff\xff\xff", b"\x00\x00\x10\x00"],
+    ),
+    FramerCase(
+        "netstring",
+        NetstringFramer,
+        b"5:hello,0:,",
+        lambda n: b"%d:%s," % (n, b"x" * n),
+        [b"5:hello!", b"05:hello,", b"-1:", b"x:", b":", b"5 :hello,", b"1:a1:b,"],
+    ),
+    FramerCase(
+        "json",
+        JsonFramer,
+        json_message(b'{"a": [1, 2]}') + json_message(b'"x"'),
+        lambda n: json_message(b'"' + b"x" * n + b'"'),
+        [
+            json_message(b'{"a":1}', magic=b"JSN2"),
+            json_message(b'{"a":1}', checksum=1),
+            json_message(b"\xff\xfe"),
+            json_message(b"{nope"),
+            json_message(b""),
+            _JSON_HEADER.pack(b"JSN1", 1 << 31, 0),
+        ],
+    ),
     FramerCase("lines", LineFramer, b"hello\r\n\r\nworld\r\n", lambda n: b"x" * n + b"\r\n", []),
     # RESP has a second bound, on one line (an inline command or a header):
     # here as small as the payload's.
-    FramerCase("resp", lambda n: RespFramer(n, max_line=n), encode_command(b"SET", b"k", b"v") + b"PING\r\n",
-               lambda n: encode_command(b"SET", b"k", b"x" * n),
-               [b"*x\r\n", b"*1\r\n$x\r\n", b"*1\r\n+foo\r\n", b"*1\r\n$3\r\nfooXY",
-                b'"unbalanced\r\n', b"*1\r\n$-1\r\n", b"*99999999999\r\n"]),
+    FramerCase(
+        "resp",
+        lambda n: RespFramer(n, max_line=n),
+        encode_command(b"SET", b"k", b"v") + b"PING\r\n",
+        lambda n: encode_command(b"SET", b"k", b"x" * n),
+        [
+            b"*x\r\n",
+            b"*1\r\n$x\r\n",
+            b"*1\r\n+foo\r\n",
+            b"*1\r\n$3\r\nfooXY",
+            b'"unbalanced\r\n',
+            b"*1\r\n$-1\r\n",
+            b"*99999999999\r\n",
+        ],
+    ),
 ]
 
 
 # -- servers ---------------------------------------------------------------------
+
 
 def load_example(name):
     """Import ``examples/<name>.py`` as a module (the examples are scripts)."""
@@ -108,12 +141,13 @@ class ServerCase:
     handler: Any
     request: bytes
     answer: bytes
-    persistent: bool = True          # many requests per connection
-    prepare: Any = None              # prepare(server): what the handler needs of it
+    persistent: bool = True  # many requests per connection
+    prepare: Any = None  # prepare(server): what the handler needs of it
 
     def make_server(self, *args, **options):
         """A Server for this case (options as for Server)."""
         from evloop import Server
+
         server = Server(*args, **options)
         if self.prepare is not None:
             self.prepare(server)
@@ -144,14 +178,22 @@ def server_cases():
         ServerCase("json", JsonEcho, json_message(b'{"a":1}'), b"JSN1"),
         ServerCase("lines", LineEcho, b"hi\r\n", b"hi\r\n"),
         ServerCase("request", RequestHandler, b"hi\r\n", b"Requested: hi", persistent=False),
-        ServerCase("resp", miniredis.MiniRedisHandler, encode_command(b"PING"), b"+PONG\r\n",
-                   prepare=lambda server: setattr(server, "database", miniredis.Database())),
-        ServerCase("http", http_handler(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-                   b"HTTP/1.1 200 "),
-        ServerCase("websocket", websocket_handler(),
-                   b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-                   b"HTTP/1.1 101 ", persistent=False),
+        ServerCase(
+            "resp",
+            miniredis.MiniRedisHandler,
+            encode_command(b"PING"),
+            b"+PONG\r\n",
+            prepare=lambda server: setattr(server, "database", miniredis.Database()),
+        ),
+        ServerCase("http", http_handler(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 "),
+        ServerCase(
+            "websocket",
+            websocket_handler(),
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            b"HTTP/1.1 101 ",
+            persistent=False,
+        ),
         ServerCase("recipe", load_example("socketserver_style").UpperLines, b"hi\n", b"HI\n"),
     ]
     return cases
@@ -177,8 +219,12 @@ def protocol_classes(base):
         except ImportError:  # an optional extra that is not installed
             continue
         for name, value in vars(module).items():
-            if (inspect.isclass(value) and issubclass(value, base) and value is not base
-                    and value.__module__ == module.__name__):
+            if (
+                inspect.isclass(value)
+                and issubclass(value, base)
+                and value is not base
+                and value.__module__ == module.__name__
+            ):
                 found[name] = value
     return found
 

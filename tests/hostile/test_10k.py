@@ -16,8 +16,7 @@ def frame(body):
 
 @linux_only
 def test_ten_thousand_simultaneous_connections():
-    with descriptor_limit(CONNECTIONS + 500), server_process("--nofile", str(CONNECTIONS + 2000)) \
-            as server:
+    with descriptor_limit(CONNECTIONS + 500), server_process("--nofile", str(CONNECTIONS + 2000)) as server:
         baseline_kib = server.rss_kib()
         sources = source_addresses(10)
         clients = []
@@ -62,6 +61,8 @@ def test_ten_thousand_simultaneous_connections():
             for sock in clients:
                 sock.close()
         per_connection = (held_kib - baseline_kib) * 1024 / CONNECTIONS
-        print(f"\n10k: {CONNECTIONS} connected in {connected:.2f}s, all answered after "
-              f"{answered:.2f}s; server RSS {baseline_kib / 1024:.1f} -> {held_kib / 1024:.1f} MiB "
-              f"(~{per_connection:.0f} bytes per open connection)")
+        print(
+            f"\n10k: {CONNECTIONS} connected in {connected:.2f}s, all answered after "
+            f"{answered:.2f}s; server RSS {baseline_kib / 1024:.1f} -> {held_kib / 1024:.1f} MiB "
+            f"(~{per_connection:.0f} bytes per open connection)"
+        )

@@ -42,6 +42,7 @@ def serve_case(running, case):
 
 # -- resets in the middle of a response ---------------------------------------------
 
+
 class Streaming(ClientHandler):
     """Answers any bytes with 200 chunks of 64 KiB from a generator, and
     counts generators that were closed before they finished."""
@@ -59,6 +60,7 @@ class Streaming(ClientHandler):
                 with Streaming.lock:
                     Streaming.abandoned += 1
                 raise
+
         return chunks()
 
 
@@ -66,7 +68,7 @@ class Streaming(ClientHandler):
 def test_resets_in_the_middle_of_a_response(running_loop, caplog, handler):
     Streaming.abandoned = 0
     server = running_loop.serve(handler)
-    other = running_loop.serve(LengthSepEcho)     # someone else on the same loop
+    other = running_loop.serve(LengthSepEcho)  # someone else on the same loop
     if handler is LengthSepEcho:
         request = b"".join(frame(b"r" * 1000000) for _ in range(4))
     else:
@@ -76,17 +78,18 @@ def test_resets_in_the_middle_of_a_response(running_loop, caplog, handler):
             sock = connect(server)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
             sock.sendall(request)
-            assert sock.recv(1000)            # the response has begun...
-            reset(sock)                       # ...and the client is gone
+            assert sock.recv(1000)  # the response has begun...
+            reset(sock)  # ...and the client is gone
             bystander.sendall(frame(b"%02d" % n))
             assert recv_exactly(bystander, 4) == frame(b"%02d" % n)
     assert wait_on_loop(running_loop, lambda: not running_loop.loop.handlers)
     assert not errors_logged(caplog)
     if handler is Streaming:
-        assert Streaming.abandoned == 30      # every generator was closed, none left running
+        assert Streaming.abandoned == 30  # every generator was closed, none left running
 
 
 # -- half-close with pipelined requests pending ---------------------------------------
+
 
 def pipelined_cases():
     return [name for name, case in SERVERS.items() if case.persistent]
@@ -99,7 +102,7 @@ def test_half_close_with_pipelined_requests_delivers_every_reply(running_loop, n
     count = 300
     with connect(server) as sock:
         sock.sendall(case.request * count)
-        sock.shutdown(socket.SHUT_WR)                 # no more requests; replies still wanted
+        sock.shutdown(socket.SHUT_WR)  # no more requests; replies still wanted
         replies = recv_all(sock)
     assert replies.count(case.answer) == count, (name, replies[:200])
     assert not errors_logged(caplog)
@@ -109,7 +112,7 @@ def test_half_close_after_megabytes_of_pipelined_requests(running_loop):
     # More replies than the output high-water mark: reading pauses and
     # resumes while the end of the stream waits behind the unread requests.
     server = running_loop.serve(LengthSepEcho)
-    data = b"".join(frame(b"%06d" % i * 5000) for i in range(200))    # 6 MB
+    data = b"".join(frame(b"%06d" % i * 5000) for i in range(200))  # 6 MB
     with connect(server) as sock:
         sender = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
         sender.start()
@@ -119,6 +122,7 @@ def test_half_close_after_megabytes_of_pipelined_requests(running_loop):
 
 
 # -- a flood of connect-then-close ------------------------------------------------------
+
 
 class Counting(LengthSepEcho):
     opened = 0
@@ -145,17 +149,16 @@ def test_a_flood_of_connect_then_close(running_loop, caplog):
         sock.connect(server.address)
         kind = i % 3
         if kind == 0:
-            sock.close()                          # FIN at once
+            sock.close()  # FIN at once
         elif kind == 1:
-            reset(sock)                           # RST at once
+            reset(sock)  # RST at once
         else:
-            sock.sendall(b"5\nhel")               # half a request, then RST
+            sock.sendall(b"5\nhel")  # half a request, then RST
             reset(sock)
-    with connect(server) as normal:               # accepted after every one of them
+    with connect(server) as normal:  # accepted after every one of them
         normal.sendall(frame(b"alive"))
         assert recv_exactly(normal, 7) == frame(b"alive")
-    assert wait_on_loop(running_loop, lambda: not running_loop.loop.handlers
-                        and server.connections == 0)
+    assert wait_on_loop(running_loop, lambda: not running_loop.loop.handlers and server.connections == 0)
     assert Counting.opened == Counting.closed
-    assert Counting.opened >= 1000   # the kernel may drop a few reset before accept()
+    assert Counting.opened >= 1000  # the kernel may drop a few reset before accept()
     assert not errors_logged(caplog)

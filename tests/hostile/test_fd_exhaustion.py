@@ -52,9 +52,9 @@ def test_the_derived_connection_limit_refuses_politely_before_descriptors_run_ou
             for sock in clients:
                 reply = sock.recv(100)
                 (held if reply else refused).append(sock)
-            assert len(held) == NOFILE - 16            # RLIMIT_NOFILE less the reserve
-            assert len(refused) == 70 - len(held)      # told at once (closed), not left hanging
-            for sock in held[:10]:                     # leave, and wait for the server's close
+            assert len(held) == NOFILE - 16  # RLIMIT_NOFILE less the reserve
+            assert len(refused) == 70 - len(held)  # told at once (closed), not left hanging
+            for sock in held[:10]:  # leave, and wait for the server's close
                 sock.shutdown(socket.SHUT_WR)
                 assert sock.recv(100) == b""
             with socket.create_connection(server.address, timeout=10) as again:
@@ -64,7 +64,7 @@ def test_the_derived_connection_limit_refuses_politely_before_descriptors_run_ou
             for sock in clients:
                 sock.close()
         output = server.output()
-        assert server.count("refused") == 1, output      # one line per 10s, not one per client
+        assert server.count("refused") == 1, output  # one line per 10s, not one per client
         assert "accept failed" not in output
 
 
@@ -75,14 +75,14 @@ def test_emfile_pauses_without_spinning_logs_once_and_recovers():
         try:
             server.wait_for("accept failed (Too many open files)")
             cpu_before = server.cpu_seconds()
-            served = answered_within(clients, 1.0)     # also the window CPU is measured over
+            served = answered_within(clients, 1.0)  # also the window CPU is measured over
             cpu = server.cpu_seconds() - cpu_before
             waiting = [sock for sock in clients if sock not in served]
             assert 30 < len(served) < NOFILE and waiting
             assert cpu < 0.25, f"the server used {cpu:.2f}s of CPU in 1s while out of descriptors"
-            for sock in list(served)[:30]:             # descriptors free up...
+            for sock in list(served)[:30]:  # descriptors free up...
                 sock.close()
-            for sock in waiting:                       # ...and every waiting client is served
+            for sock in waiting:  # ...and every waiting client is served
                 n = clients.index(sock)
                 assert sock.recv(100) == frame(b"%03d" % n)
             with socket.create_connection(server.address, timeout=10) as fresh:
@@ -92,6 +92,8 @@ def test_emfile_pauses_without_spinning_logs_once_and_recovers():
             for sock in clients:
                 sock.close()
         assert server.count("accept failed") == 1, server.output()
-        print(f"\nEMFILE: {len(waiting)} clients waited in the backlog; the server used "
-              f"{cpu * 1000:.0f} ms of CPU in the 1 s it was out of descriptors, logged one "
-              f"line, and served them all once descriptors were free")
+        print(
+            f"\nEMFILE: {len(waiting)} clients waited in the backlog; the server used "
+            f"{cpu * 1000:.0f} ms of CPU in the 1 s it was out of descriptors, logged one "
+            f"line, and served them all once descriptors were free"
+        )

@@ -45,9 +45,9 @@ def flood_until_stalled(address, total, stall=1.0):
     try:
         while sent < total:
             if not selector.select(stall):
-                break                                     # nothing taken for a while: stalled
+                break  # nothing taken for a while: stalled
             try:
-                n = sock.send(view[sent % len(view):])
+                n = sock.send(view[sent % len(view) :])
             except BlockingIOError:
                 continue
             sent += n
@@ -68,7 +68,7 @@ def test_a_client_that_never_reads_cannot_grow_the_servers_memory():
                 # The flood stalled long before 100 MiB: the server stopped reading.
                 assert taken < 40 * MIB, f"the server took {taken / MIB:.0f} MiB without pause"
                 peak = max(server.rss_kib(), _peak_rss(server))
-                for n in range(50):                       # everyone else is served meanwhile
+                for n in range(50):  # everyone else is served meanwhile
                     assert ask(normal, b"still here %d" % n)
                 assert server.rss_kib() - baseline < RSS_BUDGET_KIB
             finally:
@@ -77,12 +77,15 @@ def test_a_client_that_never_reads_cannot_grow_the_servers_memory():
             assert ask(normal, b"after")
         growth = peak - baseline
         assert growth < RSS_BUDGET_KIB, f"server RSS grew {growth / 1024:.1f} MiB"
-        print(f"\nflood: of {FLOOD // MIB} MiB of requests the server side took "
-              f"{taken / MIB:.1f} MiB (kernel buffers included) before reading paused; "
-              f"server peak RSS +{growth / 1024:.1f} MiB over {baseline / 1024:.1f} MiB; "
-              f"{elapsed:.1f}s")
+        print(
+            f"\nflood: of {FLOOD // MIB} MiB of requests the server side took "
+            f"{taken / MIB:.1f} MiB (kernel buffers included) before reading paused; "
+            f"server peak RSS +{growth / 1024:.1f} MiB over {baseline / 1024:.1f} MiB; "
+            f"{elapsed:.1f}s"
+        )
 
 
 def _peak_rss(server):
     from tests.hostile.tools import _status_field
+
     return _status_field(server.pid, "VmHWM")

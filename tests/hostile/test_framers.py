@@ -53,8 +53,7 @@ def test_the_stream_ending_inside_a_request_is_refused(name):
     case = CASES[name]
     expected = good_requests(case)
     cut = case.big(10)[:-1]
-    assert_framer_every_split(lambda: case.make(LIMIT), case.good + cut, expected, error="",
-                              eof=True)
+    assert_framer_every_split(lambda: case.make(LIMIT), case.good + cut, expected, error="", eof=True)
 
 
 def feed_tracking(framer, chunks):
@@ -77,7 +76,7 @@ def test_an_oversized_request_is_refused_before_it_is_buffered(name):
     case = CASES[name]
     data = case.big(100 * LIMIT)
     for size in (1, 7, 4096):
-        chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
         requests, error, most = feed_tracking(case.make(LIMIT), chunks)
         assert requests == 0 and error is not None, f"{name}: {len(data)} bytes accepted"
         assert most <= LIMIT + SLACK, f"{name}: held {most} bytes"
@@ -86,8 +85,7 @@ def test_an_oversized_request_is_refused_before_it_is_buffered(name):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("filler", [b"0", b"9", b"a", b"\n", b"\r\n", b"\x00", b"*", b"$", b":",
-                                    b" ", b'"'])
+@pytest.mark.parametrize("filler", [b"0", b"9", b"a", b"\n", b"\r\n", b"\x00", b"*", b"$", b":", b" ", b'"'])
 def test_a_mebibyte_of_one_byte_never_buffers_past_the_limit(name, filler):
     case = CASES[name]
     chunk = filler * (4096 // len(filler))
@@ -98,10 +96,13 @@ def test_a_mebibyte_of_one_byte_never_buffers_past_the_limit(name, filler):
 
 @pytest.mark.parametrize("name", sorted(CASES))
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.one_of(st.binary(max_size=200),
-                      st.tuples(st.integers(0, 60), st.binary(max_size=20)).map(
-                          lambda t: (t[0], t[1]))),
-       sizes=st.lists(st.integers(1, 9), max_size=20))
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        st.tuples(st.integers(0, 60), st.binary(max_size=20)).map(lambda t: (t[0], t[1])),
+    ),
+    sizes=st.lists(st.integers(1, 9), max_size=20),
+)
 def test_property_garbage_gives_requests_or_the_protocol_error(name, data, sizes):
     """Any bytes, or a valid stream with bytes spliced in: requests or
     RemoteProtocolError, never another exception, whatever the chunking."""
@@ -126,14 +127,17 @@ def test_property_garbage_gives_requests_or_the_protocol_error(name, data, sizes
 SERVERS = {case.name: case for case in server_cases()}
 
 
-@pytest.mark.parametrize("request_bytes, status", [
-    (b"GARBAGE\r\n\r\n", b"400"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", b"400"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n", b"431"),
-    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n", b"413"),
-    (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", b"501"),
-    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", b"400"),
-])
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n", b"431"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n", b"413"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", b"501"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", b"400"),
+    ],
+)
 def test_malformed_http_gets_its_error_status_and_a_close(request_bytes, status, caplog):
     harness = HandlerHarness(SERVERS["http"].handler, peer=("10.9.8.7", 4321))
     reply = harness.feed(request_bytes)
@@ -150,13 +154,13 @@ def websocket_open():
 
 
 def close_code(frame_bytes):
-    assert frame_bytes[0] == 0x88, frame_bytes[:4]          # FIN + Close
+    assert frame_bytes[0] == 0x88, frame_bytes[:4]  # FIN + Close
     return struct.unpack("!H", frame_bytes[2:4])[0]
 
 
 def test_an_unmasked_client_frame_is_a_protocol_error():
     harness = websocket_open()
-    reply = harness.feed(b"\x81\x05hello")                  # RFC 6455 section 5.1: must be masked
+    reply = harness.feed(b"\x81\x05hello")  # RFC 6455 section 5.1: must be masked
     assert close_code(reply) == 1002
 
 
@@ -167,7 +171,7 @@ def test_an_oversized_websocket_message_is_refused_at_the_limit():
     header = b"\x82\xff" + struct.pack("!Q", 1 << 40) + b"\x00\x00\x00\x00"  # 1 TiB, masked
     assert harness.feed(header) == b""
     for _ in range(limit // 65536):
-        assert harness.feed(bytes(65536)) == b""        # up to the limit: held
-    reply = harness.feed(bytes(65536))                  # past it: 1009, not 1 TiB of memory
+        assert harness.feed(bytes(65536)) == b""  # up to the limit: held
+    reply = harness.feed(bytes(65536))  # past it: 1009, not 1 TiB of memory
     assert close_code(reply) == 1009
     assert harness.closed

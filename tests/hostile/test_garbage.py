@@ -31,6 +31,7 @@ class Collect(logging.Handler):
 def servers(tmp_path_factory):
     """One loop serving every case (and a TLS server), for the whole module."""
     from evloop.tls import make_server_context
+
     errors = Collect()
     logging.getLogger().addHandler(errors)
     running = RunningLoop()
@@ -56,9 +57,11 @@ def spliced(sample):
     """A well-formed request with something done to it."""
     return st.one_of(
         st.tuples(st.integers(0, len(sample)), st.binary(min_size=1, max_size=50)).map(
-            lambda t: sample[:t[0]] + t[1] + sample[t[0]:]),
+            lambda t: sample[: t[0]] + t[1] + sample[t[0] :]
+        ),
         st.tuples(st.integers(0, len(sample) - 1), st.integers(1, 255)).map(
-            lambda t: sample[:t[0]] + bytes([sample[t[0]] ^ t[1]]) + sample[t[0] + 1:]),
+            lambda t: sample[: t[0]] + bytes([sample[t[0]] ^ t[1]]) + sample[t[0] + 1 :]
+        ),
         st.integers(0, len(sample) - 1).map(lambda cut: sample[:cut]),
         st.tuples(st.integers(1, 5), st.binary(max_size=100)).map(lambda t: sample * t[0] + t[1]),
     )
@@ -80,7 +83,7 @@ def throw(address, data):
         except (ConnectionResetError, BrokenPipeError):
             pass  # refused before it had read it all: a RST is a close too
         except OSError as exc:
-            if exc.errno != errno.ENOTCONN:   # shutdown() after the server's RST
+            if exc.errno != errno.ENOTCONN:  # shutdown() after the server's RST
                 raise
 
 
@@ -104,8 +107,11 @@ def test_garbage_at_every_server(servers, name):
     addresses, errors = servers
     address = addresses[name]
 
-    @settings(max_examples=150, deadline=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(data=garbage_for(name))
     def attack(data):
         before = len(errors.records)

@@ -12,7 +12,7 @@ from tests.hostile.tools import descriptor_limit, linux_only, server_process, so
 
 SLOW_CLIENTS = 1000
 REQUEST_TIMEOUT = 2.0
-DRIBBLE_EVERY = 0.25   # each dribbler sends one byte this often
+DRIBBLE_EVERY = 0.25  # each dribbler sends one byte this often
 
 
 def frame(body):
@@ -43,8 +43,10 @@ def normal_client(address, stop, latencies, errors):
 
 @linux_only
 def test_a_thousand_slowloris_connections_do_not_starve_a_normal_client():
-    with descriptor_limit(SLOW_CLIENTS + 200), server_process(
-            "--request-timeout", str(REQUEST_TIMEOUT), "--nofile", "4096") as server:
+    with (
+        descriptor_limit(SLOW_CLIENTS + 200),
+        server_process("--request-timeout", str(REQUEST_TIMEOUT), "--nofile", "4096") as server,
+    ):
         sources = source_addresses(4)
         slow = []
         for i in range(SLOW_CLIENTS):
@@ -55,13 +57,12 @@ def test_a_thousand_slowloris_connections_do_not_starve_a_normal_client():
             sock.connect(server.address)
             slow.append(sock)
         stop, latencies, errors = threading.Event(), [], []
-        normal = threading.Thread(target=normal_client,
-                                  args=(server.address, stop, latencies, errors))
+        normal = threading.Thread(target=normal_client, args=(server.address, stop, latencies, errors))
         normal.start()
         selector = selectors.DefaultSelector()
         first_byte, cut_after = {}, {}
         try:
-            for sock in slow:   # a header and the first byte of a 1000-byte body each
+            for sock in slow:  # a header and the first byte of a 1000-byte body each
                 sock.sendall(b"1000\nx")
                 first_byte[sock] = time.monotonic()
                 sock.setblocking(False)
@@ -105,7 +106,9 @@ def test_a_thousand_slowloris_connections_do_not_starve_a_normal_client():
         worst = max(latencies)
         assert worst < 1.0, f"the normal client waited {worst:.3f}s"
         assert server.count(f"request timeout ({REQUEST_TIMEOUT:g}s) fired") == SLOW_CLIENTS
-        print(f"\nslowloris: {SLOW_CLIENTS} dribblers cut {min(cut_after.values()):.2f}-"
-              f"{max(cut_after.values()):.2f}s after their first byte, all gone in {total:.2f}s; "
-              f"normal client: {len(latencies)} requests, median "
-              f"{sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms, worst {worst * 1000:.1f} ms")
+        print(
+            f"\nslowloris: {SLOW_CLIENTS} dribblers cut {min(cut_after.values()):.2f}-"
+            f"{max(cut_after.values()):.2f}s after their first byte, all gone in {total:.2f}s; "
+            f"normal client: {len(latencies)} requests, median "
+            f"{sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms, worst {worst * 1000:.1f} ms"
+        )

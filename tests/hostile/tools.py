@@ -18,19 +18,26 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
-linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(),
-                                reason="reads /proc (Linux)")
+linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
 
 
 class ServerProcess:
     """``python -m tests.hostile.serve ARGS`` and its output, line by line."""
 
     def __init__(self, *args):
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.hostile.serve", *args],
-                                        cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
+        env = dict(
+            os.environ,
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.hostile.serve", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.pid = self.process.pid
         self.lines = queue.Queue()
         self.seen = []
