@@ -33,7 +33,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Optional, Set, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Union
 
 from .multiplexer import make_selector
 from .shutdown import begin_graceful_shutdown
@@ -108,7 +108,7 @@ class EventLoop:
         self._stopping = False
         self._running_thread: Optional[int] = None
         self._closed = False
-        self._servers: list = []
+        self._servers: List[Any] = []
         # Open client handlers are found through the selector's map, which
         # holds them anyway; only those registered for nothing (waiting on a
         # future, or paused) are kept here as well. A set of every handler
@@ -120,7 +120,7 @@ class EventLoop:
         self.bytes_received = 0
         self.bytes_sent = 0
         # Handlers with output queued this pass; flushed once at its end.
-        self._dirty: list = []
+        self._dirty: List[Any] = []
         # Shared by every connection (one thread reads at a time): recv(n)
         # allocates n bytes a call, at 256 KiB an mmap/mremap/munmap trio that
         # cost more than the rest of a small request (docs/benchmarks.md).
@@ -129,7 +129,7 @@ class EventLoop:
         self._selector.register(self._waker._reader, EVENT_READ, self._waker)
         # Run by close() after the connections are closed: resources made
         # lazily for this loop, such as the offload worker pool.
-        self._close_callbacks: list = []
+        self._close_callbacks: List[Callable[[], Any]] = []
         # The graceful shutdown in progress (evloop.shutdown), and the
         # figures of the last one that ended.
         self._shutdown: Any = None
@@ -142,7 +142,7 @@ class EventLoop:
         return self._selector
 
     @property
-    def servers(self) -> list:
+    def servers(self) -> List[Any]:
         """The servers this loop serves, in the order they were added."""
         return list(self._servers)
 

@@ -20,7 +20,7 @@ import io
 import os
 import socket
 from concurrent.futures import Future
-from typing import Any, Deque, Iterable
+from typing import Any, Deque, Iterable, List
 
 from .tls import WOULD_BLOCK
 
@@ -69,7 +69,7 @@ class _Pending:
 
     __slots__ = ("future", "hooked")
 
-    def __init__(self, future: Future) -> None:
+    def __init__(self, future: "Future[Any]") -> None:
         self.future = future
         self.hooked = False
 
@@ -109,12 +109,12 @@ class OutputQueue:
         TypeError for something that is not a response."""
         self._items.extend(self._pieces(response))
 
-    def _pieces(self, response: Any) -> list:
-        pieces: list = []
+    def _pieces(self, response: Any) -> List[Any]:
+        pieces: List[Any] = []
         self._collect(response, pieces)
         return pieces
 
-    def _collect(self, response: Any, pieces: list) -> None:
+    def _collect(self, response: Any, pieces: List[Any]) -> None:
         kind = type(response)
         if kind is bytes or kind is bytearray or kind is memoryview:
             if len(response):

@@ -19,7 +19,7 @@ handshake (:mod:`evloop.tls`), then gets the same handler.
 import errno
 import logging
 import socket
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .eventloop import EVENT_READ
 from .lifecycle import ServerLifecycle
@@ -82,7 +82,7 @@ class Server(ServerLifecycle):
         self.closed = False
         self._listening = False
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
-        self._hosts: dict = {}
+        self._hosts: Dict[Any, Any] = {}
 
     @property
     def host(self) -> str:

@@ -15,7 +15,7 @@
 import collections
 import socket
 from types import SimpleNamespace
-from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .eventloop import EVENT_READ, EVENT_WRITE, EventLoop
 
@@ -113,7 +113,7 @@ class ManualLoop(EventLoop):
 
     def __init__(self, clock: Optional[Callable[[], float]] = None) -> None:
         super().__init__("select", clock=clock if clock is not None else FakeClock())
-        self.interest: dict = {}
+        self.interest: Dict[Any, Tuple[int, Any]] = {}
 
     def set_events(self, fileobj: Any, old: int, new: int, target: Any) -> None:
         if isinstance(fileobj, FakeSocket):
@@ -125,7 +125,7 @@ class ManualLoop(EventLoop):
         super().set_events(fileobj, old, new, target)
 
     def events_of(self, fileobj: Any) -> int:
-        return self.interest.get(fileobj, (0, None))[0]
+        return int(self.interest.get(fileobj, (0, None))[0])
 
 
 class HandlerHarness:

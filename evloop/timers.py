@@ -7,7 +7,7 @@ same), so cancel is O(1) and the heap never fills with dead timers.
 """
 
 import heapq
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 __all__ = ["Handle", "TimerHandle", "TimerQueue"]
 
@@ -17,7 +17,7 @@ class Handle:
 
     __slots__ = ("callback", "args", "cancelled")
 
-    def __init__(self, callback: Callable[..., Any], args: tuple) -> None:
+    def __init__(self, callback: Callable[..., Any], args: Tuple[Any, ...]) -> None:
         self.callback = callback
         self.args = args
         self.cancelled = False
@@ -36,7 +36,7 @@ class TimerHandle(Handle):
     __slots__ = ("when", "_seq", "_queue")
 
     def __init__(
-        self, when: float, seq: int, callback: Callable[..., Any], args: tuple, queue: "TimerQueue"
+        self, when: float, seq: int, callback: Callable[..., Any], args: Tuple[Any, ...], queue: "TimerQueue"
     ) -> None:
         super().__init__(callback, args)
         self.when = when
@@ -67,7 +67,7 @@ class TimerQueue:
     def __len__(self) -> int:
         return len(self._heap) - self._cancelled
 
-    def push(self, when: float, callback: Callable[..., Any], args: tuple) -> TimerHandle:
+    def push(self, when: float, callback: Callable[..., Any], args: Tuple[Any, ...]) -> TimerHandle:
         self._seq += 1
         handle = TimerHandle(when, self._seq, callback, args, self)
         heapq.heappush(self._heap, handle)
