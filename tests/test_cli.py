@@ -9,9 +9,16 @@ import sys
 
 import pytest
 
-from evloop import __version__
+from evloop import DatagramHandler, __version__
 from tests.conftest import recv_exactly
 from tests.examples import ROOT
+
+
+class Shout(DatagramHandler):
+    """Served over UDP by test_unix_and_udp_from_the_command_line."""
+
+    def handle_datagram(self, data, address):
+        return data.upper()
 
 
 def run_cli(*args, timeout=30, **options):
@@ -214,3 +221,65 @@ def test_bad_option_combinations_are_one_clear_line(options, message):
     result = run_cli("serve", "protocols:LengthSepEcho", "--port", "0", *options)
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_tls_from_the_command_line(tmp_path):
+    import ssl
+
+    from tests.certs import make_tls_files
+
+    files = make_tls_files(tmp_path)
+    process, host, port = _start_cli(
+        "protocols:LengthSepEcho",
+        "--port",
+        "0",
+        "--tls-cert",
+        str(files.server_cert),
+        "--tls-key",
+        str(files.server_key),
+    )
+    try:
+        context = ssl.create_default_context(cafile=str(files.ca))
+        with socket.create_connection((host, port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(b"3\ntls")
+                assert recv_exactly(sock, 5) == b"3\ntls"
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+
+
+def test_unix_and_udp_from_the_command_line(tmp_path):
+    path = str(tmp_path / "echo.sock")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "evloop", "serve", "protocols:LengthSepEcho", "--unix", path],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        for line in process.stderr:
+            if f"listening on {path}" in line:
+                break
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(b"4\nunix")
+            assert recv_exactly(sock, 6) == b"4\nunix"
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    process, host, port = _start_cli("tests.test_cli:Shout", "--port", "0", "--udp")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(10)
+            sock.sendto(b"datagram", (host, port))
+            assert sock.recvfrom(100)[0] == b"DATAGRAM"
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
