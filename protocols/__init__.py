@@ -1,6 +1,6 @@
 """Framers and ready-made handlers for evloop."""
 
-from .framing import NEED_DATA, FramedHandler, Framer
+from .framing import NEED_DATA, FramedHandler, Framer, StringReceiverHandler
 from .int32 import Int32Echo, Int32Framer, Int32Handler
 from .jsonclient import JsonClient
 from .jsonmsg import JsonEcho, JsonFramer, JsonHandler
@@ -33,6 +33,7 @@ __all__ = [
     "RequestHandler",
     "RespError",
     "RespFramer",
+    "StringReceiverHandler",
     "do_request",
     "encode_command",
     "encode_reply",

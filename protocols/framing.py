@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 from evloop import ClientHandler, RemoteProtocolError
 
-__all__ = ["NEED_DATA", "FramedHandler", "Framer"]
+__all__ = ["NEED_DATA", "FramedHandler", "Framer", "StringReceiverHandler"]
 
 
 class _NeedData:
@@ -154,3 +154,24 @@ class FramedHandler(ClientHandler):
             if self.close_when_done:
                 self.close_when_sent()
                 return
+
+
+class StringReceiverHandler(FramedHandler):
+    """A framed handler in Twisted's ``*StringReceiver`` shape: each request
+    is a byte string handed to :meth:`string_received`, and a reply is one
+    message in the same framing (the netstring and int32 handlers)."""
+
+    __slots__ = ()
+
+    def string_received(self, string: bytes) -> Optional[bytes]:
+        """Handle one message. A return value other than None is sent back
+        as one message."""
+        raise NotImplementedError(f"{type(self).__name__} must override string_received()")
+
+    def send_string(self, string: bytes) -> None:
+        """Send ``string`` as one message, after anything already queued."""
+        self.send(self.framer.encode(string))
+
+    def make_response(self) -> Any:
+        reply = self.string_received(self.request)
+        return None if reply is None else self.framer.encode(reply)

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from evloop import LocalProtocolError
 
-from .framing import NEED_DATA, FramedHandler, Framer
+from .framing import NEED_DATA, Framer, StringReceiverHandler
 
 __all__ = ["Int32Echo", "Int32Framer", "Int32Handler"]
 
@@ -83,26 +83,13 @@ class Int32Framer(Framer):
         return _PREFIX.pack(len(message)) + message
 
 
-class Int32Handler(FramedHandler):
+class Int32Handler(StringReceiverHandler):
     """Persistent connection of length-prefixed messages (Twisted's
     ``Int32StringReceiver``). Override :meth:`string_received`."""
 
     framer_class = Int32Framer
 
     __slots__ = ()
-
-    def string_received(self, string: bytes) -> Optional[bytes]:
-        """Handle one message. A return value other than None is sent back
-        as one message."""
-        raise NotImplementedError(f"{type(self).__name__} must override string_received()")
-
-    def send_string(self, string: bytes) -> None:
-        """Send ``string`` as one message, after anything already queued."""
-        self.send(self.framer.encode(string))
-
-    def make_response(self) -> Any:
-        reply = self.string_received(self.request)
-        return None if reply is None else self.framer.encode(reply)
 
 
 class Int32Echo(Int32Handler):

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from evloop import LocalProtocolError
 
-from .framing import NEED_DATA, FramedHandler, Framer
+from .framing import NEED_DATA, Framer, StringReceiverHandler
 
 __all__ = ["NetstringEcho", "NetstringFramer", "NetstringHandler"]
 
@@ -96,7 +96,7 @@ class NetstringFramer(Framer):
         return b"%d:%s," % (len(message), message)
 
 
-class NetstringHandler(FramedHandler):
+class NetstringHandler(StringReceiverHandler):
     """Persistent netstring connection (Twisted's ``NetstringReceiver``).
 
     Override :meth:`string_received`; ``max_size`` bounds a payload both ways.
@@ -105,19 +105,6 @@ class NetstringHandler(FramedHandler):
     framer_class = NetstringFramer
 
     __slots__ = ()
-
-    def string_received(self, string: bytes) -> Optional[bytes]:
-        """Handle one payload. A return value other than None is sent back
-        as one netstring."""
-        raise NotImplementedError(f"{type(self).__name__} must override string_received()")
-
-    def send_string(self, string: bytes) -> None:
-        """Send ``string`` as one netstring, after anything already queued."""
-        self.send(self.framer.encode(string))
-
-    def make_response(self) -> Any:
-        reply = self.string_received(self.request)
-        return None if reply is None else self.framer.encode(reply)
 
 
 class NetstringEcho(NetstringHandler):
