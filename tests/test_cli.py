@@ -1,5 +1,6 @@
 """`python -m evloop`: help, version, clear one-line errors, serving, stats."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -102,31 +103,32 @@ def test_permission_denied_is_one_clear_line():
     )
 
 
-def test_serve_answers_and_reports_stats():
+@contextlib.contextmanager
+def cli_server(*args, listening=r"listening on (\S+):(\d+)"):
+    """Run ``python -m evloop serve *args``; yield (process, host, port) once
+    it says where it listens (host and port are None for a Unix socket)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "evloop",
-            "serve",
-            "protocols:LengthSepEcho",
-            "--port",
-            "0",
-            "--stats",
-            "0.05",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
+        [sys.executable, "-m", "evloop", "serve", *args], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
     )
     try:
         for line in process.stderr:
-            found = re.search(r"listening on (\S+):(\d+)", line)
+            found = re.search(listening, line)
             if found:
                 break
-        with socket.create_connection((found.group(1), int(found.group(2))), timeout=10) as sock:
+        else:
+            raise AssertionError("the server did not start")
+        groups = found.groups()
+        yield process, (groups[0] if groups else None), (int(groups[1]) if groups else None)
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+
+
+def test_serve_answers_and_reports_stats():
+    with cli_server("protocols:LengthSepEcho", "--port", "0", "--stats", "0.05") as (process, host, port):
+        with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(b"5\nhello" * 10)
             assert recv_exactly(sock, 70) == b"5\nhello" * 10
             for line in process.stderr:
@@ -137,76 +139,36 @@ def test_serve_answers_and_reports_stats():
         process.terminate()  # SIGTERM: a clean stop
         assert process.wait(10) == 0
         assert "stopped" in process.stderr.read()
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
 
 
 def test_serve_a_handler_from_a_file():
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evloop", "serve", "examples/echo_lengthsep.py:UpperBody", "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    try:
-        for line in process.stderr:
-            found = re.search(r"listening on (\S+):(\d+)", line)
-            if found:
-                break
-        with socket.create_connection((found.group(1), int(found.group(2))), timeout=10) as sock:
+    with cli_server("examples/echo_lengthsep.py:UpperBody", "--port", "0") as (_, host, port):
+        with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(b"2\nhi")
             assert recv_exactly(sock, 2) == b"HI"
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
-
-
-def _start_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evloop", "serve", *args], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
-    )
-    for line in process.stderr:
-        found = re.search(r"listening on (\S+):(\d+)", line)
-        if found:
-            return process, found.group(1), int(found.group(2))
-    raise AssertionError("the server did not start")
 
 
 def test_workers_share_the_port_and_stop_on_sigterm():
-    process, host, port = _start_cli("protocols:LengthSepEcho", "--port", "0", "--workers", "2")
-    try:
+    with cli_server("protocols:LengthSepEcho", "--port", "0", "--workers", "2") as (process, host, port):
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(b"2\nhi")
             assert recv_exactly(sock, 4) == b"2\nhi"
         process.terminate()
         assert process.wait(20) == 0
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
     with socket.socket() as probe:  # the port is free again
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
 
 
 def test_timeouts_from_the_command_line_close_idle_clients():
-    process, host, port = _start_cli("protocols:LengthSepEcho", "--port", "0", "--idle-timeout", "0.2")
-    try:
+    with cli_server("protocols:LengthSepEcho", "--port", "0", "--idle-timeout", "0.2") as (
+        process,
+        host,
+        port,
+    ):
         with socket.create_connection((host, port), timeout=10) as sock:
             assert sock.recv(10) == b""  # closed by the server's idle timeout
-        for line in process.stderr:
-            if "idle" in line and "timeout" in line:
-                break
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
+        assert any("idle" in line and "timeout" in line for line in process.stderr)
 
 
 @pytest.mark.parametrize(
@@ -229,57 +191,25 @@ def test_tls_from_the_command_line(tmp_path):
     from tests.certs import make_tls_files
 
     files = make_tls_files(tmp_path)
-    process, host, port = _start_cli(
-        "protocols:LengthSepEcho",
-        "--port",
-        "0",
-        "--tls-cert",
-        str(files.server_cert),
-        "--tls-key",
-        str(files.server_key),
-    )
-    try:
+    options = ["--tls-cert", str(files.server_cert), "--tls-key", str(files.server_key)]
+    with cli_server("protocols:LengthSepEcho", "--port", "0", *options) as (_, host, port):
         context = ssl.create_default_context(cafile=str(files.ca))
         with socket.create_connection((host, port), timeout=10) as raw:
             with context.wrap_socket(raw, server_hostname="localhost") as sock:
                 sock.sendall(b"3\ntls")
                 assert recv_exactly(sock, 5) == b"3\ntls"
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
 
 
 def test_unix_and_udp_from_the_command_line(tmp_path):
     path = str(tmp_path / "echo.sock")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "evloop", "serve", "protocols:LengthSepEcho", "--unix", path],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    try:
-        for line in process.stderr:
-            if f"listening on {path}" in line:
-                break
+    with cli_server("protocols:LengthSepEcho", "--unix", path, listening=f"listening on {re.escape(path)}"):
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(10)
             sock.connect(path)
             sock.sendall(b"4\nunix")
             assert recv_exactly(sock, 6) == b"4\nunix"
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
-    process, host, port = _start_cli("tests.test_cli:Shout", "--port", "0", "--udp")
-    try:
+    with cli_server("tests.test_cli:Shout", "--port", "0", "--udp") as (_, host, port):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(10)
             sock.sendto(b"datagram", (host, port))
             assert sock.recvfrom(100)[0] == b"DATAGRAM"
-    finally:
-        process.kill()
-        process.wait()
-        process.stderr.close()
