@@ -105,6 +105,13 @@ class EventLoop:
         self.time: Callable[[], float] = clock if clock is not None else time.monotonic
         self._ready: Deque[Handle] = collections.deque()
         self._timers = TimerQueue()
+        #: The loop's time when this pass's select returned: handlers note
+        #: their activity with it, so all those active in one pass share one
+        #: float (no time() call and no new float per read).
+        self.pass_time = self.time()
+        # Checks every connection's timeouts; made by the first connection
+        # that has any (evloop.limits.TimeoutSweep).
+        self._timeout_sweep: Any = None
         self._stopping = False
         self._running_thread: Optional[int] = None
         self._closed = False
@@ -154,8 +161,12 @@ class EventLoop:
             for key in self._selector.get_map().values()
             if getattr(key.data, "is_client_handler", False)
         }
-        found.update(self._parked)
+        found.update(self._unselected_handlers())
         return found
+
+    def _unselected_handlers(self) -> List[Any]:
+        """The open client handlers not in the selector (registered for nothing)."""
+        return list(self._parked)
 
     def _connection_opened(self, handler: Any) -> None:
         self.connection_count += 1
@@ -287,6 +298,7 @@ class EventLoop:
                     wait = timeout
         # Phase 2: select.
         events = self._selector.select(wait)
+        self.pass_time = self.time()
         # Phase 3: dispatch I/O.
         for key, mask in events:
             target = key.data
@@ -301,7 +313,7 @@ class EventLoop:
                 self._report_error(target, exc)
         # Phase 4: due timers become ready.
         if self._timers._heap:
-            ready.extend(self._timers.pop_due(self.time()))
+            ready.extend(self._timers.pop_due(self.time() if events else self.pass_time))
         # Phase 5: run what was ready when this phase began.
         for _ in range(len(ready)):
             handle = ready.popleft()

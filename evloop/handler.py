@@ -107,10 +107,8 @@ class ClientHandler:
         "_read_paused",
         # Limits and the timeout clocks (evloop.limits).
         "limits",
-        "_timer",
         "_active",
         "_request_since",
-        "_write_since",
     )
 
     def __init__(self, server: Any, client_socket: socket.socket, client_address: Any) -> None:
@@ -129,8 +127,9 @@ class ClientHandler:
         self._dirty = False
         self._read_paused = False
         self.limits = limits_of(server)
-        self._timer: Any = None
-        self._active = self._write_since = 0.0
+        # Loop times (floats the loop shares between connections; the
+        # write clock lives in the OutputQueue, which exists while one runs).
+        self._active = 0.0
         self._request_since: Optional[float] = None
 
     # -- hooks for subclasses -----------------------------------------------
@@ -339,9 +338,6 @@ class ClientHandler:
             self._output.close()
             self._output = None
         self._batch = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         try:
             sock.close()
         except OSError:
@@ -384,7 +380,7 @@ class ClientHandler:
             if type(sock) is not socket.socket and is_tls(sock):
                 data = read_pending(sock, data, self.recv_size)
             self.loop.bytes_received += len(data)
-            if self._timer is None:
+            if self.limits._shortest is None:  # no timeouts: no clocks to keep
                 self.data_received(data)
             else:
                 before = self.pending_input()
@@ -398,9 +394,10 @@ class ClientHandler:
                 self.close_when_sent()
 
     def handle_write(self) -> None:
-        if self._timer is not None:
-            # Writable again: the client is taking its output.
-            self._write_since = self._active = self.loop.time()
+        # Writable again: the client is taking its output.
+        self._active = now = self.loop.pass_time
+        if self._output is not None:
+            self._output.write_since = now
         self.flush()
 
     def flush(self) -> None:
@@ -475,7 +472,7 @@ class ClientHandler:
                     events = EVENT_READ
         if state == WANT_WRITE:
             events |= EVENT_WRITE
-            if not self._events & EVENT_WRITE and self._timer is not None:
+            if not self._events & EVENT_WRITE:
                 note_write_stall(self)
         if events != self._events:
             self.loop.set_events(sock, self._events, events, self)

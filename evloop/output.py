@@ -92,7 +92,7 @@ class OutputQueue:
     generators not yet read).
     """
 
-    __slots__ = ("_items", "blocksize", "buffered", "_on_future_done", "_sent")
+    __slots__ = ("_items", "blocksize", "buffered", "_on_future_done", "_sent", "write_since")
 
     def __init__(self, blocksize: int, on_future_done: Any) -> None:
         self._items: Deque[Any] = collections.deque()
@@ -100,6 +100,8 @@ class OutputQueue:
         self.buffered = 0
         self._on_future_done = on_future_done
         self._sent = 0
+        # Loop time output began to wait for the client (evloop.limits).
+        self.write_since = 0.0
 
     def __bool__(self) -> bool:
         return bool(self._items)

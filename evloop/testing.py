@@ -124,6 +124,11 @@ class ManualLoop(EventLoop):
             return
         super().set_events(fileobj, old, new, target)
 
+    def _unselected_handlers(self) -> List[Any]:
+        found = super()._unselected_handlers()
+        found.extend(target for _events, target in self.interest.values())
+        return found
+
     def events_of(self, fileobj: Any) -> int:
         return int(self.interest.get(fileobj, (0, None))[0])
 
@@ -217,7 +222,9 @@ class HandlerHarness:
 
     def _guard(self, method: Callable[[], None]) -> None:
         # The loop's own sorting of exceptions: KeyboardInterrupt and
-        # SystemExit escape, anything else goes to handle_error().
+        # SystemExit escape, anything else goes to handle_error(). The loop
+        # notes its time once a pass; this call is outside one.
+        self.loop.pass_time = self.loop.time()
         try:
             method()
         except (KeyboardInterrupt, SystemExit):
