@@ -326,6 +326,7 @@ class TimeoutSweep:
         self._cursor = 0  # the next descriptor to look at
         self._end = 0  # one past the highest descriptor of this cycle
         self._period = 0.0  # seconds between two ticks of this cycle
+        self._next = 0.0  # loop time the current tick was due
         self._found = False  # a connection with a timeout was seen this cycle
         self._shortest = math.inf  # the shortest timeout seen this cycle
         self._seen: Optional[Limits] = None  # the last limits a check met
@@ -356,7 +357,8 @@ class TimeoutSweep:
         if self._timer is None:
             if self.interval is None:
                 self.interval = sweep_interval(shortest)
-            self._timer = self.loop.call_at(self.loop.time() + self.interval, self._tick)
+            self._next = self.loop.time() + self.interval
+            self._timer = self.loop.call_at(self._next, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
@@ -378,7 +380,10 @@ class TimeoutSweep:
             self._watched = None
             return
         if not loop.is_closed():
-            self._timer = loop.call_at(now + self._period, self._tick)
+            # Ticks keep to the cycle's schedule, so a tick that ran late
+            # does not make every later one late too.
+            self._next += self._period
+            self._timer = loop.call_at(self._next, self._tick)
 
     def _begin_cycle(self, now: float) -> None:
         """Start a pass over the connections, at an interval for the
@@ -393,6 +398,8 @@ class TimeoutSweep:
         self._end = max(_fd_to_key(self.loop.selector), default=-1) + 1
         ticks = max(1, -(-self._end // SWEEP_BATCH))
         self._period = interval / ticks
+        if self._next < now - interval:  # far behind (the loop was blocked): start afresh
+            self._next = now
         for handler in self.loop._unselected_handlers():
             self._check(handler, now)
 

@@ -83,6 +83,15 @@ class Server(ServerLifecycle):
         self._listening = False
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
         self._hosts: Dict[Any, Any] = {}
+        # Whether accepted sockets come with TCP_NODELAY from the listener
+        # (Linux copies it): then each saves a setsockopt() call. None: not
+        # known until the first client.
+        self._nodelay_inherited: Optional[bool] = None
+        if self._tcp:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                self._nodelay_inherited = False
 
     @property
     def host(self) -> str:
@@ -199,7 +208,13 @@ class Server(ServerLifecycle):
         the TLS handshake, on a TLS server)."""
         client.setblocking(False)
         if self._tcp:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            inherited = self._nodelay_inherited
+            if inherited is None:
+                inherited = self._nodelay_inherited = bool(
+                    client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                )
+            if not inherited:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             address = self._share_host(address)
         self.connections += 1
         if self.ssl_context is not None:

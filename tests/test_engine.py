@@ -351,3 +351,44 @@ def test_loop_function_serves_until_stop_and_closes(selector_name):
     thread.join(10)
     assert not thread.is_alive()
     assert server.closed
+
+
+class AnswersOnCue(LengthSepBody):
+    """Holds its reply until the test has sent bytes it will never read."""
+
+    answering = threading.Event()
+    cue = threading.Event()
+
+    def make_response(self):
+        self.answering.set()
+        assert self.cue.wait(10)
+        return super().make_response()
+
+
+def test_closing_with_unread_bytes_sends_a_fin_not_a_reset(running_loop):
+    # Bytes left unread in the kernel when a socket closes make it send a
+    # RST, and a RST can make the client drop the reply before it reads it.
+    AnswersOnCue.answering.clear()
+    AnswersOnCue.cue.clear()
+    server = running_loop.serve(AnswersOnCue)
+    with connect(server) as sock:
+        sock.sendall(b"5\nhello")
+        assert AnswersOnCue.answering.wait(10)
+        sock.sendall(b"more bytes after the request" * 100)  # arrive after the server's read
+        AnswersOnCue.cue.set()
+        assert recv_all(sock) == b"hello"  # the reply, then a clean end of stream
+
+
+class ReportsNodelay(LengthSepEcho):
+    def make_response(self):
+        return b"%d\n" % self.client_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+def test_every_accepted_tcp_connection_has_nagle_off(running_loop):
+    # The first client checks whether accepted sockets inherit the
+    # listener's TCP_NODELAY; the later ones rely on the answer.
+    server = running_loop.serve(ReportsNodelay)
+    for _ in range(3):
+        with connect(server) as sock:
+            sock.sendall(b"1\nx")
+            assert recv_exactly(sock, 2) != b"0\n"
