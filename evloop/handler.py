@@ -42,6 +42,31 @@ logger = logging.getLogger("evloop")
 # RST, which can make the peer discard our last reply; this much is drained.
 _LINGER_DRAIN = 256 * 1024
 
+# The bits of ClientHandler._state.
+_READING = 1  # the peer has not ended its stream
+_CLOSING = 2  # close once the queued output is sent; take no more requests
+_DIRTY = 4  # in the loop's list of handlers to flush at the end of the pass
+_READ_PAUSED = 8  # pause_reading() is in force
+# Bits 4 and 5 hold the selector events the socket is registered for.
+_EVENTS_SHIFT = 4
+_EVENTS_MASK = EVENT_READ | EVENT_WRITE
+
+
+class _Flag:
+    """One bit of ``ClientHandler._state``, read and set like a bool
+    attribute, for the code outside the hot paths (which test the bits)."""
+
+    __slots__ = ("bit",)
+
+    def __init__(self, bit: int) -> None:
+        self.bit = bit
+
+    def __get__(self, handler: Any, owner: Any = None) -> Any:
+        return self if handler is None else bool(handler._state & self.bit)
+
+    def __set__(self, handler: Any, on: bool) -> None:
+        handler._state = handler._state | self.bit if on else handler._state & ~self.bit
+
 
 def format_address(address: Any) -> str:
     """A peer address for a log line: ``host:port``, ``[v6]:port`` or a path."""
@@ -98,18 +123,37 @@ class ClientHandler:
         "client_address",
         "incoming",
         "closed",
-        "_events",
-        "_reading",
-        "_closing",
+        "_state",  # the _READING, _CLOSING, _DIRTY, _READ_PAUSED bits and the selector events
         "_batch",
         "_output",
-        "_dirty",
-        "_read_paused",
-        # Limits and the timeout clocks (evloop.limits).
-        "limits",
+        # The timeout clocks (evloop.limits).
         "_active",
         "_request_since",
     )
+
+    # The connection's flags live in one int (``_state``): four bool slots
+    # would cost an idle connection 24 bytes more.
+    _state: int
+
+    @property
+    def limits(self) -> Any:
+        """The server's :class:`~evloop.limits.Limits` (a property, not a
+        slot: an idle connection is 16 bytes smaller for it)."""
+        return limits_of(self.server)
+
+    @property
+    def _events(self) -> int:
+        """What the selector watches the socket for (EVENT_READ/EVENT_WRITE)."""
+        return (self._state >> _EVENTS_SHIFT) & _EVENTS_MASK
+
+    @_events.setter
+    def _events(self, events: int) -> None:
+        self._state = (self._state & ~(_EVENTS_MASK << _EVENTS_SHIFT)) | (events << _EVENTS_SHIFT)
+
+    _reading = _Flag(_READING)
+    _closing = _Flag(_CLOSING)
+    _dirty = _Flag(_DIRTY)
+    _read_paused = _Flag(_READ_PAUSED)
 
     def __init__(self, server: Any, client_socket: socket.socket, client_address: Any) -> None:
         self.server = server
@@ -119,14 +163,9 @@ class ClientHandler:
         # The shared empty bytes until data arrives: an idle client costs nothing here.
         self.incoming: Any = b""
         self.closed = False
-        self._events = 0
-        self._reading = True
-        self._closing = False
+        self._state = _READING
         self._batch: Optional[List[bytes]] = None
         self._output: Optional[OutputQueue] = None
-        self._dirty = False
-        self._read_paused = False
-        self.limits = limits_of(server)
         # Loop times (floats the loop shares between connections; the
         # write clock lives in the OutputQueue, which exists while one runs).
         self._active = 0.0
@@ -161,7 +200,7 @@ class ClientHandler:
                 incoming = incoming.encode("latin-1")
             incoming = self.incoming = bytearray(incoming)
         incoming += data
-        while not self._closing:
+        while not self._state & _CLOSING:
             used = self.request_complete()
             if not used:
                 limit = self.limits.max_request_size or DEFAULT_MAX_REQUEST_SIZE
@@ -247,17 +286,19 @@ class ClientHandler:
             self._batch = [response]
         else:
             batch.append(response)
-        if not self._dirty:
-            self._dirty = True
+        state = self._state
+        if not state & _DIRTY:
+            self._state = state | _DIRTY
             self.loop._dirty.append(self)
 
     def close_when_sent(self) -> None:
         """Stop taking requests and close once every queued response is out."""
         if self.closed:
             return
-        self._closing = True
-        if not self._dirty:
-            self._dirty = True
+        state = self._state | _CLOSING
+        self._state = state
+        if not state & _DIRTY:
+            self._state = state | _DIRTY
             self.loop._dirty.append(self)
 
     def pause_reading(self) -> None:
@@ -380,7 +421,7 @@ class ClientHandler:
             if type(sock) is not socket.socket and is_tls(sock):
                 data = read_pending(sock, data, self.recv_size)
             self.loop.bytes_received += len(data)
-            if self.limits._shortest is None:  # no timeouts: no clocks to keep
+            if limits_of(self.server)._shortest is None:  # no timeouts: no clocks to keep
                 self.data_received(data)
             else:
                 before = self.pending_input()
@@ -404,7 +445,7 @@ class ClientHandler:
         """Send what is queued, as far as the socket takes it, and watch the
         socket for what it needs next. The loop calls this once a pass for a
         handler that has queued output."""
-        self._dirty = False
+        self._state &= ~_DIRTY
         if self.closed:
             return
         sock = self.client_socket
@@ -444,18 +485,20 @@ class ClientHandler:
                 self._output = output = None
         elif batch is None:
             state = EMPTY
-        if self._closing and state == EMPTY:
+        flags = self._state
+        if flags & _CLOSING and state == EMPTY:
             self._close_gracefully()
             return
+        old_events = (flags >> _EVENTS_SHIFT) & _EVENTS_MASK
         events = 0
-        if self._reading and not self._closing and not self._read_paused:
+        if flags & (_READING | _CLOSING | _READ_PAUSED) == _READING:
             if output is None:
                 events = EVENT_READ
             else:
                 # Hysteresis: reading stops above the high-water mark and
                 # starts again only at the low one, so a client that never
                 # reads is not read from a little at each send.
-                if self._events & EVENT_READ:
+                if old_events & EVENT_READ:
                     mark = self.write_high_water
                     if mark is None:
                         mark = self.limits.write_high_water
@@ -472,15 +515,15 @@ class ClientHandler:
                     events = EVENT_READ
         if state == WANT_WRITE:
             events |= EVENT_WRITE
-            if not self._events & EVENT_WRITE:
+            if not old_events & EVENT_WRITE:
                 note_write_stall(self)
-        if events != self._events:
-            self.loop.set_events(sock, self._events, events, self)
+        if events != old_events:
+            self.loop.set_events(sock, old_events, events, self)
             if not events:
                 self.loop._parked.add(self)
-            elif not self._events:
+            elif not old_events:
                 self.loop._parked.discard(self)
-            self._events = events
+            self._state = (self._state & ~(_EVENTS_MASK << _EVENTS_SHIFT)) | (events << _EVENTS_SHIFT)
 
     # -- internals ------------------------------------------------------------
 
@@ -494,8 +537,9 @@ class ClientHandler:
             self._batch = None
             output.add(batch)
         output.add(response)
-        if not self._dirty:
-            self._dirty = True
+        state = self._state
+        if not state & _DIRTY:
+            self._state = state | _DIRTY
             self.loop._dirty.append(self)
 
     def _future_done(self, future: Any) -> None:
@@ -503,8 +547,9 @@ class ClientHandler:
         self.loop.call_soon_threadsafe(self._resume_after_future)
 
     def _resume_after_future(self) -> None:
-        if not self.closed and not self._dirty:
-            self._dirty = True
+        state = self._state
+        if not self.closed and not state & _DIRTY:
+            self._state = state | _DIRTY
             self.loop._dirty.append(self)
 
     # Flushing recomputes what the socket is watched for.

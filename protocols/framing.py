@@ -21,6 +21,7 @@ recipe's handlers override.
 from typing import Any, Optional
 
 from evloop import ClientHandler, RemoteProtocolError
+from evloop.handler import _CLOSING
 
 __all__ = ["NEED_DATA", "FramedHandler", "Framer", "StringReceiverHandler"]
 
@@ -144,7 +145,7 @@ class FramedHandler(ClientHandler):
     def answer_requests(self) -> None:
         """Answer every whole request the framer holds, in order."""
         next_request = self.framer.next_request
-        while not self._closing:
+        while not self._state & _CLOSING:  # the flag itself: this runs per request
             request = next_request()
             if request is NEED_DATA:
                 return

@@ -63,6 +63,11 @@ class NetstringFramer(Framer):
                         f"netstring length longer than {self._max_digits} digits: "
                         f"{bytes(buf[: self._max_digits + 1])!r}"
                     )
+                if head and int(head) > self.max_size:
+                    # More digits can only make it larger: refuse now, as Twisted does.
+                    raise self._fail(
+                        f"netstring length {bytes(head)!r}... is over the limit of {self.max_size} bytes"
+                    )
                 if self._eof and buf:
                     raise self._truncated()
                 return NEED_DATA
