@@ -252,3 +252,15 @@ def test_a_bad_client_is_closed_and_the_others_are_served(running_loop, caplog):
         good.dataReceived(recv_all(good_sock))
     assert good.strings == [b"still here"]
     assert "longer than 5 digits" in caplog.text
+
+
+def test_a_partial_length_already_over_the_limit_is_refused_at_once():
+    # "21" can only grow with more digits: over a limit of 20 it is refused
+    # before the colon arrives, as Twisted's NetstringReceiver does.
+    framer = NetstringFramer(max_size=20)
+    framer.feed(b"21")
+    with pytest.raises(RemoteProtocolError, match="over the limit of 20"):
+        framer.next_request()
+    framer = NetstringFramer(max_size=20)
+    framer.feed(b"2")
+    assert framer.next_request() is NEED_DATA
