@@ -6,8 +6,10 @@ the loop calls when it is ready (a listener, a client handler, the waker).
 One pass of the loop has a fixed order of phases (CPython's
 ``base_events._run_once``, Redis's ``aeProcessEvents``):
 
-1. compute the timeout: 0 if callbacks are ready, else until the next timer;
-2. select;
+1. compute the timeout: 0 if callbacks or output are ready (or a stop is
+   pending), else until the next timer;
+2. select, then note the time once as ``pass_time``: the activity clock
+   every handler touched in this pass shares (see :mod:`evloop.limits`);
 3. dispatch I/O, re-checking that an object is still open before firing its
    second callback in the same pass (a read may have closed it, as in ae.c);
 4. move due timers to the ready queue;
