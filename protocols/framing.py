@@ -125,9 +125,14 @@ class FramedHandler(ClientHandler):
 
     def make_framer(self) -> Framer:
         """The framer for this connection."""
-        size = self.max_size if self.max_size is not None else self.limits.max_request_size
-        framer: Framer = self.framer_class(size)
+        framer: Framer = self.framer_class(self.request_size_limit())
         return framer
+
+    def request_size_limit(self) -> Optional[int]:
+        """The bound handed to the framer: the class's ``max_size``, else the
+        server's ``Limits.max_request_size``; None leaves the framer's own
+        default."""
+        return self.max_size if self.max_size is not None else self.limits.max_request_size
 
     def pending_input(self) -> int:
         """Bytes of an incomplete request the framer holds (for the request timeout)."""

@@ -157,7 +157,7 @@ class LineHandler(FramedHandler):
         if reply is not None and not reply.endswith(self.terminator):
             reply += self.terminator
         return LineFramer(
-            self.max_size, self.terminator, too_long_reply=reply, eof_ends_line=self.eof_ends_line
+            self.request_size_limit(), self.terminator, too_long_reply=reply, eof_ends_line=self.eof_ends_line
         )
 
     def handle_line(self, line: bytes) -> Any:

@@ -300,3 +300,12 @@ def test_a_reply_that_is_not_bytes_or_str_is_a_local_error():
     for wrong in (5, None, ["a"], 2.5):
         with pytest.raises(LocalProtocolError, match="must be bytes or str"):
             LineFramer().encode(wrong)
+
+
+def test_the_servers_request_size_limit_bounds_lines_too():
+    from evloop import Limits
+
+    harness = HandlerHarness(LineEcho, limits=Limits(max_request_size=8))
+    assert harness.feed(b"12345678\r\n") == b"12345678\r\n"
+    harness.feed(b"123456789")
+    assert harness.closed
