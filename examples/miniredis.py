@@ -696,10 +696,15 @@ class MiniRedisHandler(ClientHandler):
         self.framer.feed_eof()
         self._answer()
 
+    def pending_input(self) -> int:
+        # A command begun and not finished: the request (slowloris) timeout runs.
+        return self.framer.buffered
+
     def _answer(self) -> None:
         framer = self.framer
         requests = framer.maybe_requests()
         if requests:
+            self.loop.requests += len(requests)
             self.send(self.database.execute_many(requests, self.session))
         if framer.error is not None:
             # The replies above go first; then the -ERR Protocol error and the close.
