@@ -40,6 +40,7 @@ from .errors import RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE
 from .handler import format_address
 from .lifecycle import ServerLifecycle
+from .server import bind_inet
 from .unix import PathLike, _SocketFile, bind_unix, remove_socket_file
 
 __all__ = ["DatagramHandler", "DatagramServer", "UnixDatagramServer"]
@@ -142,7 +143,9 @@ class DatagramServer(ServerLifecycle):
         max_size: Optional[int] = None,
     ) -> None:
         if sock is None:
-            sock = _bind_udp(host, port, family, reuse_port)
+            sock = bind_inet(
+                host, port, family=family, kind=socket.SOCK_DGRAM, reuse_address=False, reuse_port=reuse_port
+            )
         self._init_socket(sock, max_size)
 
     def _init_socket(self, sock: socket.socket, max_size: Optional[int]) -> None:
@@ -374,25 +377,3 @@ def _as_bytes(reply: Any) -> bytes:
     if isinstance(reply, (list, tuple)):
         return b"".join(_as_bytes(piece) for piece in reply)
     raise TypeError(f"a datagram reply must be bytes, str or a list of them, not {type(reply).__name__}")
-
-
-def _bind_udp(host: str, port: int, family: int, reuse_port: bool) -> socket.socket:
-    infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_DGRAM, 0, socket.AI_PASSIVE)
-    # As for TCP listeners: a name with both families binds IPv4 first.
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    error: Optional[OSError] = None
-    for af, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(af, kind, proto)
-        try:
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if af == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
-                # "::" serves IPv4 too; a specific IPv6 address only itself.
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if sockaddr[0] == "::" else 1)
-            sock.bind(sockaddr)
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-    assert error is not None
-    raise error

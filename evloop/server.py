@@ -73,7 +73,13 @@ class Server(ServerLifecycle):
     ) -> None:
         self._init_limits(ssl, limits)
         if sock is None:
-            sock = _bind_tcp(host, port, family, backlog, reuse_port)
+            sock = bind_inet(
+                "localhost" if host is None else host,
+                port,
+                family=family,
+                reuse_port=reuse_port,
+                backlog=backlog,
+            )
         sock.setblocking(False)
         self.socket = sock
         self.address: Tuple[Any, ...] = sock.getsockname()
@@ -275,18 +281,30 @@ class Server(ServerLifecycle):
         return f"<{type(self).__name__} {format_address(self.address)}>"
 
 
-def _bind_tcp(host: str, port: int, family: int, backlog: int, reuse_port: bool) -> socket.socket:
-    if host is None:
-        host = "localhost"
-    infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    # Prefer IPv4 where a name has both, so "localhost" is 127.0.0.1 as
-    # clients (and the recipe's users) expect; "::" is asked for explicitly.
+def bind_inet(
+    host: Optional[str],
+    port: int,
+    *,
+    family: int = 0,
+    kind: int = socket.SOCK_STREAM,
+    reuse_address: bool = True,
+    reuse_port: bool = False,
+    backlog: Optional[int] = None,
+) -> socket.socket:
+    """Bind a socket of ``kind`` to the first address ``host`` resolves to
+    (``""`` or None: every interface) and, given a ``backlog``, listen on
+    it. Raises the last OSError when no address would bind.
+
+    Where a name has both families the IPv4 address is tried first, so
+    "localhost" is 127.0.0.1 as clients (and the recipe's users) expect;
+    "::" is asked for explicitly, and serves IPv4 too."""
+    infos = socket.getaddrinfo(host or None, port, family, kind, 0, socket.AI_PASSIVE)
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     error: Optional[OSError] = None
-    for af, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(af, kind, proto)
+    for af, sock_kind, proto, _, sockaddr in infos:
+        sock = socket.socket(af, sock_kind, proto)
         try:
-            if hasattr(socket, "SO_REUSEADDR"):
+            if reuse_address and hasattr(socket, "SO_REUSEADDR"):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -294,7 +312,8 @@ def _bind_tcp(host: str, port: int, family: int, backlog: int, reuse_port: bool)
                 # "::" serves IPv4 too; a specific IPv6 address only itself.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if sockaddr[0] == "::" else 1)
             sock.bind(sockaddr)
-            sock.listen(backlog)
+            if backlog is not None:
+                sock.listen(backlog)
             return sock
         except OSError as exc:
             sock.close()

@@ -46,7 +46,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from .eventloop import EVENT_READ, EventLoop
-from .server import Server
+from .server import Server, bind_inet
 
 __all__ = ["WorkerProcesses", "serve_workers"]
 
@@ -99,7 +99,9 @@ class WorkerProcesses:
         self.shutdown_timeout = shutdown_timeout
         self.max_wait = max_wait
         self.limits = limits
-        self._reserved = _reserve_address(host, port, family)
+        # Bound with SO_REUSEPORT and never listening: it fixes the port and
+        # holds it, and the kernel sends it no connection.
+        self._reserved = bind_inet(host, port, family=family, reuse_port=True)
         self.address = self._reserved.getsockname()
         self.family = self._reserved.family
         #: Worker index -> pid of the process now serving in that place.
@@ -407,29 +409,6 @@ class _Lifeline:
             self.closed = True
             self.loop.set_events(self.fd, EVENT_READ, 0, self)
             os.close(self.fd)
-
-
-def _reserve_address(host: str, port: int, family: int) -> socket.socket:
-    """A socket bound to the address with SO_REUSEPORT, never listening: it
-    fixes the port and holds it, and the kernel sends it no connection."""
-    infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    # The same preference as Server: IPv4 first where a name has both.
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    error: Optional[OSError] = None
-    for af, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(af, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if af == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if sockaddr[0] == "::" else 1)
-            sock.bind(sockaddr)
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-    assert error is not None
-    raise error
 
 
 def _kill(pid: int, signum: int) -> None:
