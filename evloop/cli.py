@@ -12,7 +12,6 @@ import importlib
 import importlib.util
 import logging
 import os
-import signal
 import sys
 from typing import Any, List, Optional
 
@@ -248,6 +247,7 @@ def _serve_workers(args: argparse.Namespace, handler_class: Any, ssl_context: An
 def serve(args: argparse.Namespace) -> int:
     from .eventloop import EventLoop
     from .multiplexer import make_selector
+    from .shutdown import handle_signals
 
     handler_class = load_handler(args.handler)
     if not isinstance(handler_class, type):
@@ -273,11 +273,11 @@ def serve(args: argparse.Namespace) -> int:
 
             reporter = StatsReporter(event_loop, args.stats)
         # SIGTERM and Ctrl-C stop gracefully: no new clients, in-flight
-        # responses finish within --shutdown-timeout, the rest are cut.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda signum, frame: event_loop.stop(graceful=True))
-        logger.info("listening on %s", where)
-        event_loop.run()
+        # responses finish within --shutdown-timeout, the rest are cut; a
+        # second signal stops at once.
+        with handle_signals(event_loop):
+            logger.info("listening on %s", where)
+            event_loop.run()
         logger.info("stopped")
     finally:
         if reporter is not None:
