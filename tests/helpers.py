@@ -59,3 +59,35 @@ def assert_handler_every_split(handler_class, data, expected_output, *, closed=N
         assert output == expected_output, label
         if closed is not None:
             assert was_closed == closed, label
+
+
+def cut(data, sizes):
+    """``data`` in chunks of ``sizes`` (a hypothesis-drawn list), the rest last."""
+    chunks, rest = [], data
+    for size in sizes:
+        chunks.append(rest[:size])
+        rest = rest[size:]
+    chunks.append(rest)
+    return chunks
+
+
+def assert_chunking_never_matters(make_framer, data, sizes, eof=False):
+    """The property every framer states: any bytes yield requests or the
+    protocol's RemoteProtocolError (framer_results lets nothing else
+    through), and cutting them differently changes neither the requests,
+    nor whether it failed, nor what stays buffered. Returns the requests."""
+    whole = framer_results(make_framer, [data], eof)
+    pieces = framer_results(make_framer, cut(data, sizes), eof)
+    assert whole[0] == pieces[0]
+    assert (whole[1] is None) == (pieces[1] is None)
+    assert whole[2].buffered == pieces[2].buffered
+    return whole[0]
+
+
+def assert_encode_round_trips(framer, messages):
+    """What ``framer.encode`` makes of ``messages``, fed back, parses to them."""
+    framer.feed(b"".join(framer.encode(message) for message in messages))
+    got = []
+    while (request := framer.next_request()) is not NEED_DATA:
+        got.append(request)
+    assert got == messages

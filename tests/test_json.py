@@ -25,7 +25,13 @@ from protocols.jsonclient import JsonConnectionError, JsonDisconnectedError, Jso
 from protocols.jsonmsg import DEFAULT_MAX_SIZE, get_client_stats
 from tests.conftest import connect, recv_all, recv_exactly
 from tests.examples import ROOT, running_example
-from tests.helpers import assert_framer_every_split, assert_handler_every_split, framer_results
+from tests.helpers import (
+    assert_chunking_never_matters,
+    assert_encode_round_trips,
+    assert_framer_every_split,
+    assert_handler_every_split,
+    framer_results,
+)
 
 
 def raw(payload, magic=b"JSN1", length=None, checksum=None):
@@ -166,14 +172,6 @@ json_values = st.recursive(
 )
 
 
-def _cut(data, sizes):
-    chunks = []
-    for size in sizes:
-        chunks.append(data[:size])
-        data = data[size:]
-    return [*chunks, data]
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_property_any_bytes_give_messages_or_a_protocol_error(data):
@@ -202,23 +200,16 @@ def test_property_any_bytes_give_messages_or_a_protocol_error(data):
     def make():
         return JsonFramer(max_size=400)
 
-    whole = framer_results(make, [stream], eof)
-    pieces = framer_results(make, _cut(stream, sizes), eof)
-    assert whole[0] == pieces[0]
-    assert (whole[1] is None) == (pieces[1] is None)
-    assert whole[2].buffered == pieces[2].buffered
+    messages = assert_chunking_never_matters(make, stream, sizes, eof)
     if kind == "intact":
-        assert whole[0] == objects and whole[1] is None
+        assert messages == objects and framer_results(make, [stream], eof)[1] is None
 
 
 @given(st.lists(json_values, max_size=6))
 def test_property_encode_then_parse_round_trips(objects):
     framer = JsonFramer()
-    framer.feed(b"".join(framer.encode(obj) for obj in objects))
-    got = []
-    while (obj := framer.next_request()) is not NEED_DATA:
-        got.append(obj)
-    assert got == objects and framer.buffered == 0
+    assert_encode_round_trips(framer, objects)
+    assert framer.buffered == 0
 
 
 # -- the handler, without a socket ---------------------------------------------

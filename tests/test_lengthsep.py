@@ -5,8 +5,13 @@ from hypothesis import strategies as st
 
 from evloop import RemoteProtocolError
 from evloop.testing import HandlerHarness
-from protocols import NEED_DATA, LengthSepBody, LengthSepEcho, LengthSepFramer
-from tests.helpers import assert_framer_every_split, assert_handler_every_split, framer_results
+from protocols import LengthSepBody, LengthSepEcho, LengthSepFramer
+from tests.helpers import (
+    assert_chunking_never_matters,
+    assert_encode_round_trips,
+    assert_framer_every_split,
+    assert_handler_every_split,
+)
 
 
 def frame(body):
@@ -121,23 +126,9 @@ def test_echo_partial_sends_resume_when_the_peer_reads():
 def test_property_any_bytes_give_requests_or_a_protocol_error(data, sizes):
     """Any input yields requests or RemoteProtocolError, never anything else,
     and the chunking never changes which."""
-    whole = framer_results(lambda: LengthSepFramer(max_size=50), [data])
-    chunks, rest = [], data
-    for size in sizes:
-        chunks.append(rest[:size])
-        rest = rest[size:]
-    chunks.append(rest)
-    pieces = framer_results(lambda: LengthSepFramer(max_size=50), chunks)
-    assert whole[0] == pieces[0]
-    assert (whole[1] is None) == (pieces[1] is None)
-    assert whole[2].buffered == pieces[2].buffered
+    assert_chunking_never_matters(lambda: LengthSepFramer(max_size=50), data, sizes)
 
 
 @given(st.lists(st.binary(max_size=30), max_size=10))
 def test_property_encode_then_parse_round_trips(bodies):
-    framer = LengthSepFramer()
-    framer.feed(b"".join(framer.encode(b) for b in bodies))
-    got = []
-    while (request := framer.next_request()) is not NEED_DATA:
-        got.append(request)
-    assert got == bodies
+    assert_encode_round_trips(LengthSepFramer(), bodies)

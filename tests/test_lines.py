@@ -11,7 +11,12 @@ from evloop import LocalProtocolError, RemoteProtocolError
 from evloop.testing import HandlerHarness
 from protocols import NEED_DATA, LineEcho, LineFramer, LineHandler
 from tests.conftest import connect, recv_all, recv_exactly
-from tests.helpers import assert_framer_every_split, assert_handler_every_split, framer_results
+from tests.helpers import (
+    assert_chunking_never_matters,
+    assert_encode_round_trips,
+    assert_framer_every_split,
+    assert_handler_every_split,
+)
 
 # -- the framer -----------------------------------------------------------------
 
@@ -142,15 +147,6 @@ def test_an_empty_terminator_is_refused():
         LineFramer(terminator=b"")
 
 
-def _chunked(data, sizes):
-    chunks, rest = [], data
-    for size in sizes:
-        chunks.append(rest[:size])
-        rest = rest[size:]
-    chunks.append(rest)
-    return chunks
-
-
 _line_bytes = st.lists(
     st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"xyz", b"\x00", b"\xff"]), max_size=40
 ).map(b"".join)
@@ -172,24 +168,14 @@ def test_property_any_bytes_give_lines_or_a_protocol_error(data, sizes, terminat
     def make():
         return LineFramer(8, terminator, eof_ends_line=eof_ends_line)
 
-    whole = framer_results(make, [data], eof)
-    pieces = framer_results(make, _chunked(data, sizes), eof)
-    assert whole[0] == pieces[0]
-    assert (whole[1] is None) == (pieces[1] is None)
-    assert whole[2].buffered == pieces[2].buffered
-    for line in whole[0]:
+    for line in assert_chunking_never_matters(make, data, sizes, eof):
         assert len(line) <= 8 or eof
         assert eof or terminator not in line
 
 
 @given(st.lists(st.binary(max_size=30).filter(lambda b: b"\r\n" not in b), max_size=10))
 def test_property_encode_then_parse_round_trips(lines):
-    framer = LineFramer()
-    framer.feed(b"".join(framer.encode(line) for line in lines))
-    got = []
-    while (request := framer.next_request()) is not NEED_DATA:
-        got.append(request)
-    assert got == lines
+    assert_encode_round_trips(LineFramer(), lines)
 
 
 # -- the handlers, in memory -------------------------------------------------------

@@ -13,7 +13,13 @@ from evloop import LocalProtocolError, RemoteProtocolError
 from evloop.testing import HandlerHarness
 from protocols import NEED_DATA, NetstringEcho, NetstringFramer, NetstringHandler
 from tests.conftest import connect, recv_all
-from tests.helpers import assert_framer_every_split, assert_handler_every_split, framer_results
+from tests.helpers import (
+    assert_chunking_never_matters,
+    assert_encode_round_trips,
+    assert_framer_every_split,
+    assert_handler_every_split,
+    framer_results,
+)
 
 
 def ns(payload):
@@ -88,15 +94,6 @@ def test_encode_refuses_what_the_peer_would_refuse():
         framer.encode(b"abcde")
 
 
-def _chunked(data, sizes):
-    chunks, rest = [], data
-    for size in sizes:
-        chunks.append(rest[:size])
-        rest = rest[size:]
-    chunks.append(rest)
-    return chunks
-
-
 # Whole netstrings, bare length prefixes around the limit of 20, and junk.
 _netstringish = st.lists(
     st.one_of(
@@ -121,22 +118,13 @@ def test_property_any_bytes_give_strings_or_a_protocol_error(data, sizes, eof):
     def make():
         return NetstringFramer(max_size=20)
 
-    whole = framer_results(make, [data], eof)
-    pieces = framer_results(make, _chunked(data, sizes), eof)
-    assert whole[0] == pieces[0]
-    assert (whole[1] is None) == (pieces[1] is None)
-    assert whole[2].buffered == pieces[2].buffered
-    assert all(len(payload) <= 20 for payload in whole[0])
+    payloads = assert_chunking_never_matters(make, data, sizes, eof)
+    assert all(len(payload) <= 20 for payload in payloads)
 
 
 @given(st.lists(st.binary(max_size=40), max_size=10))
 def test_property_encode_then_parse_round_trips(payloads):
-    framer = NetstringFramer()
-    framer.feed(b"".join(framer.encode(p) for p in payloads))
-    got = []
-    while (request := framer.next_request()) is not NEED_DATA:
-        got.append(request)
-    assert got == payloads
+    assert_encode_round_trips(NetstringFramer(), payloads)
 
 
 class _TwistedPeer(NetstringReceiver):
