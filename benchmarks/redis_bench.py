@@ -33,6 +33,9 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "benchmarks-redis.md"
+sys.path.insert(0, str(ROOT))
+from benchmarks import report  # noqa: E402  (run as a script: the repo root on the path)
+
 TESTS = ["PING_MBULK", "SET", "GET", "INCR", "LPUSH", "LPOP", "SADD", "HSET", "MSET"]
 # Requests per redis-benchmark run: enough for about a second of work each.
 REQUESTS = {1: 100_000, 16: 500_000}
@@ -183,17 +186,6 @@ def version(command: List[str]) -> str:
         )
     except (OSError, IndexError):
         return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 Result = Dict[Tuple[str, str, int], List[Sample]]
@@ -379,7 +371,7 @@ def write_report(
         "",
         "## Machine",
         "",
-        f"- CPU: {cpu_model()}, {cores} core(s) available"
+        f"- CPU: {report.cpu_model()}, {cores} core(s) available"
         f"{'; server and client pinned to different cores' if cores >= 2 else ''}",
         f"- Kernel: {platform.system()} {platform.release()}",
         f"- Python: {platform.python_implementation()} {platform.python_version()}",

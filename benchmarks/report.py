@@ -11,6 +11,7 @@ medians, so drift between rounds cancels out.
 """
 
 import os
+import platform
 import statistics
 
 __all__ = [
@@ -42,6 +43,18 @@ TARGETS = [
     ("idle", "per_connection_silent", 512.0, "<="),
     ("idle", "per_connection", 512.0, "<="),
 ]
+
+
+def cpu_model() -> str:
+    """The processor's name, for the machine line of a report."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def _spread(values):

@@ -488,16 +488,6 @@ def environment() -> dict:
         except Exception:
             return "not installed"
 
-    def cpu_model():
-        try:
-            with open("/proc/cpuinfo") as info:
-                for line in info:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-        return platform.processor() or "unknown"
-
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -508,7 +498,7 @@ def environment() -> dict:
         [shutil.which("gcc") or "cc", "--version"], capture_output=True, text=True
     ).stdout.splitlines()
     return {
-        "cpu": cpu_model(),
+        "cpu": report.cpu_model(),
         "cpus": os.cpu_count(),
         "pinning": (
             f"server on CPU {sorted(SERVER_CPUS)[0]}, load generator on CPU {sorted(LOADGEN_CPUS)[0]}"
