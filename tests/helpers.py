@@ -35,6 +35,24 @@ def framer_results(make_framer, chunks, eof=False):
     return requests, None, framer
 
 
+def batched_results(make_framer, chunks, eof=False):
+    """Like framer_results, through a framer's batch call maybe_requests()
+    (RESP's)."""
+    framer = make_framer()
+    requests = []
+    try:
+        for chunk in chunks:
+            framer.feed(chunk)
+            requests += framer.maybe_requests()
+        if eof:
+            framer.feed_eof()
+        requests += framer.maybe_requests()
+        requests += framer.maybe_requests()  # an error found after commands shows now
+    except RemoteProtocolError as exc:
+        return requests, exc, framer
+    return requests, None, framer
+
+
 def assert_framer_every_split(make_framer, data, expected, *, error=None, eof=False, leftover=None):
     """Every chunking of ``data`` yields ``expected`` requests, then raises a
     RemoteProtocolError whose message contains ``error`` (if given), and

@@ -28,7 +28,7 @@ from protocols import (
     RespFramer,
     encode_command,
 )
-from tests.helpers import framer_results
+from tests.helpers import batched_results, framer_results
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -148,22 +148,6 @@ def mutated(draw, valid, alphabet):
 def cut(data, cuts):
     points = sorted({c % (len(data) + 1) for c in cuts})
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
-
-
-def batched_results(make_framer, chunks, eof):
-    framer = make_framer()
-    requests = []
-    try:
-        for chunk in chunks:
-            framer.feed(chunk)
-            requests += framer.maybe_requests()
-        if eof:
-            framer.feed_eof()
-        requests += framer.maybe_requests()
-        requests += framer.maybe_requests()
-    except RemoteProtocolError as exc:
-        return requests, exc, framer
-    return requests, None, framer
 
 
 def outcome(results, make_framer, chunks, eof):

@@ -9,27 +9,10 @@ from evloop import LocalProtocolError, RemoteProtocolError
 from evloop.testing import every_split
 from protocols import NEED_DATA, RespError, RespFramer, encode_command, encode_reply
 from protocols.resp import split_inline
-from tests.helpers import assert_framer_every_split, framer_results
+from tests.helpers import assert_framer_every_split, batched_results, framer_results
 
 SET = encode_command("SET", "key", "value")
 GET = encode_command("GET", "key")
-
-
-def batched_results(make_framer, chunks, eof=False):
-    """Like framer_results, through maybe_requests(), the batch call."""
-    framer = make_framer()
-    requests = []
-    try:
-        for chunk in chunks:
-            framer.feed(chunk)
-            requests += framer.maybe_requests()
-        if eof:
-            framer.feed_eof()
-        requests += framer.maybe_requests()
-        requests += framer.maybe_requests()  # an error found after commands shows now
-    except RemoteProtocolError as exc:
-        return requests, exc, framer
-    return requests, None, framer
 
 
 def assert_batched_every_split(make_framer, data, expected, *, error=None, eof=False, leftover=None):
