@@ -266,26 +266,18 @@ def test_a_client_that_leaves_mid_handshake_is_forgotten(running_loop, server_co
 # -- openssl s_client, a TLS client that is not Python's ------------------------------
 
 
+def s_client(port, tls_files, request, *options):
+    """Run ``openssl s_client`` against 127.0.0.1:``port``, verifying the
+    server against the test CA; send ``request`` and return the result."""
+    command = [OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost"]
+    command += ["-CAfile", str(tls_files.ca), "-verify_return_error", "-quiet", *options]
+    return subprocess.run(command, input=request, capture_output=True, timeout=30)
+
+
 @pytest.mark.skipif(OPENSSL is None, reason="no openssl command")
 def test_openssl_s_client(running_loop, server_context, tls_files):
     server = running_loop.serve(LengthSepBody, ssl=server_context)
-    result = subprocess.run(
-        [
-            OPENSSL,
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{server.port}",
-            "-servername",
-            "localhost",
-            "-CAfile",
-            str(tls_files.ca),
-            "-verify_return_error",
-            "-quiet",
-        ],
-        input=frame(b"hello from openssl"),
-        capture_output=True,
-        timeout=30,
-    )
+    result = s_client(server.port, tls_files, frame(b"hello from openssl"))
     assert result.stdout == b"hello from openssl", result.stderr
 
 
@@ -298,27 +290,8 @@ def test_openssl_s_client_with_a_client_certificate(running_loop, tls_files):
         client_certs="required",
     )
     server = running_loop.serve(WhoAreYou, ssl=context)
-    result = subprocess.run(
-        [
-            OPENSSL,
-            "s_client",
-            "-connect",
-            f"127.0.0.1:{server.port}",
-            "-servername",
-            "localhost",
-            "-CAfile",
-            str(tls_files.ca),
-            "-verify_return_error",
-            "-quiet",
-            "-cert",
-            str(tls_files.client_cert),
-            "-key",
-            str(tls_files.client_key),
-        ],
-        input=b"?",
-        capture_output=True,
-        timeout=30,
-    )
+    certificate = ["-cert", str(tls_files.client_cert), "-key", str(tls_files.client_key)]
+    result = s_client(server.port, tls_files, b"?", *certificate)
     assert result.stdout == tls_files.client_name.encode() + b"\n", result.stderr
 
 
