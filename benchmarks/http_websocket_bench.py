@@ -1,4 +1,4 @@
-"""Loopback measurements of protocols.http and protocols.websocket.
+"""Loopback measurements of evloop.protocols.http and evloop.protocols.websocket.
 
     python benchmarks/http_websocket_bench.py
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 HTTP_APP = """
 from evloop import Server, loop
-from protocols.http import HTTPHandler
+from evloop.protocols.http import HTTPHandler
 
 class App(HTTPHandler):
     routes = {"/": lambda request: b"hello world"}

@@ -94,11 +94,11 @@ def main(argv=None) -> int:
     run.raise_fd_limit()
     loadgen = run.build_loadgen()
     if args.handler == "json":
-        from protocols.jsonmsg import JsonEcho
+        from evloop.protocols.jsonmsg import JsonEcho
 
         handler = JsonEcho
     else:
-        from protocols import LengthSepEcho
+        from evloop.protocols import LengthSepEcho
 
         handler = LengthSepEcho
     loop = EventLoop()

@@ -21,10 +21,10 @@ for path in (str(ROOT), str(ROOT / "examples")):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from evloop.protocols.resp import RespFramer  # noqa: E402
 from miniredis import Database, Session  # noqa: E402
 
 from evloop import RemoteProtocolError, format_address  # noqa: E402
-from protocols.resp import RespFramer  # noqa: E402
 
 __all__ = ["MiniRedisProtocol", "main"]
 

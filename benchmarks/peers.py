@@ -14,7 +14,7 @@ Fairness. Every peer does the same work per request: the length line must
 be digits, at most as many as the size limit has, and is checked against
 the limit before the body is waited for (LengthSepFramer's rules); a JSON
 message has its magic, length, CRC-32, UTF-8 and JSON checked and the reply
-is encoded with the same compact encoder that ``protocols.jsonmsg`` uses.
+is encoded with the same compact encoder that ``evloop.protocols.jsonmsg`` uses.
 The callback-style peers (asyncio ``Protocol``, uvloop, Twisted) write all
 the replies to one read in one ``write``, as evloop does, so a pipelined
 burst costs them one send too; the stream-style peers (asyncio streams,
@@ -66,7 +66,7 @@ WORKLOADS = ["echo", "body", "json"]
 # LengthSepFramer's default limit, and so its digit limit.
 MAX_SIZE = 1024 * 1024
 MAX_DIGITS = len(str(MAX_SIZE))
-# protocols.jsonmsg's (and jsocket's) limit and framing.
+# evloop.protocols.jsonmsg's (and jsocket's) limit and framing.
 JSON_MAX_SIZE = 10 * 1024 * 1024
 JSON_HEADER = struct.Struct("!4sII")
 JSON_MAGIC = b"JSN1"
@@ -265,11 +265,12 @@ async def _serve_streams(workload, port, started):
 
 
 def serve_evloop(workload, port, started, selector=None, limits=None):
+    from evloop.protocols import LengthSepBody, LengthSepEcho
+
     from evloop import Server, loop
-    from protocols import LengthSepBody, LengthSepEcho
 
     if workload == "json":
-        from protocols.jsonmsg import JsonEcho
+        from evloop.protocols.jsonmsg import JsonEcho
 
         handler = JsonEcho
     else:

@@ -23,7 +23,7 @@ logger = logging.getLogger("evloop")
 
 EXAMPLE = """\
 example:
-  python -m evloop serve protocols:LengthSepEcho --port 8000
+  python -m evloop serve evloop.protocols:LengthSepEcho --port 8000
   printf '5\\nhello' | nc localhost 8000     # answers: 5\\nhello
 
 MODULE:HANDLER names a handler class: a module on the path (protocols,

@@ -10,8 +10,9 @@ connection, each answered in the same framing.
 import argparse
 import logging
 
+from evloop.protocols import LengthSepBody, LengthSepEcho
+
 from evloop import Server, loop
-from protocols import LengthSepBody, LengthSepEcho
 
 
 class UpperBody(LengthSepBody):

@@ -20,9 +20,10 @@ import argparse
 import json
 import logging
 
+from evloop.protocols import JsonClient, JsonHandler
+from evloop.protocols.jsonmsg import get_client_stats
+
 from evloop import Server, loop
-from protocols import JsonClient, JsonHandler
-from protocols.jsonmsg import get_client_stats
 
 logger = logging.getLogger("json_server")
 

@@ -33,8 +33,9 @@ import re
 import time
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
+from evloop.protocols.resp import NIL, OK, RespError, RespFramer
+
 from evloop import ClientHandler, EventLoop, Server
-from protocols.resp import NIL, OK, RespError, RespFramer
 
 __all__ = ["Database", "MiniRedisHandler", "Session", "main", "serve"]
 

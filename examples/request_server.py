@@ -1,7 +1,7 @@
 """yoton's request server, on evloop: one request, one reply, one connection.
 
     python examples/request_server.py --port 8000
-    python -c "from protocols import do_request; print(do_request('localhost:8000', 'time'))"
+    python -c "from evloop.protocols import do_request; print(do_request('localhost:8000', 'time'))"
     printf 'hello\\r\\n' | nc localhost 8000       # prints: Requested: hello
 
 ``--host publichost`` serves every interface (yoton's "visible on the
@@ -14,8 +14,9 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from evloop.protocols import RequestHandler, split_address
+
 from evloop import Server, loop
-from protocols import RequestHandler, split_address
 
 
 class TimeServer(RequestHandler):

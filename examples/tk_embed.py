@@ -11,8 +11,9 @@ thread, so a handler may update the window directly: no locks, no queues.
 import argparse
 import tkinter
 
+from evloop.protocols import LengthSepEcho
+
 from evloop import EventLoop, Server
-from protocols import LengthSepEcho
 
 POLL_MS = 10  # how often Tk hands the loop a pass; 10 ms keeps replies prompt
 

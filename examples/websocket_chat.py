@@ -14,9 +14,10 @@ import argparse
 import json
 import logging
 
+from evloop.protocols.http import HTTPHandler, Response
+from evloop.protocols.websocket import WebSocketHandler
+
 from evloop import Server, loop
-from protocols.http import HTTPHandler, Response
-from protocols.websocket import WebSocketHandler
 
 PAGE = """<!doctype html>
 <html lang="en">

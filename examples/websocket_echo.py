@@ -12,9 +12,10 @@ with 426 Upgrade Required.
 import argparse
 import logging
 
+from evloop.protocols.http import HTTPHandler
+from evloop.protocols.websocket import EchoWebSocket
+
 from evloop import Server, loop
-from protocols.http import HTTPHandler
-from protocols.websocket import EchoWebSocket
 
 
 def make_handler(max_size):

@@ -4,7 +4,7 @@ Theory of operation. One :class:`HTTPHandler` serves one connection. What
 the loop reads goes to an ``h11.Connection``; its events build a
 :class:`Request` (head, then the body up to ``max_body_size``). When the
 request is whole, :meth:`HTTPHandler.handle_request` answers it (by default
-through ``routes``, see :mod:`protocols.routing`) with a :class:`Response`,
+through ``routes``, see :mod:`evloop.protocols.routing`) with a :class:`Response`,
 bytes or str, and the answer is framed by h11 and queued with the engine's
 ``send()``:
 
@@ -101,8 +101,8 @@ class _Passthrough:
 class HTTPHandler(ClientHandler):
     """Serves HTTP/1.1 on one connection.
 
-    Give it ``routes`` (a :class:`~protocols.routing.Router` or a dict of
-    path to function, class or :class:`~protocols.static.StaticFiles`), or
+    Give it ``routes`` (a :class:`~evloop.protocols.routing.Router` or a dict of
+    path to function, class or :class:`~evloop.protocols.static.StaticFiles`), or
     override :meth:`handle_request`. Limits, as class attributes:
 
     - ``max_head_size``: bytes of request line and headers (431 beyond);

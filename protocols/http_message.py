@@ -1,6 +1,6 @@
 """The values HTTP code passes around: requests, responses, errors.
 
-No parsing happens here (h11 does that, in :mod:`protocols.http`): these are
+No parsing happens here (h11 does that, in :mod:`evloop.protocols.http`): these are
 plain objects an application builds and reads, so routes, static files and
 WebSocket handshakes share them without depending on the connection code.
 """

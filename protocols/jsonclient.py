@@ -5,7 +5,7 @@
         reply = client.read_obj()
 
 Theory of operation. One blocking socket with a timeout and one
-:class:`~protocols.jsonmsg.JsonFramer`: ``send_obj`` encodes a whole message
+:class:`~evloop.protocols.jsonmsg.JsonFramer`: ``send_obj`` encodes a whole message
 and sends it in one ``sendall``; ``read_obj`` hands out the next message the
 framer holds and only reads the socket when it holds none, so replies that
 arrive together (pipelining) cost one ``recv``.

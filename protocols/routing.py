@@ -8,13 +8,13 @@ so ``%2F`` can never move a request into another route.
 
 A target is one of:
 
-- a function ``f(request)`` returning a response (see :mod:`protocols.http`);
+- a function ``f(request)`` returning a response (see :mod:`evloop.protocols.http`);
 - a class with methods named after HTTP methods in lower case (``get``,
   ``post``...): one instance per request, ``instance.get(request)``; HEAD
   uses ``head`` or else ``get``; a method it lacks gets 405 with ``Allow``;
-- a WebSocket handler class (:class:`protocols.websocket.WebSocketHandler`):
+- a WebSocket handler class (:class:`evloop.protocols.websocket.WebSocketHandler`):
   the request is a WebSocket upgrade and the class serves the socket;
-- any callable object, e.g. :class:`protocols.static.StaticFiles`.
+- any callable object, e.g. :class:`evloop.protocols.static.StaticFiles`.
 
 The request finds the pattern that matched in ``request.route`` and the rest
 of the path after a prefix route in ``request.subpath``.

@@ -1,10 +1,10 @@
 """WebSocket (RFC 6455) on the loop: wsproto frames, this module is the glue.
 
 Theory of operation. A :class:`WebSocketHandler` subclass is routed at a
-path like any HTTP target (:mod:`protocols.routing`). When a request for that
+path like any HTTP target (:mod:`evloop.protocols.routing`). When a request for that
 path arrives, :meth:`WebSocketHandler.accept_upgrade` checks the opening
 handshake (RFC 6455 section 4.2.1) and answers either an HTTP error or a
-:class:`~protocols.http.SwitchProtocols`; after the ``101`` the HTTP handler
+:class:`~evloop.protocols.http.SwitchProtocols`; after the ``101`` the HTTP handler
 hands every byte it reads to one instance of the class, on the same
 connection, port and loop. (As in ws4py, the class is chosen per path.)
 
@@ -83,7 +83,7 @@ class WebSocketHandler:
     ``max_backlog`` (bytes queued for a client that does not read; past it
     the connection is dropped before more is queued).
 
-    Attributes: ``request`` (the upgrade :class:`~protocols.http.Request`),
+    Attributes: ``request`` (the upgrade :class:`~evloop.protocols.http.Request`),
     ``connection`` (its HTTP handler), ``loop``, ``peer``, ``subprotocol``,
     ``close_code`` and ``close_reason`` (once closing).
     """

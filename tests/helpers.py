@@ -6,9 +6,10 @@ chunks of 2 to 9 and split at every point, with trailing bytes that must stay
 untouched, and must give the same result every time.
 """
 
+from evloop.protocols import NEED_DATA
+
 from evloop import RemoteProtocolError
 from evloop.testing import every_split, run_in_chunks
-from protocols import NEED_DATA
 
 
 def framer_results(make_framer, chunks, eof=False):

@@ -17,12 +17,13 @@ def test_api_reference_is_current():
 
 
 def test_every_public_name_has_a_docstring():
+    import evloop.protocols
+
     import evloop
-    import protocols
 
     missing = [
         f"{package.__name__}.{name}"
-        for package in (evloop, protocols)
+        for package in (evloop, evloop.protocols)
         for name in package.__all__
         if callable(getattr(package, name)) and not (getattr(package, name).__doc__ or "").strip()
     ]

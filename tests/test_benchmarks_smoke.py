@@ -14,10 +14,10 @@ import subprocess
 import sys
 
 import pytest
+from evloop.protocols import LengthSepBody, LengthSepEcho
+from evloop.protocols.jsonmsg import JsonEcho
 
 from benchmarks import report, run
-from protocols import LengthSepBody, LengthSepEcho
-from protocols.jsonmsg import JsonEcho
 from tests.examples import ROOT
 
 pytestmark = pytest.mark.skipif(

@@ -38,7 +38,7 @@ def run_cli(*args, timeout=30, **options):
 def test_no_arguments_prints_help_with_a_working_example():
     result = run_cli()
     assert result.returncode == 0
-    assert "python -m evloop serve protocols:LengthSepEcho --port 8000" in result.stdout
+    assert "python -m evloop serve evloop.protocols:LengthSepEcho --port 8000" in result.stdout
 
 
 def test_version():
@@ -51,7 +51,10 @@ def test_version():
     "spec, message",
     [
         ("no_such_module:Handler", "evloop: error: module not found: no_such_module"),
-        ("protocols:NoSuchHandler", "evloop: error: module 'protocols' has no attribute 'NoSuchHandler'"),
+        (
+            "evloop.protocols:NoSuchHandler",
+            "evloop: error: module 'evloop.protocols' has no attribute 'NoSuchHandler'",
+        ),
         ("missing/file.py:Handler", "evloop: error: no such file: missing/file.py"),
         ("protocols", "evloop: error: expected MODULE:HANDLER, got 'protocols'"),
     ],
@@ -67,7 +70,9 @@ def test_port_in_use_is_one_clear_line():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli("serve", "protocols:LengthSepEcho", "--host", "127.0.0.1", "--port", str(port))
+        result = run_cli(
+            "serve", "evloop.protocols:LengthSepEcho", "--host", "127.0.0.1", "--port", str(port)
+        )
     assert result.returncode == 1
     assert result.stderr.strip() == f"evloop: error: 127.0.0.1:{port} is already in use"
 
@@ -88,7 +93,7 @@ def test_permission_denied_is_one_clear_line():
             "-m",
             "evloop",
             "serve",
-            "protocols:LengthSepEcho",
+            "evloop.protocols:LengthSepEcho",
             "--port",
             "80",
         ],
@@ -128,7 +133,11 @@ def cli_server(*args, listening=r"listening on (\S+):(\d+)"):
 
 
 def test_serve_answers_and_reports_stats():
-    with cli_server("protocols:LengthSepEcho", "--port", "0", "--stats", "0.05") as (process, host, port):
+    with cli_server("evloop.protocols:LengthSepEcho", "--port", "0", "--stats", "0.05") as (
+        process,
+        host,
+        port,
+    ):
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(b"5\nhello" * 10)
             assert recv_exactly(sock, 70) == b"5\nhello" * 10
@@ -150,7 +159,11 @@ def test_serve_a_handler_from_a_file():
 
 
 def test_workers_share_the_port_and_stop_on_sigterm():
-    with cli_server("protocols:LengthSepEcho", "--port", "0", "--workers", "2") as (process, host, port):
+    with cli_server("evloop.protocols:LengthSepEcho", "--port", "0", "--workers", "2") as (
+        process,
+        host,
+        port,
+    ):
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(b"2\nhi")
             assert recv_exactly(sock, 4) == b"2\nhi"
@@ -162,7 +175,7 @@ def test_workers_share_the_port_and_stop_on_sigterm():
 
 
 def test_timeouts_from_the_command_line_close_idle_clients():
-    with cli_server("protocols:LengthSepEcho", "--port", "0", "--idle-timeout", "0.2") as (
+    with cli_server("evloop.protocols:LengthSepEcho", "--port", "0", "--idle-timeout", "0.2") as (
         process,
         host,
         port,
@@ -181,7 +194,7 @@ def test_timeouts_from_the_command_line_close_idle_clients():
     ],
 )
 def test_bad_option_combinations_are_one_clear_line(options, message):
-    result = run_cli("serve", "protocols:LengthSepEcho", "--port", "0", *options)
+    result = run_cli("serve", "evloop.protocols:LengthSepEcho", "--port", "0", *options)
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.count("\n") == 1
 
@@ -193,7 +206,7 @@ def test_tls_from_the_command_line(tmp_path):
 
     files = make_tls_files(tmp_path)
     options = ["--tls-cert", str(files.server_cert), "--tls-key", str(files.server_key)]
-    with cli_server("protocols:LengthSepEcho", "--port", "0", *options) as (_, host, port):
+    with cli_server("evloop.protocols:LengthSepEcho", "--port", "0", *options) as (_, host, port):
         context = ssl.create_default_context(cafile=str(files.ca))
         with socket.create_connection((host, port), timeout=10) as raw:
             with context.wrap_socket(raw, server_hostname="localhost") as sock:
@@ -203,7 +216,9 @@ def test_tls_from_the_command_line(tmp_path):
 
 def test_unix_and_udp_from_the_command_line(tmp_path):
     path = str(tmp_path / "echo.sock")
-    with cli_server("protocols:LengthSepEcho", "--unix", path, listening=f"listening on {re.escape(path)}"):
+    with cli_server(
+        "evloop.protocols:LengthSepEcho", "--unix", path, listening=f"listening on {re.escape(path)}"
+    ):
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(10)
             sock.connect(path)

@@ -11,11 +11,11 @@ import threading
 from concurrent.futures import Future
 
 import pytest
+from evloop.protocols import FramedHandler, LengthSepEcho, LengthSepFramer
 
 import evloop.connect
 from evloop import ClientHandler, EventLoop, open_connection, set_offload_executor, shutdown_write_when_sent
 from evloop.testing import FakeClock, HandlerHarness
-from protocols import FramedHandler, LengthSepEcho, LengthSepFramer
 from tests.conftest import connect, recv_all, recv_exactly
 
 WAIT = 10

@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
+from evloop.protocols import LengthSepBody, LengthSepEcho
 
 from evloop import ClientHandler, EventLoop, Server, loop
-from protocols import LengthSepBody, LengthSepEcho
 from tests.conftest import connect, recv_all, recv_exactly
 
 

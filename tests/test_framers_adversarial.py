@@ -14,11 +14,7 @@ import struct
 import zlib
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from evloop import LocalProtocolError, RemoteProtocolError
-from protocols import (
+from evloop.protocols import (
     NEED_DATA,
     Int32Framer,
     JsonFramer,
@@ -28,6 +24,10 @@ from protocols import (
     RespFramer,
     encode_command,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evloop import LocalProtocolError, RemoteProtocolError
 from tests.helpers import batched_results, framer_results
 
 SETTINGS = settings(

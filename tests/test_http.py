@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 
 pytest.importorskip("h11")
 
-import protocols.http as http_module
+import evloop.protocols.http as http_module
+from evloop.protocols.http import HTTPError, HTTPHandler, Request, Response
+from evloop.protocols.routing import Router
+
 from evloop import RemoteProtocolError
 from evloop.testing import HandlerHarness, every_split
-from protocols.http import HTTPError, HTTPHandler, Request, Response
-from protocols.routing import Router
 from tests.conftest import connect, recv_all
 from tests.helpers import assert_handler_every_split
 

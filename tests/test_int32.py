@@ -5,6 +5,7 @@ import socket
 import struct
 
 import pytest
+from evloop.protocols import Int32Echo, Int32Framer, Int32Handler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
@@ -12,7 +13,6 @@ from twisted.protocols.basic import Int32StringReceiver
 
 from evloop import LocalProtocolError, RemoteProtocolError
 from evloop.testing import HandlerHarness
-from protocols import Int32Echo, Int32Framer, Int32Handler
 from tests.conftest import connect, recv_all
 from tests.helpers import (
     assert_chunking_never_matters,

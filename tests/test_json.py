@@ -15,14 +15,14 @@ import zlib
 from concurrent.futures import Future
 
 import pytest
+from evloop.protocols import NEED_DATA, JsonClient, JsonEcho, JsonFramer, JsonHandler
+from evloop.protocols.jsonclient import JsonConnectionError, JsonDisconnectedError, JsonTimeoutError
+from evloop.protocols.jsonmsg import DEFAULT_MAX_SIZE, get_client_stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evloop import EventLoop, LocalProtocolError, RemoteProtocolError, Server
 from evloop.testing import FakeClock, HandlerHarness
-from protocols import NEED_DATA, JsonClient, JsonEcho, JsonFramer, JsonHandler
-from protocols.jsonclient import JsonConnectionError, JsonDisconnectedError, JsonTimeoutError
-from protocols.jsonmsg import DEFAULT_MAX_SIZE, get_client_stats
 from tests.conftest import connect, recv_all, recv_exactly
 from tests.examples import ROOT, running_example
 from tests.helpers import (

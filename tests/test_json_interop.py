@@ -10,9 +10,9 @@ import threading
 
 import jsocket  # from the test extra: missing, it fails the run rather than skipping
 import pytest
+from evloop.protocols import JsonClient, JsonEcho, JsonFramer
 
 from evloop.testing import HandlerHarness
-from protocols import JsonClient, JsonEcho, JsonFramer
 
 BIG = "x" * (5 * 1024 * 1024)  # a 5 MiB payload (and its two quotes)
 ODD = {"text": "naïve ☃ \u2028", "list": [1, -2.5, None, True, {}], "nested": {"a": [[]]}}

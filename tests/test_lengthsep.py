@@ -1,11 +1,11 @@
 """LengthSepFramer, LengthSepBody and LengthSepEcho without sockets."""
 
+from evloop.protocols import LengthSepBody, LengthSepEcho, LengthSepFramer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evloop import RemoteProtocolError
 from evloop.testing import HandlerHarness
-from protocols import LengthSepBody, LengthSepEcho, LengthSepFramer
 from tests.helpers import (
     assert_chunking_never_matters,
     assert_encode_round_trips,

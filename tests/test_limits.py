@@ -9,6 +9,7 @@ import selectors
 import socket
 
 import pytest
+from evloop.protocols import LengthSepEcho
 
 from evloop import ClientHandler, EventLoop, RemoteProtocolError, Server
 from evloop.eventloop import EVENT_READ, EVENT_WRITE
@@ -20,7 +21,6 @@ from evloop.limits import (
     default_max_connections,
 )
 from evloop.testing import FakeClock, HandlerHarness
-from protocols import LengthSepEcho
 from tests.conftest import connect, recv_all, recv_exactly
 
 

@@ -4,12 +4,12 @@ import logging
 import socket
 
 import pytest
+from evloop.protocols import NEED_DATA, LineEcho, LineFramer, LineHandler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evloop import LocalProtocolError, RemoteProtocolError
 from evloop.testing import HandlerHarness
-from protocols import NEED_DATA, LineEcho, LineFramer, LineHandler
 from tests.conftest import connect, recv_all, recv_exactly
 from tests.helpers import (
     assert_chunking_never_matters,

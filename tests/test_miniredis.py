@@ -10,11 +10,11 @@ import socket
 import subprocess
 
 import pytest
+from evloop.protocols import encode_command
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evloop.testing import FakeClock, HandlerHarness
-from protocols import encode_command
 from tests.conftest import recv_all
 from tests.examples import ROOT, running_example
 from tests.helpers import assert_handler_every_split

@@ -4,6 +4,7 @@ import logging
 import socket
 
 import pytest
+from evloop.protocols import NEED_DATA, NetstringEcho, NetstringFramer, NetstringHandler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
@@ -11,7 +12,6 @@ from twisted.protocols.basic import NetstringReceiver
 
 from evloop import LocalProtocolError, RemoteProtocolError
 from evloop.testing import HandlerHarness
-from protocols import NEED_DATA, NetstringEcho, NetstringFramer, NetstringHandler
 from tests.conftest import connect, recv_all
 from tests.helpers import (
     assert_chunking_never_matters,

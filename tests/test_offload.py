@@ -10,13 +10,13 @@ import time
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import pytest
+from evloop.protocols import LengthSepEcho
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evloop import EVENT_READ, EventLoop, RemoteProtocolError, offload_executor, set_offload_executor
 from evloop.offload import DEFAULT_MAX_WORKERS
 from evloop.testing import HandlerHarness
-from protocols import LengthSepEcho
 from tests.conftest import RunningLoop, connect, recv_all, recv_exactly
 
 WAIT = 10  # seconds any one step may take before the test fails

@@ -12,11 +12,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from evloop.protocols import RequestHandler, do_request, split_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evloop.testing import HandlerHarness
-from protocols import RequestHandler, do_request, split_address
 from tests.conftest import connect, recv_all
 from tests.examples import running_example
 from tests.helpers import assert_handler_every_split

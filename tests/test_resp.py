@@ -2,13 +2,13 @@
 the property that any bytes give commands or the protocol's error."""
 
 import pytest
+from evloop.protocols import NEED_DATA, RespError, RespFramer, encode_command, encode_reply
+from evloop.protocols.resp import split_inline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evloop import LocalProtocolError, RemoteProtocolError
 from evloop.testing import every_split
-from protocols import NEED_DATA, RespError, RespFramer, encode_command, encode_reply
-from protocols.resp import split_inline
 from tests.helpers import assert_framer_every_split, batched_results, framer_results
 
 SET = encode_command("SET", "key", "value")

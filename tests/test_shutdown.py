@@ -12,10 +12,10 @@ import time
 from concurrent.futures import Future
 
 import pytest
+from evloop.protocols import LengthSepEcho
 
 from evloop import EventLoop, Server
 from evloop.limits import Limits
-from protocols import LengthSepEcho
 from tests.conftest import RunningLoop, connect, recv_all, recv_exactly
 from tests.examples import running_example
 from tests.waiting import wait_on_loop
@@ -216,7 +216,7 @@ def test_a_second_signal_stops_at_once(tmp_path):
 SERVE_FOREVER = """
 import logging
 from evloop import Server
-from protocols import LengthSepEcho
+from evloop.protocols import LengthSepEcho
 logging.basicConfig(level=logging.INFO)
 server = Server("127.0.0.1", 0)
 print(f"listening on {server.host}:{server.port}", flush=True)

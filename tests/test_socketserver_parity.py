@@ -9,6 +9,7 @@ import socket
 import threading
 
 import pytest
+from evloop.protocols import LengthSepEcho
 
 from evloop import (
     ClientHandler,
@@ -20,7 +21,6 @@ from evloop import (
     UnixDatagramServer,
     UnixServer,
 )
-from protocols import LengthSepEcho
 from tests.conftest import recv_all, recv_exactly
 from tests.examples import running_example
 

@@ -14,10 +14,11 @@ import pytest
 
 pytest.importorskip("h11")
 
+from evloop.protocols.http import HTTPHandler
+from evloop.protocols.routing import Router
+from evloop.protocols.static import StaticFiles, content_type_for
+
 from evloop.testing import HandlerHarness
-from protocols.http import HTTPHandler
-from protocols.routing import Router
-from protocols.static import StaticFiles, content_type_for
 from tests.conftest import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,8 +186,8 @@ def test_root_must_be_a_directory(tmp_path):
 SERVER = """
 import sys
 from evloop import Server, loop
-from protocols.http import HTTPHandler
-from protocols.static import StaticFiles
+from evloop.protocols.http import HTTPHandler
+from evloop.protocols.static import StaticFiles
 
 class Files(HTTPHandler):
     routes = {"/": StaticFiles(sys.argv[1])}

@@ -7,9 +7,9 @@ import socket
 import threading
 
 import pytest
+from evloop.protocols import LengthSepEcho
 
 from evloop import ClientHandler, EventLoop, LoopThread, Server, UnixServer
-from protocols import LengthSepEcho
 from tests.conftest import connect, recv_exactly
 
 

@@ -8,11 +8,12 @@ import time
 from concurrent.futures import Future
 from types import SimpleNamespace
 
+from evloop.protocols import LengthSepEcho
+
 from evloop import limits as limits_module
 from evloop.eventloop import EventLoop
 from evloop.limits import Limits, sweep_interval
 from evloop.testing import FakeClock, FakeSocket, HandlerHarness, ManualLoop
-from protocols import LengthSepEcho
 from tests.conftest import connect, recv_all, recv_exactly
 
 LIMITS = Limits(idle_timeout=10, request_timeout=3, write_timeout=5)

@@ -12,11 +12,11 @@ import ssl
 import subprocess
 
 import pytest
+from evloop.protocols import LengthSepBody, LengthSepEcho
 
 from evloop import ClientHandler
 from evloop.limits import Limits
 from evloop.tls import make_client_context, make_server_context, peer_certificate
-from protocols import LengthSepBody, LengthSepEcho
 from tests.certs import make_tls_files
 from tests.conftest import recv_all, recv_exactly
 from tests.waiting import wait_on_loop
@@ -299,7 +299,7 @@ def test_openssl_s_client_with_a_client_certificate(running_loop, tls_files):
 
 
 def test_json_client_over_tls(running_loop, server_context, client_context):
-    from protocols import JsonClient, JsonEcho
+    from evloop.protocols import JsonClient, JsonEcho
 
     server = running_loop.serve(JsonEcho, ssl=server_context)
     with JsonClient("localhost", server.port, timeout=10, ssl=client_context) as client:
@@ -310,8 +310,8 @@ def test_json_client_over_tls(running_loop, server_context, client_context):
 
 
 def test_json_client_refuses_a_server_it_cannot_verify(running_loop, server_context, tls_files):
-    from protocols import JsonClient, JsonEcho
-    from protocols.jsonclient import JsonConnectionError
+    from evloop.protocols import JsonClient, JsonEcho
+    from evloop.protocols.jsonclient import JsonConnectionError
 
     server = running_loop.serve(JsonEcho, ssl=server_context)
     wrong_ca = make_client_context(str(tls_files.other_ca))
@@ -320,7 +320,7 @@ def test_json_client_refuses_a_server_it_cannot_verify(running_loop, server_cont
 
 
 def test_do_request_over_tls(running_loop, server_context, client_context):
-    from protocols import RequestHandler, do_request
+    from evloop.protocols import RequestHandler, do_request
 
     server = running_loop.serve(RequestHandler, ssl=server_context)
     assert do_request(f"localhost:{server.port}", "hello", 10, ssl=client_context) == "Requested: hello"

@@ -10,9 +10,9 @@ import stat
 import sys
 
 import pytest
+from evloop.protocols import LengthSepBody, LengthSepEcho
 
 from evloop import ClientHandler, EventLoop, UnixDatagramServer, UnixServer
-from protocols import LengthSepBody, LengthSepEcho
 from tests.conftest import recv_all, recv_exactly
 
 

@@ -20,10 +20,11 @@ from hypothesis import strategies as st
 pytest.importorskip("h11")
 pytest.importorskip("wsproto")
 
+from evloop.protocols.http import HTTPHandler
+from evloop.protocols.websocket import EchoWebSocket, WebSocketHandler, accept_key, broadcast
+
 from evloop import RemoteProtocolError
 from evloop.testing import HandlerHarness, every_split
-from protocols.http import HTTPHandler
-from protocols.websocket import EchoWebSocket, WebSocketHandler, accept_key, broadcast
 from tests.conftest import connect, recv_exactly
 from tests.examples import running_example
 from tests.helpers import assert_handler_every_split

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List
 
-import protocols
-from evloop import ClientHandler
-from protocols import (
+import evloop.protocols
+from evloop.protocols import (
     Int32Echo,
     Int32Framer,
     JsonEcho,
@@ -32,7 +31,9 @@ from protocols import (
     RespFramer,
     encode_command,
 )
-from protocols.framing import Framer
+from evloop.protocols.framing import Framer
+
+from evloop import ClientHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,7 +156,7 @@ class ServerCase:
 
 
 def http_handler():
-    from protocols.http import HTTPHandler
+    from evloop.protocols.http import HTTPHandler
 
     class Hello(HTTPHandler):
         routes = {"/": lambda request: "hello"}
@@ -213,9 +214,9 @@ NOT_SERVERS = {
 def protocol_classes(base):
     """Every subclass of ``base`` defined in a module of ``protocols``."""
     found = {}
-    for info in pkgutil.iter_modules(protocols.__path__):
+    for info in pkgutil.iter_modules(evloop.protocols.__path__):
         try:
-            module = importlib.import_module(f"protocols.{info.name}")
+            module = importlib.import_module(f"evloop.protocols.{info.name}")
         except ImportError:  # an optional extra that is not installed
             continue
         for name, value in vars(module).items():

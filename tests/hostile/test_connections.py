@@ -9,9 +9,9 @@ import struct
 import threading
 
 import pytest
+from evloop.protocols import LengthSepEcho
 
 from evloop import ClientHandler
-from protocols import LengthSepEcho
 from tests.conftest import connect, recv_all, recv_exactly
 from tests.hostile.targets import server_cases
 from tests.hostile.tools import source_addresses

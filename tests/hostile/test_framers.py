@@ -7,12 +7,12 @@ import logging
 import struct
 
 import pytest
+from evloop.protocols import NEED_DATA
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evloop import RemoteProtocolError
 from evloop.testing import HandlerHarness
-from protocols import NEED_DATA
 from tests.helpers import assert_framer_every_split, framer_results
 from tests.hostile.targets import FRAMERS, NOT_SERVERS, framer_classes, handler_classes, server_cases
 
