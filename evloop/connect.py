@@ -34,8 +34,7 @@ import socket
 from concurrent.futures import Future
 from typing import Any, Deque, Optional, Tuple
 
-from .eventloop import EVENT_WRITE
-from .handler import format_address
+from .connection import format_address
 from .offload import offload_executor
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "Connector", "open_connection", "shutdown_write_when_sent"]
@@ -119,14 +118,11 @@ class Connector:
         except BaseException:
             sock.close()
             raise
-        # Until connected the handler counts as open (the loop's books), and
-        # its output waits: a handler already marked dirty is not scheduled
-        # for a flush, so send() only queues.
-        opened = getattr(loop, "_connection_opened", None)
-        if opened is not None:
-            opened(self.handler)
-        self.handler._dirty = True
-        loop._close_callbacks.append(self._loop_closing)
+        # Until connected the connection counts as open (the loop's books)
+        # and its output waits; while no socket is watched it is parked, so
+        # loop.close() finds it and closes it.
+        self.connection = self.handler.connection
+        self.connection.start_connecting()
         loop.call_soon(self._begin)
 
     # -- steps --------------------------------------------------------------
@@ -181,8 +177,9 @@ class Connector:
             af, kind, proto, _, sockaddr = self._addresses.popleft()
             sock = handler.client_socket
             if self._sock_used or sock.family != af:
+                self.connection.unwatch()
                 sock.close()
-                sock = handler.client_socket = socket.socket(af, kind, proto)
+                sock = self.connection.sock = socket.socket(af, kind, proto)
                 sock.setblocking(False)
             self._sock_used = True
             handler.client_address = sockaddr
@@ -197,30 +194,21 @@ class Connector:
                 self._connected()
                 return
             if code in _IN_PROGRESS:
-                handler._events = EVENT_WRITE
-                self.loop.set_events(sock, 0, EVENT_WRITE, self)
+                self.connection.watch_connect()
                 return
             self._last_error = OSError(code, os.strerror(code))
         error = self._last_error or OSError(errno.EADDRNOTAVAIL, "no address to connect to")
         self._fail(error)
 
-    # What the loop calls while the connect is under way (SelectorKey.data).
+    # What the connection calls while the connect is under way.
 
-    @property
-    def closed(self) -> bool:
-        return bool(self.handler.closed)
-
-    def handle_read(self) -> None:  # never registered for reading
-        pass
-
-    def handle_write(self) -> None:
-        handler = self.handler
+    def connect_ready(self, connection: Any) -> None:
+        """The socket being connected is writable: ``SO_ERROR`` says how
+        the attempt went; on to the next address if it failed."""
         if self._abandoned():
             return
-        sock = handler.client_socket
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        self.loop.set_events(sock, EVENT_WRITE, 0, self)
-        handler._events = 0
+        code = connection.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        connection.unwatch()
         if code == 0:
             self._connected()
             return
@@ -245,36 +233,18 @@ class Connector:
             pass
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        handler._dirty = False
-        self._start_handler()
-        # Send what was queued while connecting (or just settle the events).
-        handler._schedule_flush()
-
-    def _start_handler(self) -> None:
-        """``handler.start()``, as for an accepted client (reading, timeouts,
-        ``setup()``), except that it must not count the connection again:
-        that was done when the handler was made, so that one closed while
-        connecting is uncounted exactly once by its ``close()``."""
-        loop = self.loop
-        counted = getattr(loop, "_connection_opened", None) is not None
-        if counted:
-            loop._connection_opened = _already_counted  # this call only
         try:
-            self.handler.start()
+            # Serve as an accepted connection would (reading, timeouts,
+            # setup()), and send what was queued meanwhile.
+            self.connection.connected()
         except Exception as exc:
-            loop._report_error(self.handler, exc)
-        finally:
-            if counted:
-                del loop._connection_opened
+            self.loop.report_error(self.connection, exc)
 
     def _timed_out(self) -> None:
         self._timer = None
         if self._abandoned():
             return
-        sock = self.handler.client_socket
-        if self.handler._events:
-            self.loop.set_events(sock, self.handler._events, 0, self)
-            self.handler._events = 0
+        self.connection.unwatch()
         self._fail(
             TimeoutError(
                 errno.ETIMEDOUT,
@@ -287,7 +257,6 @@ class Connector:
         self._finish_attempt()
         self.error = exc
         logger.warning("could not connect to %s: %s", format_address((self.host, self.port)), exc)
-        handler._dirty = False
         try:
             handler.handle_error(exc)
         except (KeyboardInterrupt, SystemExit):
@@ -316,23 +285,13 @@ class Connector:
         if self._resolving is not None:
             self._resolving.cancel()
             self._resolving = None
-        try:
-            self.loop._close_callbacks.remove(self._loop_closing)
-        except ValueError:
-            pass
 
-    def _loop_closing(self) -> None:
-        # The loop is closing with this connection still being made.
-        self._done = True
-        self.handler.close()
+    def client_gone(self, handler: Any) -> None:
+        """The connection closed (while connecting, or after): nothing to count."""
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "failed" if self.error else "connecting"
         return f"<{type(self).__name__} {format_address(self.address)} {state}>"
-
-
-def _already_counted(handler: Any) -> None:
-    pass
 
 
 def shutdown_write_when_sent(handler: Any) -> None:

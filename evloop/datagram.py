@@ -36,9 +36,9 @@ import os
 import socket
 from typing import Any, Deque, Optional, Tuple
 
+from .connection import format_address
 from .errors import RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE
-from .handler import format_address
 from .lifecycle import ServerLifecycle
 from .server import bind_inet
 from .unix import PathLike, _SocketFile, bind_unix, remove_socket_file

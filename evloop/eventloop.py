@@ -38,7 +38,6 @@ import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Union
 
 from .multiplexer import make_selector
-from .shutdown import begin_graceful_shutdown
 from .timers import Handle, TimerHandle, TimerQueue
 
 __all__ = ["EVENT_READ", "EVENT_WRITE", "EventLoop"]
@@ -97,6 +96,12 @@ class EventLoop:
     tests pass :class:`evloop.testing.FakeClock` to drive timers by hand.
     """
 
+    #: What ``stop(graceful=True)`` runs on the loop's thread, as
+    #: ``starter(loop, timeout)``. The loop core holds no shutdown policy:
+    #: :mod:`evloop.shutdown` plugs itself in here when imported (the
+    #: package's ``__init__`` imports it).
+    graceful_shutdown_starter: Optional[Callable[[Any, Optional[float]], Any]] = None
+
     def __init__(
         self,
         selector: Optional[Union[str, selectors.BaseSelector]] = None,
@@ -111,37 +116,41 @@ class EventLoop:
         #: their activity with it, so all those active in one pass share one
         #: float (no time() call and no new float per read).
         self.pass_time = self.time()
-        # Checks every connection's timeouts; made by the first connection
-        # that has any (evloop.limits.TimeoutSweep).
-        self._timeout_sweep: Any = None
+        #: Checks every connection's timeouts; made by the first connection
+        #: that has any (evloop.timeouts.TimeoutSweep).
+        self.timeout_sweep: Any = None
         self._stopping = False
         self._running_thread: Optional[int] = None
         self._closed = False
         self._servers: List[Any] = []
-        # Open client handlers are found through the selector's map, which
-        # holds them anyway; only those registered for nothing (waiting on a
-        # future, or paused) are kept here as well. A set of every handler
-        # would cost each idle connection about 65 bytes more.
-        self._parked: Set[Any] = set()
+        #: Open connections are found through the selector's map, which
+        #: holds them anyway; only those registered for nothing (waiting on
+        #: a future, or paused) are kept here as well (park()/unpark()). A
+        #: set of every connection would cost each idle one ~65 bytes more.
+        self.parked: Set[Any] = set()
+        #: Called with the handler of each connection that closes (a
+        #: graceful shutdown counts them down this way).
+        self.close_listeners: List[Callable[[Any], Any]] = []
         self.connection_count = 0
         # Running totals, for statistics (evloop.stats).
         self.requests = 0
         self.bytes_received = 0
         self.bytes_sent = 0
-        # Handlers with output queued this pass; flushed once at its end.
-        self._dirty: List[Any] = []
-        # Shared by every connection (one thread reads at a time): recv(n)
-        # allocates n bytes a call, at 256 KiB an mmap/mremap/munmap trio that
-        # cost more than the rest of a small request (docs/benchmarks.md).
-        self._recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
+        #: Connections with output queued this pass; each appends itself
+        #: once (Connection.schedule_flush) and is flushed at the pass's end.
+        self.to_flush: List[Any] = []
+        #: Shared by every connection (one thread reads at a time): recv(n)
+        #: allocates n bytes a call, at 256 KiB an mmap/mremap/munmap trio
+        #: that cost more than the rest of a small request.
+        self.recv_buffer = memoryview(bytearray(RECV_BUFFER_SIZE))
         self._waker = _Waker()
         self._selector.register(self._waker._reader, EVENT_READ, self._waker)
         # Run by close() after the connections are closed: resources made
         # lazily for this loop, such as the offload worker pool.
         self._close_callbacks: List[Callable[[], Any]] = []
-        # The graceful shutdown in progress (evloop.shutdown), and the
-        # figures of the last one that ended.
-        self._shutdown: Any = None
+        #: The graceful shutdown in progress (evloop.shutdown), and the
+        #: figures of the last one that ended.
+        self.graceful_shutdown: Any = None
         self.last_shutdown: Optional[Dict[str, Any]] = None
 
     # -- what the loop is built on ------------------------------------------
@@ -157,25 +166,51 @@ class EventLoop:
 
     @property
     def handlers(self) -> Set[Any]:
-        """The open client handlers on this loop (a new set; O(connections))."""
+        """The handlers of the open connections on this loop (a new set;
+        O(connections))."""
         found = {
-            key.data
+            key.data.handler
             for key in self._selector.get_map().values()
-            if getattr(key.data, "is_client_handler", False)
+            if getattr(key.data, "is_connection", False)
         }
-        found.update(self._unselected_handlers())
+        found.update(connection.handler for connection in self.parked)
         return found
 
-    def _unselected_handlers(self) -> List[Any]:
-        """The open client handlers not in the selector (registered for nothing)."""
-        return list(self._parked)
+    # -- what connections tell the loop -------------------------------------
 
-    def _connection_opened(self, handler: Any) -> None:
+    def connection_opened(self, connection: Any) -> None:
+        """A connection began (accepted, connecting or handshaking)."""
         self.connection_count += 1
 
-    def _connection_closed(self, handler: Any) -> None:
+    def connection_closed(self, connection: Any) -> None:
+        """A connection that :meth:`connection_opened` counted closed."""
         self.connection_count -= 1
-        self._parked.discard(handler)
+        self.parked.discard(connection)
+        for listener in self.close_listeners:
+            listener(connection.handler)
+
+    def park(self, connection: Any) -> None:
+        """``connection`` is registered for nothing now: keep it findable."""
+        self.parked.add(connection)
+
+    def unpark(self, connection: Any) -> None:
+        """``connection`` is in the selector again."""
+        self.parked.discard(connection)
+
+    def add_close_callback(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback()`` when the loop closes, after its connections
+        (for resources made lazily for this loop, such as a worker pool)."""
+        self._close_callbacks.append(callback)
+
+    def remove_close_callback(self, callback: Callable[[], Any]) -> None:
+        """Undo :meth:`add_close_callback` (no error if it is not there)."""
+        if callback in self._close_callbacks:
+            self._close_callbacks.remove(callback)
+
+    @property
+    def thread_id(self) -> Optional[int]:
+        """The ident of the thread running the loop now, or None."""
+        return self._running_thread
 
     def is_running(self) -> bool:
         return self._running_thread is not None
@@ -280,7 +315,10 @@ class EventLoop:
         finished and how many were cut, and then stops (see
         :mod:`evloop.shutdown`)."""
         if graceful:
-            self.call_soon_threadsafe(begin_graceful_shutdown, self, timeout)
+            starter = EventLoop.graceful_shutdown_starter
+            if starter is None:
+                raise RuntimeError("no graceful shutdown is plugged in (import evloop.shutdown)")
+            self.call_soon_threadsafe(starter, self, timeout)
             return
         self._stopping = True
         self._waker.wake()
@@ -288,7 +326,7 @@ class EventLoop:
     def _run_pass(self, timeout: Optional[float]) -> None:
         ready = self._ready
         # Phase 1: how long select may sleep.
-        if ready or self._dirty or self._stopping:
+        if ready or self.to_flush or self._stopping:
             wait: Optional[float] = 0.0
         else:
             deadline = self._timers.next_deadline()
@@ -312,7 +350,7 @@ class EventLoop:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
-                self._report_error(target, exc)
+                self.report_error(target, exc)
         # Phase 4: due timers become ready.
         if self._timers._heap:
             ready.extend(self._timers.pop_due(self.time() if events else self.pass_time))
@@ -327,27 +365,31 @@ class EventLoop:
                 raise
             except BaseException:
                 logger.exception("exception in callback %r", handle.callback)
-        # Phase 6: send what handlers queued during this pass, one send each.
-        if self._dirty:
-            self._flush_dirty()
+        # Phase 6: send what connections queued during this pass, one send each.
+        if self.to_flush:
+            self._flush_queued_output()
 
-    def _flush_dirty(self) -> None:
-        # An error reply queued by handle_error() during a flush is sent by a
-        # second round, in the same pass.
+    def _flush_queued_output(self) -> None:
+        # An error reply queued by handle_error() during a flush, or the
+        # replies to requests a flush let through again, go out in a
+        # further round, in the same pass.
         for _ in range(3):
-            dirty = self._dirty
-            if not dirty:
+            connections = self.to_flush
+            if not connections:
                 return
-            self._dirty = []
-            for handler in dirty:
+            self.to_flush = []
+            for connection in connections:
                 try:
-                    handler.flush()
+                    connection.flush()
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as exc:
-                    self._report_error(handler, exc)
+                    self.report_error(connection, exc)
 
-    def _report_error(self, target: Any, exc: BaseException) -> None:
+    def report_error(self, target: Any, exc: BaseException) -> None:
+        """Give ``exc``, raised by an I/O callback of ``target``, to
+        ``target.handle_error()``; if that fails too, log it and close
+        ``target``. ``KeyboardInterrupt`` and ``SystemExit`` propagate."""
         try:
             target.handle_error(exc)
         except (KeyboardInterrupt, SystemExit):

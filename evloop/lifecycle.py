@@ -152,7 +152,7 @@ class ServerLifecycle:
         loop and its open connections are closed too, unless it is still
         running (then ``shutdown()`` first)."""
         loop = self.loop  # type: ignore[attr-defined]
-        running = loop._running_thread if loop is not None else None
+        running = loop.thread_id if loop is not None else None
         if running is not None and running != threading.get_ident():
             # The selector belongs to the loop's thread: close from there.
             closed = threading.Event()
@@ -166,7 +166,7 @@ class ServerLifecycle:
             loop.call_soon_threadsafe(close_on_loop)
             # If the loop stops before running it, close here instead.
             while not closed.wait(0.05):
-                if loop._running_thread is None:
+                if loop.thread_id is None:
                     self.close()  # type: ignore[attr-defined]
                     break
         else:

@@ -187,11 +187,11 @@ def set_offload_executor(
     if old is not None:
         if old.calls:
             raise RuntimeError("offloaded calls are still running on this loop's pool")
-        loop._close_callbacks.remove(old.close)
+        loop.remove_close_callback(old.close)
         old.close()
     pool = _LoopPool(loop, executor, shutdown_with_loop)
     loop._offload_pool = pool
-    loop._close_callbacks.append(pool.close)
+    loop.add_close_callback(pool.close)
     return executor
 
 

@@ -12,8 +12,9 @@ Each server counts its connections against ``Limits.max_connections`` (by
 default derived from the descriptor limit, see :mod:`evloop.limits`): over
 it a new client is accepted, sent the handler class's ``busy_reply`` and
 closed, so it learns at once instead of waiting in the backlog. With
-``ssl=`` a context, each client first goes through a non-blocking TLS
-handshake (:mod:`evloop.tls`), then gets the same handler.
+``ssl=`` a context, each client's connection first goes through a
+non-blocking TLS handshake (its HANDSHAKING state, :mod:`evloop.connection`);
+the handler's ``setup()`` runs once it is done.
 """
 
 import errno
@@ -21,10 +22,10 @@ import logging
 import socket
 from typing import Any, Dict, Optional, Tuple
 
+from .connection import format_address
 from .eventloop import EVENT_READ
 from .lifecycle import ServerLifecycle
 from .limits import DEFAULT_LIMITS, Limits, RateLimitedLog, default_max_connections
-from .tls import TLSHandshake
 
 __all__ = ["Server"]
 
@@ -169,8 +170,6 @@ class Server(ServerLifecycle):
 
     def _refuse(self, client: socket.socket, address: Any) -> None:
         """Over max_connections: tell the client (``busy_reply``) and close."""
-        from .handler import format_address
-
         self.refused += 1
         self._refuse_log(
             logging.WARNING,
@@ -190,8 +189,8 @@ class Server(ServerLifecycle):
             pass
         client.close()
 
-    def _client_gone(self) -> None:
-        """A connection of this server closed (its handler or its handshake)."""
+    def client_gone(self, handler: Any) -> None:
+        """A connection of this server closed (the connection calls this)."""
         if self.connections > 0:
             self.connections -= 1
 
@@ -223,39 +222,31 @@ class Server(ServerLifecycle):
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             address = self._share_host(address)
         self.connections += 1
-        if self.ssl_context is not None:
-            try:
-                handshake = TLSHandshake(self, client, address)
-            except Exception:
-                logger.exception("%s: could not start TLS for %s", self, address)
-                client.close()
-                self._client_gone()
-                return
-            try:
-                handshake.start()
-            except Exception as exc:
-                self.loop._report_error(handshake, exc)
-            return
-        self._start_handler(client, address)
-
-    def _start_handler(self, client: socket.socket, address: Any) -> None:
-        """Make the handler for a counted connection and start it."""
+        tls = self.ssl_context is not None
         try:
+            if tls:
+                client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
             handler = self.handler_class(self, client, address)
         except Exception:
             logger.exception(
-                "%s: could not create %s for %s",
+                "%s: could not %s %s for %s",
                 self,
+                "start TLS and create" if tls else "create",
                 getattr(self.handler_class, "__name__", self.handler_class),
-                address,
+                format_address(address),
             )
             client.close()
-            self._client_gone()
+            self.client_gone(None)
             return
+        connection = handler.connection
         try:
-            handler.start()
+            if tls:
+                # The handler's setup() runs once the handshake is done.
+                connection.start_handshake(self.limits.handshake_timeout)
+            else:
+                connection.start()
         except Exception as exc:
-            self.loop._report_error(handler, exc)
+            self.loop.report_error(connection, exc)
 
     def handle_write(self) -> None:  # a listener is never registered for writing
         pass
@@ -276,8 +267,6 @@ class Server(ServerLifecycle):
         self.socket.close()
 
     def __repr__(self) -> str:
-        from .handler import format_address
-
         return f"<{type(self).__name__} {format_address(self.address)}>"
 
 

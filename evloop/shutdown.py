@@ -18,9 +18,11 @@ own thread. It
    were cut, keeps those figures in ``loop.last_shutdown``, and stops the
    loop, so ``run()`` returns.
 
-Nothing polls: a connection that closes tells the shutdown
-(``ClientHandler.close``), which keeps the set of those it waits for; one
-timer holds the deadline.
+Nothing polls: a connection that closes tells the shutdown (through the
+loop's ``close_listeners``), which keeps the set of those it waits for; one
+timer holds the deadline. The loop core knows no shutdown policy: this
+module plugs :func:`begin_graceful_shutdown` into
+``EventLoop.graceful_shutdown_starter`` when it is imported.
 
 :func:`handle_signals` makes SIGINT and SIGTERM start a graceful shutdown
 (a second signal stops at once); ``loop()`` and ``serve_forever()`` use it.
@@ -32,6 +34,7 @@ import signal
 import threading
 from typing import Any, Dict, Iterator, Optional, Set
 
+from .eventloop import EventLoop
 from .limits import DEFAULT_LIMITS, limits_of
 
 __all__ = ["GracefulShutdown", "begin_graceful_shutdown", "handle_signals"]
@@ -140,7 +143,9 @@ class GracefulShutdown:
             self.timeout,
         )
         loop.last_shutdown = self.summary(elapsed)
-        loop._shutdown = None
+        loop.graceful_shutdown = None
+        if self.connection_closed in loop.close_listeners:
+            loop.close_listeners.remove(self.connection_closed)
         loop.stop()
 
     def summary(self, elapsed: float) -> Dict[str, Any]:
@@ -155,10 +160,14 @@ class GracefulShutdown:
 
 def begin_graceful_shutdown(loop: Any, timeout: Optional[float] = None) -> None:
     """On the loop's thread: start a graceful shutdown unless one is on."""
-    if loop._shutdown is not None or loop.is_closed():
+    if loop.graceful_shutdown is not None or loop.is_closed():
         return
-    shutdown = loop._shutdown = GracefulShutdown(loop, timeout)
+    shutdown = loop.graceful_shutdown = GracefulShutdown(loop, timeout)
+    loop.close_listeners.append(shutdown.connection_closed)
     shutdown.begin()
+
+
+EventLoop.graceful_shutdown_starter = begin_graceful_shutdown
 
 
 @contextlib.contextmanager

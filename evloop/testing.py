@@ -119,15 +119,17 @@ class ManualLoop(EventLoop):
         if isinstance(fileobj, FakeSocket):
             if new:
                 self.interest[fileobj] = (new, target)
+                if getattr(target, "is_connection", False):
+                    # Not in the selector: findable the way parked ones are.
+                    self.parked.add(target)
             else:
                 self.interest.pop(fileobj, None)
             return
         super().set_events(fileobj, old, new, target)
 
-    def _unselected_handlers(self) -> List[Any]:
-        found = super()._unselected_handlers()
-        found.extend(target for _events, target in self.interest.values())
-        return found
+    def unpark(self, connection: Any) -> None:
+        if not isinstance(connection.sock, FakeSocket):
+            super().unpark(connection)
 
     def events_of(self, fileobj: Any) -> int:
         return int(self.interest.get(fileobj, (0, None))[0])
@@ -197,7 +199,7 @@ class HandlerHarness:
         self.socket.open_window()
         while not self.handler.closed and self.loop.events_of(self.socket) & EVENT_WRITE:
             before = len(self.socket.sent)
-            self._guard(self.handler.handle_write)
+            self._guard(self.handler.connection.handle_write)
             self.loop.run_once(0)
             if len(self.socket.sent) == before:
                 break
@@ -215,7 +217,7 @@ class HandlerHarness:
             and self.loop.events_of(sock) & EVENT_READ
             and (sock.to_receive or sock.eof)
         ):
-            self._guard(self.handler.handle_read)
+            self._guard(self.handler.connection.handle_read)
             self.loop.run_once(0)
             if sock.eof and not sock.to_receive:
                 break
@@ -230,12 +232,12 @@ class HandlerHarness:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
-            self.loop._report_error(self.handler, exc)
+            self.loop.report_error(self.handler.connection, exc)
 
     def _settle(self) -> bytes:
         for _ in range(10):
             self.loop.run_once(0)
-            if not self.loop._ready and not self.loop._dirty:
+            if not self.loop._ready and not self.loop.to_flush:
                 break
         new = bytes(self.socket.sent[self._taken :])
         self._taken = len(self.socket.sent)

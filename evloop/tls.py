@@ -36,7 +36,7 @@ any handler exists. The handler reads the verified certificate with
 """
 
 import logging
-import socket
+import selectors
 from typing import Any, Dict, Optional
 
 try:
@@ -44,14 +44,13 @@ try:
 except ImportError:  # a Python built without OpenSSL: plain TCP still works
     ssl = None  # type: ignore[assignment]
 
-from .eventloop import EVENT_READ, EVENT_WRITE
-from .limits import limits_of
 
 __all__ = [
     "WOULD_BLOCK",
     "SSLWantReadError",
     "SSLWantWriteError",
-    "TLSHandshake",
+    "handshake_step",
+    "is_tls",
     "make_client_context",
     "make_server_context",
     "peer_certificate",
@@ -191,116 +190,23 @@ def read_pending(sock: Any, data: bytes, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-class TLSHandshake:
-    """A TLS handshake in progress on a freshly accepted socket. It stands in
-    the selector for the connection, so the loop treats it as one: it is
-    among ``loop.handlers`` and ``loop.close()`` closes it. When the
-    handshake is done it hands the socket to ``server._start_handler()``."""
-
-    is_client_handler = True
-
-    def __init__(self, server: Any, client: socket.socket, address: Any) -> None:
-        self.server = server
-        self.loop = server.loop
-        self.client_address = address
-        self.closed = False
-        self._events = 0
-        self._timer: Any = None
-        self.sock: Any = server.ssl_context.wrap_socket(
-            client, server_side=True, do_handshake_on_connect=False
-        )
-
-    @property
-    def peer(self) -> str:
-        from .handler import format_address
-
-        return format_address(self.client_address)
-
-    def start(self) -> None:
-        """Arm the timeout and take the first handshake step (the client's
-        hello is often there already)."""
-        timeout = limits_of(self.server).handshake_timeout
-        if timeout is not None:
-            self._timer = self.loop.call_later(timeout, self._timed_out, timeout)
-        self._step()
-
-    def _step(self) -> None:
-        try:
-            self.sock.do_handshake()
-        except SSLWantReadError:
-            self._watch(EVENT_READ)
-            return
-        except SSLWantWriteError:
-            self._watch(EVENT_WRITE)
-            return
-        except _GONE as exc:
-            logger.debug("%s: client left during the TLS handshake: %s", self.peer, exc)
-            self.close()
-            return
-        except (_SSLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            logger.warning("%s: TLS handshake failed (%s); closing the connection", self.peer, reason)
-            self.close()
-            return
-        self._detach()
-        self.closed = True  # handed over: the handler owns the socket now
-        self.server._start_handler(self.sock, self.client_address)
-
-    def _watch(self, events: int) -> None:
-        if events != self._events:
-            self.loop.set_events(self.sock, self._events, events, self)
-            self._events = events
-
-    def _timed_out(self, seconds: float) -> None:
-        self._timer = None
-        if not self.closed:
-            logger.warning(
-                "%s: TLS handshake timeout (%gs) fired; closing the connection", self.peer, seconds
-            )
-            self.close()
-
-    def _detach(self) -> None:
-        """Leave the selector and cancel the timer, keeping the socket open."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._events:
-            self.loop.set_events(self.sock, self._events, 0, self)
-            self._events = 0
-
-    # -- what the loop calls --------------------------------------------------
-
-    def handle_read(self) -> None:
-        self._step()
-
-    def handle_write(self) -> None:
-        self._step()
-
-    def handle_error(self, exc: BaseException) -> None:
-        logger.error("%s: error during the TLS handshake; closing the connection", self.peer, exc_info=exc)
-        self.close()
-
-    def shutdown_gracefully(self) -> bool:
-        """A shutdown began: no request is in flight yet, so close now."""
-        self.close()
-        return True
-
-    def close(self) -> None:
-        """Abandon the handshake and close the socket. Idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self._detach()
-        except (KeyError, ValueError, OSError):
-            pass
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-        gone = getattr(self.server, "_client_gone", None)
-        if gone is not None:
-            gone()
-
-    def __repr__(self) -> str:
-        return f"<TLSHandshake {self.peer}{' closed' if self.closed else ''}>"
+def handshake_step(sock: Any, peer: str) -> Optional[int]:
+    """Take one step of a non-blocking server handshake on ``sock``.
+    Returns 0 when it is done, the selector event to wait for
+    (``EVENT_READ``/``EVENT_WRITE``) when OpenSSL needs the socket again,
+    or None when it failed (logged here, naming ``peer``: a debug line for
+    a client that just left, a warning for anything else)."""
+    try:
+        sock.do_handshake()
+    except SSLWantReadError:
+        return selectors.EVENT_READ
+    except SSLWantWriteError:
+        return selectors.EVENT_WRITE
+    except _GONE as exc:
+        logger.debug("%s: client left during the TLS handshake: %s", peer, exc)
+        return None
+    except (_SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        logger.warning("%s: TLS handshake failed (%s); closing the connection", peer, reason)
+        return None
+    return 0

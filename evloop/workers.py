@@ -389,7 +389,7 @@ class _Lifeline:
         self.loop = loop
         self.on_parent_gone = on_parent_gone
         loop.set_events(fd, 0, EVENT_READ, self)
-        loop._close_callbacks.append(self.close)
+        loop.add_close_callback(self.close)
 
     def handle_read(self) -> None:
         if not os.read(self.fd, 1):

@@ -9,7 +9,7 @@ once.
 Both halves are the same ``Relay`` handler: what one side reads, the other
 sends. A half-close is passed on (the client's end of stream becomes the
 target's), and the connection closes once both directions have ended or
-either side has gone. A side whose partner has more than ``high_water``
+either side has gone. A side whose partner has more than ``write_high_water``
 bytes unsent stops reading until they drain, so a fast sender cannot make
 the proxy buffer without bound.
 """
@@ -24,7 +24,13 @@ class Relay(ClientHandler):
     """One side of a proxied connection; ``partner`` is the other side."""
 
     close_when_done = False
-    high_water = 256 * 1024
+    # What may wait for one side before the other is paused; the engine
+    # calls resume_writing() once it is down to the low mark. Reading this
+    # side feeds the other side's output, not ours: our backlog must not
+    # stop our reading (it would deadlock two busy directions).
+    write_high_water = 256 * 1024
+    write_low_water = 128 * 1024
+    backlog_stops_reading = False
 
     partner = None  # the Relay on the other socket
     ended = False  # this side's peer has sent end of stream
@@ -32,8 +38,9 @@ class Relay(ClientHandler):
 
     def data_received(self, data):
         partner = self.partner
-        partner.send(data)
-        if partner.buffered_output > self.high_water:
+        if not partner.send(data) and not partner.closed:
+            # The partner's client reads slower than ours sends: stop reading
+            # ours until the partner's backlog drains (resume_writing).
             partner.paused_partner = True
             self.pause_reading()
 
@@ -45,10 +52,9 @@ class Relay(ClientHandler):
             self.partner.close_when_sent()
         return True  # stay open: the other direction may still be talking
 
-    def flush(self):
-        super().flush()
-        # Our backlog drained: the side that feeds us may read again.
-        if self.paused_partner and self.buffered_output <= self.high_water // 2:
+    def resume_writing(self):
+        # Our backlog drained to the low mark: the side that feeds us may read again.
+        if self.paused_partner:
             self.paused_partner = False
             if not self.partner.closed:
                 self.partner.resume_reading()

@@ -21,7 +21,6 @@ recipe's handlers override.
 from typing import Any, Optional
 
 from evloop import ClientHandler, RemoteProtocolError
-from evloop.handler import _CLOSING
 
 __all__ = ["NEED_DATA", "FramedHandler", "Framer", "StringReceiverHandler"]
 
@@ -148,18 +147,30 @@ class FramedHandler(ClientHandler):
         self.answer_requests()
 
     def answer_requests(self) -> None:
-        """Answer every whole request the framer holds, in order."""
+        """Answer every whole request the framer holds, in order, until the
+        connection closes or its queued output passes the high-water mark
+        (then :meth:`resume_writing` goes on)."""
+        if not self.takes_requests:
+            return
         next_request = self.framer.next_request
-        while not self._state & _CLOSING:  # the flag itself: this runs per request
+        send = self.send
+        loop = self.loop
+        while True:
             request = next_request()
             if request is NEED_DATA:
                 return
             self.request = request
-            self.loop.requests += 1
-            self.send(self.make_response())
+            loop.requests += 1
+            if not send(self.make_response()):
+                return  # closing, or the output is over the high-water mark
             if self.close_when_done:
                 self.close_when_sent()
                 return
+
+    def resume_writing(self) -> None:
+        """The output is down to the low-water mark: answer what is held."""
+        if self._framer is not None:
+            self.answer_requests()
 
 
 class StringReceiverHandler(FramedHandler):

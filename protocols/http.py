@@ -211,6 +211,11 @@ class HTTPHandler(ClientHandler):
             return False
         return super().shutdown_gracefully()
 
+    def resume_writing(self) -> None:
+        """Replies are down to the low-water mark: answer the requests held."""
+        if self.upgraded is None:
+            self._process()
+
     def eof_received(self) -> None:
         if self.upgraded is not None:
             self.upgraded.eof_received()
@@ -225,7 +230,7 @@ class HTTPHandler(ClientHandler):
         """Turn h11's events into requests and answer them, in order, until
         h11 needs more bytes, a response is in flight, or we are closing."""
         conn = self.conn
-        while not self._closing and not self._busy and self.upgraded is None and not self.closed:
+        while self.takes_requests and not self._busy and self.upgraded is None:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:

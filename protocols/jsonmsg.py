@@ -175,7 +175,7 @@ class JsonHandler(FramedHandler):
         framer = self.framer
         framer.feed(data)
         self.answer_requests()
-        if _TCP_QUICKACK is not None and framer.buffered and not self._closing:
+        if _TCP_QUICKACK is not None and framer.buffered and not self.closing:
             # Part of a message is waiting for the rest. jsocket's client
             # sends a header and its payload in two send() calls, so with
             # Nagle on its side and delayed ACK on ours the payload waits

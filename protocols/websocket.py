@@ -155,16 +155,13 @@ class WebSocketHandler:
         keep up with) is dropped once ``max_backlog`` bytes wait for it,
         before more are queued: memory stays bounded for everyone else."""
         limit = self.max_backlog
-        # Only what the socket refused counts: the engine's output queue
-        # exists only then. (buffered_output would also sum this pass's
-        # replies, once per send: quadratic for many small messages.)
-        output = getattr(self.connection, "_output", None)
-        if limit is None or output is None or output.buffered <= limit:
+        queued = self.connection.buffered_output  # O(1): the engine keeps the count
+        if limit is None or queued <= limit:
             return False
         logger.warning(
             "%s: %d bytes queued and not read (over %d); dropping the connection",
             self.peer,
-            output.buffered,
+            queued,
             limit,
         )
         self.close_code, self.close_reason = ABNORMAL, "send backlog over the limit"

@@ -360,7 +360,7 @@ def test_an_unexpected_socket_error_is_logged_and_the_server_stays(caplog):
     sock.incoming.extend([OSError(errno.EBADF, "Bad file descriptor"), (b"next", PEER)])
     with pytest.raises(OSError) as raised:
         server.handle_read()
-    loop._report_error(server, raised.value)  # what the loop does with it
+    loop.report_error(server, raised.value)  # what the loop does with it
     assert "socket error; still serving" in caplog.text
     assert not server.closed
     server.handle_read()

@@ -105,20 +105,23 @@ def test_servers_bind_to_localhost_unless_told_otherwise():
 # -- the output marks ----------------------------------------------------------
 
 
-def test_reading_stops_above_the_high_mark_and_resumes_only_at_the_low_one():
+def test_requests_and_reading_stop_above_the_high_mark_and_resume_only_at_the_low_one():
     limits = Limits(write_high_water=1000, write_low_water=100)
     harness = HandlerHarness(LengthSepEcho, send_window=700, limits=limits)
     sock = harness.socket
-    harness.feed(b"".join(frame(b"x" * 596) for _ in range(3)))  # 1800 bytes of replies
+    # Three requests in one read, 600 bytes of reply each. The second reply
+    # takes the queue over 1000: the third request waits, unanswered.
+    harness.feed(b"".join(frame(b"x" * 596) for _ in range(3)))
     assert len(harness.output) == 700
-    assert harness.handler._output.buffered == 1100
+    assert harness.handler.buffered_output == 500
+    assert not harness.handler.takes_requests
     assert harness.loop.events_of(sock) == EVENT_WRITE  # over 1000: not reading
-    harness.drain()  # 400 left: under high, over low
-    assert harness.handler._output.buffered == 400
-    assert harness.loop.events_of(sock) == EVENT_WRITE  # still not reading
+    harness.drain()  # the 500 go: at the low mark, the third request is answered
+    assert harness.handler.buffered_output == 400  # of its 600, 200 fit the window
+    assert harness.loop.events_of(sock) == EVENT_WRITE  # over the low mark: not reading yet
     harness.drain()
-    assert harness.handler._output is None
-    assert harness.loop.events_of(sock) == EVENT_READ  # at the low mark: reading again
+    assert harness.handler.buffered_output == 0
+    assert harness.loop.events_of(sock) == EVENT_READ
     assert harness.output == b"".join(frame(b"x" * 596) for _ in range(3))
 
 

@@ -163,7 +163,7 @@ def test_a_client_faster_than_the_target_is_paused_not_buffered(running_loop):
 
             backlog, relays = running_loop.call(upstream_backlog)
             assert relays == 2
-            assert backlog <= proxy_module.Relay.high_water + proxy_module.Relay.recv_size
+            assert backlog <= proxy_module.Relay.write_high_water + proxy_module.Relay.recv_size
             # The target reads: everything arrives, in order.
             received = queue.Queue()
 

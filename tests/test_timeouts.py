@@ -10,10 +10,11 @@ from types import SimpleNamespace
 
 from evloop.protocols import LengthSepEcho
 
-from evloop import limits as limits_module
+from evloop import timeouts as timeouts_module
 from evloop.eventloop import EventLoop
-from evloop.limits import Limits, sweep_interval
+from evloop.limits import Limits
 from evloop.testing import FakeClock, FakeSocket, HandlerHarness, ManualLoop
+from evloop.timeouts import sweep_interval
 from tests.conftest import connect, recv_all, recv_exactly
 
 LIMITS = Limits(idle_timeout=10, request_timeout=3, write_timeout=5)
@@ -158,7 +159,7 @@ def test_timeouts_switched_off_cost_no_timer():
     harness = HandlerHarness(
         LengthSepEcho, limits=Limits(idle_timeout=None, request_timeout=None, write_timeout=None)
     )
-    assert harness.loop._timeout_sweep is None and len(harness.loop._timers) == 0
+    assert harness.loop.timeout_sweep is None and len(harness.loop._timers) == 0
     harness.feed(b"5\nab")
     harness.advance(10**6)
     assert not harness.closed
@@ -196,11 +197,11 @@ def test_the_sweep_stops_once_no_connection_is_left():
     assert harness.closed
     harness.advance(LATE)  # the sweep finds no connection with a timeout...
     assert len(harness.loop._timers) == 0  # ...and stops: an idle loop sleeps
-    assert not harness.loop._timeout_sweep.running
+    assert not harness.loop.timeout_sweep.running
 
 
 def test_the_sweep_looks_at_a_bounded_batch_of_descriptors_per_tick(monkeypatch):
-    monkeypatch.setattr(limits_module, "SWEEP_BATCH", 4)
+    monkeypatch.setattr(timeouts_module, "SWEEP_BATCH", 4)
     clock = FakeClock()
     loop = EventLoop("select", clock=clock)
     server = SimpleNamespace(
@@ -212,7 +213,7 @@ def test_the_sweep_looks_at_a_bounded_batch_of_descriptors_per_tick(monkeypatch)
         for handler in handlers:
             handler.client_socket.setblocking(False)
             handler.start()
-        sweep = loop._timeout_sweep
+        sweep = loop.timeout_sweep
         assert sweep.interval == sweep_interval(1) == 0.1
         looked_at = []
         check = sweep._check
@@ -243,10 +244,10 @@ def test_the_shortest_timeout_in_force_sets_the_interval():
     slow = SimpleNamespace(loop=loop, limits=Limits(idle_timeout=300, request_timeout=60, write_timeout=60))
     quick = SimpleNamespace(loop=loop, limits=Limits(idle_timeout=0.5))
     LengthSepEcho(slow, FakeSocket(), None).start()
-    assert loop._timeout_sweep.interval == 1.0  # a tenth of 60s, held at most 1s
+    assert loop.timeout_sweep.interval == 1.0  # a tenth of 60s, held at most 1s
     handler = LengthSepEcho(quick, FakeSocket(), None)
     handler.start()
-    assert loop._timeout_sweep.interval == 0.05  # a tenth of 0.5s, at once
+    assert loop.timeout_sweep.interval == 0.05  # a tenth of 0.5s, at once
     clock.advance(0.5 + 0.05)
     loop.run_once(0)
     assert handler.closed
@@ -254,7 +255,7 @@ def test_the_shortest_timeout_in_force_sets_the_interval():
     loop.run_once(0)
     clock.advance(0.05)
     loop.run_once(0)  # a cycle without the quick connection: back to its own pace
-    assert loop._timeout_sweep.interval == 1.0
+    assert loop.timeout_sweep.interval == 1.0
 
 
 # -- over real sockets -------------------------------------------------------------------
