@@ -34,7 +34,7 @@ import socket
 from concurrent.futures import Future
 from typing import Any, Deque, Optional, Tuple
 
-from .connection import format_address
+from .addresses import format_address
 from .offload import offload_executor
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "Connector", "open_connection", "shutdown_write_when_sent"]

@@ -47,88 +47,45 @@ state in the low three bits, then the flags, then the selector events.
 An idle connection is a few slots, not a dict.
 """
 
-import errno
 import logging
 import socket
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional
 
+from .addresses import format_address, is_disconnect
+from .closing import ConnectionClosing
 from .output import EMPTY, WANT_WRITE, OutputQueue
+from .states import (
+    BACKLOGGED,
+    CLOSED,
+    CLOSING,
+    CONNECTING,
+    DIRTY,
+    DRAINING,
+    EOF_HELD,
+    EVENT_READ,
+    EVENT_WRITE,
+    EVENTS_MASK,
+    EVENTS_SHIFT,
+    HANDSHAKING,
+    LINGERING,
+    NEW,
+    OPEN,
+    READ_PAUSED,
+    READING,
+    STATE_MASK,
+    STATE_NAMES,
+    TIMED,
+    TRANSITIONS,
+)
 from .timeouts import arm_timeouts
-from .tls import WOULD_BLOCK, handshake_step, is_tls, read_pending, send_close_notify
+from .tls import WOULD_BLOCK, handshake_step, is_tls, read_pending
 
-__all__ = [
-    "CLOSED",
-    "CLOSING",
-    "CONNECTING",
-    "HANDSHAKING",
-    "LINGERING",
-    "NEW",
-    "OPEN",
-    "STATE_NAMES",
-    "TRANSITIONS",
-    "Connection",
-    "format_address",
-]
+__all__ = ["Connection", "format_address", "is_disconnect"]
 
 logger = logging.getLogger("evloop")
 
-EVENT_READ, EVENT_WRITE = 1, 2  # the selectors module's values
 
-NEW, CONNECTING, HANDSHAKING, OPEN, CLOSING, LINGERING, CLOSED = range(7)
-STATE_NAMES = ("NEW", "CONNECTING", "HANDSHAKING", "OPEN", "CLOSING", "LINGERING", "CLOSED")
-
-#: The legal transitions: state -> the states it may move to.
-TRANSITIONS: Dict[int, Tuple[int, ...]] = {
-    NEW: (CONNECTING, HANDSHAKING, OPEN, CLOSED),
-    CONNECTING: (OPEN, CLOSED),
-    HANDSHAKING: (OPEN, CLOSED),
-    OPEN: (CLOSING, CLOSED),
-    CLOSING: (LINGERING, CLOSED),
-    LINGERING: (CLOSED,),
-    CLOSED: (),
-}
-
-# The bits of Connection.flags above the state.
-STATE_MASK = 7
-READING = 8  # the peer has not ended its stream
-DIRTY = 16  # in the loop's list of connections to flush at the end of the pass
-READ_PAUSED = 32  # the handler called pause_reading()
-BACKLOGGED = 64  # requests held back: output passed the high-water mark
-DRAINING = 128  # a graceful shutdown waits for the request under way
-LINGER = 256  # close with a lingering read (a refused connection)
-TIMED = 512  # under the timeout sweep: keep the activity clocks
-EOF_HELD = 1024  # the peer ended its stream while requests were held back
-EVENTS_SHIFT = 11  # then the two selector event bits
-EVENTS_MASK = EVENT_READ | EVENT_WRITE
-
-# Bytes left unread in the kernel when a socket closes turn its FIN into a
-# RST, which can make the peer discard our last reply; this much is drained.
-LINGER_DRAIN = 256 * 1024
-#: Seconds a refused connection keeps reading (and dropping) the peer's bytes.
-LINGER_SECONDS = 2.0
-# What Connection._drain() found.
-LINGER_DRAIN_NONE, LINGER_DRAIN_MORE, LINGER_DRAIN_EOF = range(3)
-
-
-def format_address(address: Any) -> str:
-    """A peer address for a log line: ``host:port``, ``[v6]:port`` or a path."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    if isinstance(address, bytes):
-        address = address.decode("utf-8", "replace")
-    return str(address) if address else "<unnamed>"
-
-
-def is_disconnect(exc: BaseException) -> bool:
-    """Whether ``exc`` only says the peer went away."""
-    return isinstance(exc, (ConnectionError, TimeoutError)) or (
-        isinstance(exc, OSError)
-        and exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN)
-    )
-
-
-class Connection:
+class Connection(ConnectionClosing):
     """One stream connection; the selector's target for its socket.
 
     Public attributes, for the handler and the engine: ``loop``, ``handler``,
@@ -142,18 +99,7 @@ class Connection:
 
     is_connection = True  # how the loop tells connections from listeners
 
-    __slots__ = (
-        "loop",
-        "handler",
-        "sock",
-        "flags",
-        "batch",
-        "output",
-        "queued",
-        "high_water",
-        "active",
-        "request_since",
-    )
+    __slots__ = ()  # the slots are ConnectionClosing's
 
     def __init__(self, loop: Any, handler: Any, sock: Any, high_water: int) -> None:
         self.loop = loop
@@ -504,126 +450,6 @@ class Connection:
                 "%s: TLS handshake timeout (%gs) fired; closing the connection", self.handler.peer, seconds
             )
             self.close()
-
-    # -- closing ------------------------------------------------------------
-
-    def close_when_sent(self, linger: bool = False) -> None:
-        """OPEN -> CLOSING: take no more requests; close once every queued
-        reply is out. ``linger``: the connection is refused, so after the
-        last reply read and drop the peer's bytes for a while (RFC 9112
-        section 9.6) instead of closing at once."""
-        state = self.flags & STATE_MASK
-        if state == OPEN:
-            self._move(CLOSING)
-        elif state != CLOSING:
-            if state in (CONNECTING, HANDSHAKING, NEW):
-                self.close()
-            return
-        if linger:
-            self.flags |= LINGER
-        self.schedule_flush()
-
-    def drain_on_shutdown(self) -> None:
-        """A graceful shutdown: close once the request under way is answered."""
-        self.flags |= DRAINING
-
-    def _finish_closing(self) -> None:
-        """CLOSING, everything sent: close. Bytes the peer sent that are
-        still unread would turn our FIN into a RST, which can destroy our
-        last reply before the peer reads it: they are read and dropped
-        first. A refused connection whose peer is still sending then
-        lingers (LINGERING) until the peer ends its stream or
-        LINGER_SECONDS pass."""
-        sock = self.sock
-        plain = type(sock) is socket.socket
-        try:
-            if not plain:
-                send_close_notify(sock)  # TLS: the end of the stream, signed
-                sock.shutdown(socket.SHUT_WR)
-            elif self.flags & LINGER:
-                sock.shutdown(socket.SHUT_WR)
-            # With nothing unread, close() alone sends the FIN on a plain
-            # socket: a shutdown(SHUT_WR) first would be one more call.
-            still_sending = self.flags & READING and self._drain() == LINGER_DRAIN_MORE
-        except OSError:
-            still_sending = False
-        if still_sending and self.flags & LINGER:
-            self._move(LINGERING)
-            self.active = self.loop.pass_time
-            self.loop.call_later(LINGER_SECONDS, self._linger_expired)
-            self._watch(EVENT_READ)
-            return
-        self.close()
-
-    def _drain(self) -> int:
-        """Read and drop what the peer has sent, at most LINGER_DRAIN bytes.
-        Returns LINGER_DRAIN_EOF (the peer ended its stream),
-        LINGER_DRAIN_MORE (it sent something and may send more) or
-        LINGER_DRAIN_NONE (nothing was waiting). Raises OSError."""
-        sock = self.sock
-        buffer = self.loop.recv_buffer
-        plain = type(sock) is socket.socket
-        drained = 0
-        try:
-            while drained < LINGER_DRAIN:
-                count = sock.recv_into(buffer) if plain else len(sock.recv(65536))
-                if not count:
-                    self.flags &= ~READING
-                    return LINGER_DRAIN_EOF
-                drained += count
-        except WOULD_BLOCK:
-            pass
-        return LINGER_DRAIN_MORE if drained else LINGER_DRAIN_NONE
-
-    def _discard_input(self) -> None:
-        """LINGERING and readable: drop what came; close at its end."""
-        try:
-            if self._drain() != LINGER_DRAIN_EOF:
-                return
-        except OSError:
-            pass
-        self.close()
-
-    def _linger_expired(self) -> None:
-        if self.flags & STATE_MASK == LINGERING:
-            self.close()
-
-    def close(self) -> None:
-        """Close now, dropping unsent output; the one way any connection
-        ends. Runs the handler's ``finish()`` if it was served. Idempotent."""
-        flags = self.flags
-        state = flags & STATE_MASK
-        if state == CLOSED:
-            return
-        self.flags = (flags & ~STATE_MASK) | CLOSED
-        sock = self.sock
-        events = (flags >> EVENTS_SHIFT) & EVENTS_MASK
-        if events:
-            try:
-                self.loop.set_events(sock, events, 0, self)
-            except (KeyError, ValueError, OSError):
-                pass
-            self.flags &= ~(EVENTS_MASK << EVENTS_SHIFT)
-        if self.output is not None:
-            self.output.close()
-            self.output = None
-        self.batch = None
-        self.queued = 0
-        try:
-            sock.close()
-        except OSError:
-            pass
-        handler = self.handler
-        gone = getattr(handler.server, "client_gone", None)
-        if gone is not None:
-            gone(handler)
-        if state != NEW:
-            self.loop.connection_closed(self)
-        if state != NEW and state != HANDSHAKING:  # setup() ran, or a connect was tried
-            try:
-                handler.finish()
-            except Exception:
-                logger.exception("%s: error in finish()", handler.peer)
 
     def __repr__(self) -> str:
         return f"<Connection {self.handler.peer} {self.state_name}>"

@@ -36,7 +36,7 @@ import os
 import socket
 from typing import Any, Deque, Optional, Tuple
 
-from .connection import format_address
+from .addresses import format_address
 from .errors import RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE
 from .lifecycle import ServerLifecycle

@@ -34,19 +34,11 @@ import logging
 import socket
 from typing import Any, Optional, Union
 
-from .connection import (
-    BACKLOGGED,
-    CLOSED,
-    CLOSING,
-    DIRTY,
-    OPEN,
-    STATE_MASK,
-    Connection,
-    format_address,
-    is_disconnect,
-)
+from .addresses import format_address, is_disconnect
+from .connection import Connection
 from .errors import LocalProtocolError, RemoteProtocolError
 from .limits import DEFAULT_MAX_REQUEST_SIZE, Limits, limits_of
+from .states import BACKLOGGED, CLOSED, CLOSING, DIRTY, OPEN, STATE_MASK
 
 __all__ = ["ClientHandler", "format_address"]
 

@@ -22,7 +22,7 @@ import logging
 import socket
 from typing import Any, Dict, Optional, Tuple
 
-from .connection import format_address
+from .addresses import format_address
 from .eventloop import EVENT_READ
 from .lifecycle import ServerLifecycle
 from .limits import DEFAULT_LIMITS, Limits, RateLimitedLog, default_max_connections

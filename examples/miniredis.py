@@ -677,6 +677,10 @@ def _arity_error(name: bytes) -> bytes:
     ).reply
 
 
+# Commands answered before the size of their replies is known.
+_FIRST_SLICE = 16
+
+
 class MiniRedisHandler(ClientHandler):
     """One client of a mini Redis; the keyspace is ``server.database``."""
 
@@ -687,6 +691,7 @@ class MiniRedisHandler(ClientHandler):
         self.framer = RespFramer()
         self.database: Database = server.database
         self.session = Session()
+        self.held: List[Argv] = []  # commands parsed and not yet answered
 
     def data_received(self, data: bytes) -> None:
         framer = self.framer
@@ -701,13 +706,33 @@ class MiniRedisHandler(ClientHandler):
         # A command begun and not finished: the request (slowloris) timeout runs.
         return self.framer.buffered
 
+    def resume_writing(self) -> None:
+        # The replies are down to the low-water mark: answer the commands held.
+        self._answer()
+
     def _answer(self) -> None:
+        """Answer the buffered commands, a slice at a time, until the queued
+        replies pass the high-water mark; the commands not yet answered wait
+        (parsed, from at most one read) for resume_writing()."""
         framer = self.framer
-        requests = framer.maybe_requests()
-        if requests:
-            self.loop.requests += len(requests)
-            self.send(self.database.execute_many(requests, self.session))
-        if framer.error is not None:
+        held = self.held
+        if not held:
+            held = self.held = framer.maybe_requests()
+        start = 0
+        size = _FIRST_SLICE
+        while start < len(held) and self.takes_requests:
+            batch = held[start : start + size]
+            start += len(batch)
+            self.loop.requests += len(batch)
+            replies = self.database.execute_many(batch, self.session)
+            if not self.send(replies):
+                break
+            # As many commands next as the last ones' replies say will fit
+            # under the mark, so that it is passed by about one reply.
+            room = self.connection.high_water - self.buffered_output
+            size = max(1, room * len(batch) // max(1, len(replies)))
+        del held[:start]
+        if not held and framer.error is not None:
             # The replies above go first; then the -ERR Protocol error and the close.
             raise framer.error
 

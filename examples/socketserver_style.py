@@ -30,18 +30,13 @@ class UpperLines(ClientHandler):
     close_when_done = False
     max_line = 64 * 1024
 
-    def setup(self):
-        self._scanned = 0  # where the search for b"\n" stopped last time
-
     def request_complete(self):
-        end = self.incoming.find(b"\n", self._scanned)
+        end = self.find(b"\n")  # resumes where the last search stopped
         if end < 0:
-            self._scanned = len(self.incoming)
-            if self._scanned > self.max_line:
+            if len(self.incoming) > self.max_line:
                 self.send(b"line too long\n")
                 self.close_when_sent()
             return False
-        self._scanned = 0
         self.line = bytes(self.incoming[: end + 1])
         return end + 1  # the bytes this request used; the rest stays
 

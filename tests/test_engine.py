@@ -12,6 +12,7 @@ import pytest
 from evloop.protocols import LengthSepBody, LengthSepEcho
 
 from evloop import ClientHandler, EventLoop, Server, loop
+from evloop.testing import HandlerHarness
 from tests.conftest import connect, recv_all, recv_exactly
 
 
@@ -392,3 +393,67 @@ def test_every_accepted_tcp_connection_has_nagle_off(running_loop):
         with connect(server) as sock:
             sock.sendall(b"1\nx")
             assert recv_exactly(sock, 2) != b"0\n"
+
+
+# -- find(): a search that resumes -------------------------------------------------
+
+
+class _CountingBuffer(bytearray):
+    """A bytearray that counts the bytes its find() looks at."""
+
+    looked_at = 0
+
+    def find(self, sub, start=0, *args):
+        _CountingBuffer.looked_at += len(self) - start
+        return super().find(sub, start, *args)
+
+
+class _Lines(ClientHandler):
+    close_when_done = False
+
+    def request_complete(self):
+        end = self.find(b"\n")
+        return end + 1 if end >= 0 else False
+
+    def make_response(self):
+        return bytes(self.incoming[: self.find(b"\n") + 1]).upper()
+
+
+def test_find_resumes_where_its_last_unsuccessful_search_stopped():
+    harness = HandlerHarness(_Lines)
+    handler = harness.handler
+    handler.incoming = _CountingBuffer()
+    _CountingBuffer.looked_at = 0
+    size = 20_000
+    for _ in range(size):  # a line that trickles in a byte at a time
+        handler.incoming += b"a"
+        assert handler.find(b"\n") == -1
+    handler.incoming += b"\n"
+    assert handler.find(b"\n") == size
+    # Each byte is looked at about once; a search from the start every time
+    # would look at size * size / 2 = 200 million.
+    assert _CountingBuffer.looked_at <= 2 * size
+    harness.close()
+
+
+def test_find_starts_again_after_a_request_is_consumed_and_with_a_longer_terminator():
+    harness = HandlerHarness(_Lines)
+    assert harness.feed(b"one\ntw") == b"ONE\n"
+    assert harness.feed(b"o\n") == b"TWO\n"
+    handler = harness.handler
+    handler.incoming = bytearray(b"abc\r")
+    assert handler.find(b"\r\n") == -1
+    handler.incoming += b"\nrest"
+    assert handler.find(b"\r\n") == 3  # the terminator straddled the old end
+    handler.incoming = bytearray(b"x\r\n")  # replaced: shorter than where it stopped
+    handler.forget_search()
+    assert handler.find(b"\r\n") == 1
+    harness.close()
+
+
+def test_a_line_fed_a_byte_at_a_time_is_answered_once_whole():
+    harness = HandlerHarness(_Lines)
+    for byte in b"slow":
+        assert harness.feed(bytes([byte])) == b""
+    assert harness.feed(b"\nnext\n") == b"SLOW\nNEXT\n"
+    harness.close()

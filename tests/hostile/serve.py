@@ -13,7 +13,7 @@ import resource
 
 from evloop import loop
 from evloop.limits import Limits
-from tests.hostile.targets import server_cases
+from tests.hostile.targets import amplification_cases, server_cases
 
 
 def main(argv=None):
@@ -39,7 +39,7 @@ def main(argv=None):
         changes["request_timeout"] = args.request_timeout
     if args.idle_timeout:
         changes["idle_timeout"] = args.idle_timeout
-    case = {case.name: case for case in server_cases()}[args.case]
+    case = {case.name: case for case in server_cases() + amplification_cases()}[args.case]
     server = case.make_server(args.host, args.port, backlog=args.backlog, limits=Limits(**changes))
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, case.handler, selector=args.selector)

@@ -236,3 +236,64 @@ def framer_classes():
 
 def handler_classes():
     return protocol_classes(ClientHandler)
+
+
+# -- servers whose small requests get large replies (tests/hostile/test_amplification.py)
+
+BIG_REPLY = 16 * 1024
+
+
+class BigReplies(ClientHandler):
+    """A recipe handler: each line ``N\\n`` is answered with 16 KiB that
+    start with ``N``, so a client can check every reply and its order."""
+
+    close_when_done = False
+
+    def request_complete(self):
+        end = self.find(b"\n")
+        return end + 1 if end >= 0 else False
+
+    def make_response(self):
+        number = bytes(self.incoming[: self.find(b"\n")])
+        return big_reply(number)
+
+
+def big_reply(number):
+    head = number + b":"
+    return head + b"x" * (BIG_REPLY - len(head))
+
+
+def big_http_handler():
+    from evloop.protocols.http import HTTPHandler
+
+    def page(request):
+        return big_reply(request.query.encode())
+
+    class BigPages(HTTPHandler):
+        routes = {"/big": page}
+
+    return BigPages
+
+
+def amplification_cases():
+    """Servers that answer a small request with 16 KiB."""
+    miniredis = load_example("miniredis")
+
+    def big_database(server):
+        server.database = miniredis.Database()
+        for number in range(64):
+            server.database.execute_many([[b"SET", b"k%d" % number, big_reply(b"%d" % number)]])
+
+    return [
+        ServerCase("big-recipe", BigReplies, b"7\n", b"7:"),
+        ServerCase(
+            "big-resp",
+            miniredis.MiniRedisHandler,
+            encode_command(b"GET", b"k7"),
+            b"$16384\r\n7:",
+            prepare=big_database,
+        ),
+        ServerCase(
+            "big-http", big_http_handler(), b"GET /big?7 HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 "
+        ),
+    ]
