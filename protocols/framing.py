@@ -154,18 +154,22 @@ class FramedHandler(ClientHandler):
             return
         next_request = self.framer.next_request
         send = self.send
-        loop = self.loop
-        while True:
-            request = next_request()
-            if request is NEED_DATA:
-                return
-            self.request = request
-            loop.requests += 1
-            if not send(self.make_response()):
-                return  # closing, or the output is over the high-water mark
-            if self.close_when_done:
-                self.close_when_sent()
-                return
+        make_response = self.make_response
+        answered = 0
+        try:
+            while True:
+                request = next_request()
+                if request is NEED_DATA:
+                    return
+                self.request = request
+                answered += 1
+                if not send(make_response()):
+                    return  # closing, or the output is over the high-water mark
+                if self.close_when_done:
+                    self.close_when_sent()
+                    return
+        finally:
+            self.loop.requests += answered  # once per read, not per request
 
     def resume_writing(self) -> None:
         """The output is down to the low-water mark: answer what is held."""
