@@ -113,10 +113,12 @@ static double self_cpu(void) {
     return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
-/* utime and stime of the server, every thread, in seconds; -1 if unknown. */
-static int server_cpu(double *user, double *sys) {
+/* utime and stime of the server, every thread, in seconds, and its minor
+ * page faults (a fault per request means memory mapped and unmapped per
+ * request: see docs/benchmarks.md); -1 if unknown. */
+static int server_cpu(double *user, double *sys, double *faults) {
     char path[64], buf[1024];
-    *user = *sys = -1;
+    *user = *sys = *faults = -1;
     if (opt.server_pid <= 0) return -1;
     snprintf(path, sizeof path, "/proc/%d/stat", opt.server_pid);
     FILE *f = fopen(path, "r");
@@ -126,10 +128,11 @@ static int server_cpu(double *user, double *sys) {
     buf[n] = 0;
     char *p = strrchr(buf, ')'); /* the command name may hold spaces */
     if (!p) return -1;
-    unsigned long utime = 0, stime = 0;
-    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
+    unsigned long minflt = 0, utime = 0, stime = 0;
+    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt(10) cminflt majflt cmajflt utime(14) stime(15) */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %lu %*u %*u %*u %lu %lu", &minflt, &utime, &stime) != 3)
         return -1;
+    *faults = (double)minflt;
     *user = (double)utime / sysconf(_SC_CLK_TCK);
     *sys = (double)stime / sysconf(_SC_CLK_TCK);
     return 0;
@@ -616,7 +619,7 @@ int main(int argc, char **argv) {
     /* The warm-up starts once every client is connected (a server with a
      * short listen backlog may take a while to accept them all). */
     double start = now(), warm_end = 0, end = 0;
-    double m_t0 = 0, m_self0 = 0, su0 = -1, ss0 = -1, su1 = -1, ss1 = -1;
+    double m_t0 = 0, m_self0 = 0, su0 = -1, ss0 = -1, su1 = -1, ss1 = -1, sf0 = -1, sf1 = -1;
     double sched_t0 = 0, next_due = 0;
     long sent = 0;
     int next_conn = 0;
@@ -631,7 +634,7 @@ int main(int argc, char **argv) {
             measuring = 1;
             m_t0 = now();
             m_self0 = self_cpu();
-            server_cpu(&su0, &ss0);
+            server_cpu(&su0, &ss0, &sf0);
         }
         if (measuring && t >= end) break;
         if (errors && opt.mode != M_CONN) break;
@@ -650,7 +653,7 @@ int main(int argc, char **argv) {
     }
     double secs = measuring ? now() - m_t0 : 0;
     double self = measuring ? self_cpu() - m_self0 : 0;
-    server_cpu(&su1, &ss1);
+    server_cpu(&su1, &ss1, &sf1);
     int known = measuring && su0 >= 0 && su1 >= 0;
     double user = known ? su1 - su0 : -1, sys = known ? ss1 - ss0 : -1;
     stopping = 1;
@@ -658,9 +661,10 @@ int main(int argc, char **argv) {
     printf("{\"mode\": \"%s\", \"clients\": %d, \"depth\": %d, \"size\": %d, \"idle\": %d, "
            "\"requests\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"loadgen_cpu\": %.4f, "
            "\"server_cpu\": %.4f, \"server_user\": %.4f, \"server_sys\": %.4f, \"request_bytes\": %ld, "
-           "\"offered_rate\": %.1f, ",
+           "\"offered_rate\": %.1f, \"server_minflt\": %.0f, ",
            names[opt.mode], opt.clients, opt.depth, opt.size, opt.idle, total_done, secs,
-           secs > 0 ? total_done / secs : 0.0, self, known ? user + sys : -1.0, user, sys, req_len, opt.rate);
+           secs > 0 ? total_done / secs : 0.0, self, known ? user + sys : -1.0, user, sys, req_len, opt.rate,
+           known ? sf1 - sf0 : -1.0);
     if (opt.rate > 0)
         printf("\"latency_p50_us\": %.0f, \"latency_p99_us\": %.0f, \"latency_max_us\": %.0f, ",
                latency_quantile(0.50) * 1e6, latency_quantile(0.99) * 1e6, lat_max * 1e6);

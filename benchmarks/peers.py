@@ -30,12 +30,10 @@ to, the bare loop sets it on the listener and its clients inherit it).
 import argparse
 import asyncio
 import logging
-import os
 import resource
 import select
 import signal
 import socket
-import sys
 
 __all__ = ["IMPLS", "MAX_DIGITS", "MAX_SIZE", "BadRequestError", "EchoState", "answer", "main"]
 
@@ -213,7 +211,7 @@ def _bare_loop(poll, listener, lfd):
     pending_in = {}  # fd -> bytearray: the start of a request
     pending_out = {}  # fd -> bytes still to send (reading stops meanwhile)
     buf = bytearray(256 * 1024)
-    EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+    epollin, epollout = select.EPOLLIN, select.EPOLLOUT
 
     def close(fd):
         poll.unregister(fd)
@@ -228,10 +226,10 @@ def _bare_loop(poll, listener, lfd):
             sent = 0
         if sent < len(out):
             pending_out[fd] = out[sent:]
-            poll.modify(fd, EPOLLOUT)
+            poll.modify(fd, epollout)
         elif fd in pending_out:
             del pending_out[fd]
-            poll.modify(fd, EPOLLIN)
+            poll.modify(fd, epollin)
 
     while True:
         for fd, events in poll.poll():
@@ -243,11 +241,11 @@ def _bare_loop(poll, listener, lfd):
                         break
                     sock.setblocking(False)
                     socks[sock.fileno()] = sock
-                    poll.register(sock.fileno(), EPOLLIN)
+                    poll.register(sock.fileno(), epollin)
                 continue
             sock = socks[fd]
             try:
-                if events & EPOLLOUT:
+                if events & epollout:
                     send(fd, sock, pending_out[fd])
                     continue
                 n = sock.recv_into(buf)

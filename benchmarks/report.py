@@ -41,6 +41,8 @@ NAMES = {
     "evloop": "evloop",
 }
 THROUGHPUT = ["echo-1", "echo-32", "echo-16k", "conn"]
+# A run in which other processes took more of the server's core than this is flagged.
+DISTURBED = 0.05
 
 # Issue 11's targets, for evloop as a user starts it (default mode) against
 # the peers in fast mode: (workload, key, compared with, bound, direction, text)
@@ -229,7 +231,11 @@ def _summary(results: dict, render) -> list:
             if "open" in tables:
                 s = tables["open"].get(entry)
                 row += (
-                    [f"{_us(s['us'])} us", _short_ratio(s["cpu_vs"].get(BASELINE)), f"{_us(s['p99_us'])} us"]
+                    [
+                        f"{_us(s['us'])} us",
+                        _short_ratio(s["cpu_vs"].get(BASELINE)),
+                        f"{s['p99_us']['median']:,.0f} us",
+                    ]
                     if s
                     else ["failed", "", ""]
                 )
@@ -241,54 +247,73 @@ def _summary(results: dict, render) -> list:
     return out
 
 
+def _idle_detail(workload: dict, render) -> tuple:
+    notes = [f"{label(entry)}: {why}" for entry, why in workload.get("failures", {}).items()]
+    table = _idle_stats(workload)
+    headers = ["server, mode", "bytes per connection", "connections served"]
+    rows = []
+    for entry in workload["servers"]:
+        s = table.get(entry)
+        rows.append([label(entry), *([_num(s["bytes"]), f"{s['served']:,}"] if s else ["failed", ""])])
+    return render(headers, rows), notes
+
+
+def _detail_row(name: str, entry: str, s: dict, notes: list) -> list:
+    """One server's row of absolute numbers; notes what makes it unreliable."""
+    if name == "open":
+        rate = [f"{s['offered']['median']:,.0f}", _num(s["rate"])]
+        latency = [" / ".join(f"{s[key]['median']:,.0f}" for key in ("p50_us", "p99_us", "max_us"))]
+        if s["rate"]["min"] < 0.97 * s["offered"]["median"]:
+            notes.append(f"{label(entry)} fell behind the offered rate in at least one run")
+    else:
+        rate = [_num(s["rate"]), _ratio(s["rate_vs"].get(BASELINE))]
+        latency = []
+    disturbed = s.get("other_load")
+    if disturbed and disturbed["max"] > DISTURBED:
+        notes.append(
+            f"{label(entry)}: other processes took up to {disturbed['max']:.0%} of the server's core "
+            "in a run; its numbers are not reliable"
+        )
+    return [
+        label(entry),
+        *rate,
+        f"{_us(s['user_us'])} + {_us(s['sys_us'])} = {_us(s['us'])}",
+        _ratio(s["cpu_vs"].get(BASELINE)),
+        _pct(s["server_busy"]),
+        _pct(s["loadgen_busy"]),
+        _pct(disturbed),
+        f"{s['faults']['median']:.2f}" if s.get("faults") else "-",
+        *latency,
+    ]
+
+
 def _detail(name: str, workload: dict, render) -> tuple:
     """One workload's table of absolute numbers, and its notes."""
-    notes = [f"{label(entry)}: {why}" for entry, why in workload.get("failures", {}).items()]
     if name == "idle":
-        table = _idle_stats(workload)
-        headers = ["server, mode", "bytes per connection", "connections served"]
-        rows = [
-            [label(e), _num(table[e]["bytes"]), f"{table[e]['served']:,}"] if e in table else [label(e), "failed", ""]
-            for e in workload["servers"]
-        ]
-        return render(headers, rows), notes
-    table = stats(workload)
+        return _idle_detail(workload, render)
+    notes = [f"{label(entry)}: {why}" for entry, why in workload.get("failures", {}).items()]
+    if name == "open" and workload.get("offered_why"):
+        notes.append(f"offered rate: {workload['offered_why']}")
     unit = workload["unit"]
+    rate = ["offered/s", "achieved/s"] if name == "open" else [f"{unit}s/s", "vs asyncio fast"]
     headers = [
         "server, mode",
-        f"{unit}s/s",
-        "vs asyncio fast",
+        *rate,
         f"server CPU us/{unit}: user + sys",
         "CPU vs asyncio fast",
         "server core busy",
         "load generator busy",
+        "others on the server's core",
+        f"page faults/{unit}",
+        *(["p50 / p99 / max latency, us"] if name == "open" else []),
     ]
-    if name == "open":
-        headers[1:2] = ["offered/s", "achieved/s"]
-        headers += ["p50 / p99 / max latency, us"]
+    table = stats(workload)
     rows = []
     for entry in workload["servers"]:
-        s = table.get(entry)
-        if s is None:
+        if entry in table:
+            rows.append(_detail_row(name, entry, table[entry], notes))
+        else:
             rows.append([label(entry), "failed", *[""] * (len(headers) - 2)])
-            continue
-        row = [
-            label(entry),
-            _num(s["rate"]),
-            _ratio(s["rate_vs"].get(BASELINE)),
-            f"{_us(s['user_us'])} + {_us(s['sys_us'])} = {_us(s['us'])}",
-            _ratio(s["cpu_vs"].get(BASELINE)),
-            _pct(s["server_busy"]),
-            _pct(s["loadgen_busy"]),
-        ]
-        if name == "open":
-            row[1:1] = [f"{s['offered']['median']:,.0f}"]
-            row.append(f"{s['p50_us']['median']:,.0f} / {s['p99_us']['median']:,.0f} / {s['max_us']['median']:,.0f}")
-            if s["rate"]["min"] < 0.97 * s["offered"]["median"]:
-                notes.append(f"{label(entry)} fell behind the offered rate in at least one run")
-        rows.append(row)
-    if name == "open" and workload.get("offered_why"):
-        notes.insert(0, f"offered rate: {workload['offered_why']}")
     return render(headers, rows), notes
 
 

@@ -162,12 +162,9 @@ def server_env(mode: str) -> dict:
 
 def server_command(impl: str) -> list:
     if impl == "evloop":
-        return [sys.executable, "-m", "evloop", "serve", "evloop.protocols:LengthSepEcho"] + [
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ]
+        # As a user starts it; only the address is chosen, the rest is default.
+        serve = ["serve", "evloop.protocols:LengthSepEcho", "--host", "127.0.0.1", "--port", "0"]
+        return [sys.executable, "-m", "evloop", *serve]
     return [sys.executable, PEERS, impl, "--port", "0"]
 
 
@@ -253,13 +250,46 @@ class ServerProcess:
         self.stop()
 
 
+def core_time(cpu) -> tuple:
+    """(time the CPU spent running tasks, stolen by the hypervisor) from
+    /proc/stat, in clock ticks; (0, 0) when not pinned."""
+    if cpu is None:
+        return 0, 0
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith(f"cpu{cpu} "):
+                ticks = [int(x) for x in line.split()[1:]]
+                return sum(ticks[:3]), (ticks[7] if len(ticks) > 7 else 0)
+    return 0, 0
+
+
+def task_time(pid: int) -> int:
+    """User + system clock ticks of a process, every thread."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def run_loadgen(args: list, server: ServerProcess, timeout: float) -> dict:
+    """Run the load generator against ``server``; its JSON report, with
+    ``other_load``: the share of the server's core that other processes
+    (or the hypervisor) took meanwhile, which a fair run keeps near 0."""
     command = [LOADGEN, "--port", str(server.port), "--server-pid", str(server.pid), *args]
+    cpu = min(SERVER_CPUS) if SERVER_CPUS else None
+    busy0, steal0, task0, t0 = *core_time(cpu), task_time(server.pid), time.monotonic()
     done = subprocess.run(command, capture_output=True, timeout=timeout, preexec_fn=pinned(LOADGEN_CPUS))
+    if cpu is not None and server.alive():
+        busy1, steal1 = core_time(cpu)
+        elapsed_ticks = (time.monotonic() - t0) * os.sysconf("SC_CLK_TCK")
+        others = (busy1 - busy0) - (task_time(server.pid) - task0) + (steal1 - steal0)
+        other_load = max(0.0, others / elapsed_ticks)
+    else:
+        other_load = None
     lines = done.stdout.decode().strip().splitlines()
     if not lines:
         raise ServerFailedError(f"load generator printed nothing: {done.stderr.decode()[-300:]}")
     result = json.loads(lines[-1])
+    result["other_load"] = other_load
     if (result.get("errors") and result["mode"] != "conn") or not result.get("requests"):
         why = result.get("first_error") or "no requests completed"
         tail = server.log_tail(1)
@@ -278,7 +308,9 @@ def summarise(result: dict) -> dict:
         "us": result["server_cpu"] / count * 1e6 if known else None,
         "user_us": result["server_user"] / count * 1e6 if known else None,
         "sys_us": result["server_sys"] / count * 1e6 if known else None,
+        "faults": result["server_minflt"] / count if known else None,
         "errors": result.get("errors", 0),
+        "other_load": result.get("other_load"),
     }
     if result.get("offered_rate"):
         row.update(
@@ -328,6 +360,7 @@ def run_throughput(name: str, servers: list, settings: dict, extra_args=()) -> d
                 f"  {name} run {round_index + 1} {entry:24s} {s['rate']:9.0f}/s  "
                 f"{s['us']:6.1f} us/{unit} ({s['user_us']:.1f} user + {s['sys_us']:.1f} sys)  "
                 f"server {s['server_busy']:4.0%}  loadgen {s['loadgen_busy']:4.0%}"
+                + (f"  other work on the server's core {s['other_load']:4.0%}" if s["other_load"] else "")
             )
         rounds.append(row)
     return {"title": title, "unit": unit, "servers": servers, "rounds": rounds, "failures": failures}
@@ -508,7 +541,9 @@ def environment() -> dict:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke test: 1 run x 0.5 s, 200 idle connections")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke test: 1 run x 0.5 s, 200 idle connections"
+    )
     parser.add_argument("--runs", type=int, help="runs of every server per workload (default 3; quick 1)")
     parser.add_argument("--duration", type=float, help="measured seconds per run (default 4; quick 0.5)")
     parser.add_argument("--warmup", type=float, help="seconds before measuring (default 1; quick 0.2)")
@@ -519,7 +554,9 @@ def parse_args(argv):
     parser.add_argument("--modes", default=",".join(MODES), help="default, fast or both")
     parser.add_argument("--idle-connections", type=int, help="default 10000 (quick 200)")
     parser.add_argument(
-        "--open-rate", type=float, help="the open loop's offered requests/s (default: half the slowest echo-1)"
+        "--open-rate",
+        type=float,
+        help="the open loop's offered requests/s (default: half the slowest echo-1 saturation rate)",
     )
     parser.add_argument("--docs", default=DOCS, help="the page whose generated part is rewritten")
     parser.add_argument("--no-docs", action="store_true", help="print the tables only")
