@@ -625,7 +625,7 @@ int main(int argc, char **argv) {
     int next_conn = 0;
     for (;;) {
         double t = now();
-        if (warm_end == 0 && (opt.mode == M_CONN || active_opened >= opt.clients)) {
+        if (warm_end == 0 && active_opened >= opt.clients) {
             warm_end = t + opt.warmup;
             end = warm_end + opt.duration;
             sched_t0 = t;

@@ -84,7 +84,8 @@ def _spread(values):
 def _per_round(workload: dict, entry: str, other: str, value) -> dict:
     """The spread of value(row of entry, row of other) over the rounds that have both."""
     pairs = [(r[entry], r[other]) for r in workload["rounds"] if entry in r and other in r]
-    return _spread([value(a, b) for a, b in pairs if None not in (a.get("us"), b.get("us"))])
+    # CPU time comes in clock ticks (10 ms): a tiny run may read 0, which says nothing.
+    return _spread([value(a, b) for a, b in pairs if a.get("us") and b.get("us")])
 
 
 def stats(workload: dict) -> dict:

@@ -167,10 +167,8 @@ def test_the_quick_run_measures_every_server_in_both_modes_and_writes_the_page(t
         assert set(workload["rounds"][0]) == set(servers), (name, workload["failures"])
     for name in run.WORKLOADS:
         for entry, row in saved["workloads"][name]["rounds"][0].items():
-            assert row["rate"] > 0 and row["us"] > 0 and row["user_us"] >= 0 and row["sys_us"] >= 0, (
-                name,
-                entry,
-            )
+            # CPU time is read in clock ticks: a 0.2 s run may see none.
+            assert row["rate"] > 0 and row["user_us"] >= 0 and row["sys_us"] >= 0, (name, entry)
     assert saved["workloads"]["open"]["offered"] > 0
     idle = saved["workloads"]["idle"]["rounds"][0]
     assert all(row["served"] == 40 for row in idle.values()), idle
