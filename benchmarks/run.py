@@ -160,11 +160,16 @@ def server_env(mode: str) -> dict:
     return env
 
 
+# Other evloop builds to measure beside this one (--evloop-build), as
+# "evloop-LABEL": the Python whose installed evloop serves.
+EVLOOP_BUILDS = {}
+
+
 def server_command(impl: str) -> list:
-    if impl == "evloop":
+    if impl == "evloop" or impl in EVLOOP_BUILDS:
         # As a user starts it; only the address is chosen, the rest is default.
         serve = ["serve", "evloop.protocols:LengthSepEcho", "--host", "127.0.0.1", "--port", "0"]
-        return [sys.executable, "-m", "evloop", *serve]
+        return [EVLOOP_BUILDS.get(impl, sys.executable), "-m", "evloop", *serve]
     return [sys.executable, PEERS, impl, "--port", "0"]
 
 
@@ -193,7 +198,9 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             env=server_env(mode),
             preexec_fn=pinned(SERVER_CPUS),
-            cwd=ROOT,
+            # From the checkout, so "evloop" is this commit's; another build
+            # from elsewhere, so that the checkout's sources do not shadow it.
+            cwd=BUILD_DIR if impl in EVLOOP_BUILDS else ROOT,
         )
         self.pid = self.process.pid
         try:
@@ -552,13 +559,23 @@ def parse_args(argv):
     )
     parser.add_argument("--impls", default=",".join(IMPLS), help=f"from {','.join(IMPLS)}")
     parser.add_argument("--modes", default=",".join(MODES), help="default, fast or both")
+    parser.add_argument(
+        "--evloop-build",
+        action="append",
+        default=[],
+        metavar="LABEL=PYTHON",
+        help="also measure the evloop that PYTHON has installed (say a compiled build in another venv; "
+        "started outside this checkout) as evloop-LABEL; repeatable",
+    )
     parser.add_argument("--idle-connections", type=int, help="default 10000 (quick 200)")
     parser.add_argument(
         "--open-rate",
         type=float,
         help="the open loop's offered requests/s (default: half the slowest echo-1 saturation rate)",
     )
-    parser.add_argument("--docs", default=DOCS, help="the page whose generated part is rewritten")
+    parser.add_argument(
+        "--docs", help=f"the page whose generated part is rewritten (default {os.path.relpath(DOCS, ROOT)})"
+    )
     parser.add_argument("--no-docs", action="store_true", help="print the tables only")
     parser.add_argument("--results", help=f"raw results as JSON (default {os.path.relpath(RESULTS, ROOT)})")
     parser.add_argument(
@@ -566,6 +583,11 @@ def parse_args(argv):
     )
     args = parser.parse_args(argv)
     quick = args.quick
+    if quick and args.docs is None and args.results is None:
+        # A smoke test's numbers mean nothing: they go to the page and the
+        # results file only when asked for by name.
+        args.no_docs = True
+    args.docs = args.docs or DOCS
     settings = {
         "runs": args.runs or (1 if quick else 3),
         "duration": args.duration or (0.5 if quick else 4.0),
@@ -578,7 +600,13 @@ def parse_args(argv):
         "impls": [i for i in args.impls.split(",") if i],
         "modes": [m for m in args.modes.split(",") if m],
     }
-    known = {"workloads": ALL_WORKLOADS, "impls": IMPLS, "modes": MODES}
+    for build in args.evloop_build:
+        name, _, python = build.partition("=")
+        if not name or not os.access(python, os.X_OK):
+            parser.error(f"--evloop-build wants LABEL=PYTHON (an executable), got {build!r}")
+        EVLOOP_BUILDS[f"evloop-{name}"] = python
+        chosen["impls"].append(f"evloop-{name}")
+    known = {"workloads": ALL_WORKLOADS, "impls": [*IMPLS, *EVLOOP_BUILDS], "modes": MODES}
     for key, values in chosen.items():
         unknown = sorted(set(values) - set(known[key]))
         if unknown:
@@ -602,6 +630,17 @@ def measure(settings: dict, chosen: dict, command: str) -> dict:
         "missing": missing,
         "workloads": {},
     }
+    throughput = [name for name in chosen["workloads"] if name != "idle"]
+    estimate = (
+        settings["runs"] * len(servers) * len(throughput) * (settings["warmup"] + settings["duration"] + 0.8)
+    )
+    estimate += (
+        settings["runs"]
+        * len(servers)
+        * (3 + settings["idle_connections"] / 3000)
+        * ("idle" in chosen["workloads"])
+    )
+    log(f"{len(servers)} servers, {settings['runs']} runs each: about {estimate / 60:.0f} minutes")
     started = time.monotonic()
     for name in chosen["workloads"]:
         log(f"{name}:")
