@@ -480,9 +480,17 @@ def measure_idle(entry: str, count: int, settings: dict) -> dict:
 def run_idle(servers: list, settings: dict) -> dict:
     count = settings["idle_connections"]
     rounds, failures = [], {}
+    if settings["fd_limit"] < count + 100:
+        # The server needs a descriptor per connection and a few of its own.
+        why = f"RLIMIT_NOFILE's hard limit {settings['fd_limit']:,} is too low for {count:,} connections"
+        log(f"  idle: {why}")
+        failures = dict.fromkeys(servers, why)
+        servers_run = []
+    else:
+        servers_run = servers
     for round_index in range(settings["runs"]):
         row = {}
-        for entry in servers:
+        for entry in servers_run:
             try:
                 row[entry] = measure_idle(entry, count, settings)
             except (ServerFailedError, subprocess.TimeoutExpired, OSError) as exc:
