@@ -1,6 +1,6 @@
 """The fair benchmark: evloop and its peers on the LengthSepEcho wire.
 
-    python benchmarks/run.py            # 3 runs x 4 s of everything, about 25 minutes
+    python benchmarks/run.py            # 3 runs x 4 s of everything, about 20 minutes
     python benchmarks/run.py --quick    # 1 run x 0.5 s, 200 idle connections: a smoke test
 
 Theory of operation. Every run starts a fresh server process, pinned to one
@@ -554,7 +554,7 @@ def environment() -> dict:
 # -- main -----------------------------------------------------------------------------------
 
 
-def parse_args(argv):
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="a smoke test: 1 run x 0.5 s, 200 idle connections"
@@ -589,6 +589,11 @@ def parse_args(argv):
     parser.add_argument(
         "--from-results", action="store_true", help="measure nothing: rewrite the report from --results"
     )
+    return parser
+
+
+def parse_args(argv):
+    parser = build_parser()
     args = parser.parse_args(argv)
     quick = args.quick
     if quick and args.docs is None and args.results is None:
