@@ -270,25 +270,49 @@ def core_time(cpu) -> tuple:
     return 0, 0
 
 
-def task_time(pid: int) -> int:
-    """User + system clock ticks of a process, every thread."""
+def task_time(pid) -> int:
+    """User + system clock ticks of a process, every thread (0 for None)."""
+    if pid is None:
+        return 0
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
 
 
+def softirq_thread(cpu):
+    """The pid of the kernel thread that runs deferred network work on
+    ``cpu`` (ksoftirqd/N): its time is the benchmark's own, not another
+    process's. None if there is none to be found."""
+    if cpu is None:
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                if comm.read().strip() == f"ksoftirqd/{cpu}":
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+SOFTIRQ_PID = softirq_thread(min(SERVER_CPUS) if SERVER_CPUS else None)
+
+
 def run_loadgen(args: list, server: ServerProcess, timeout: float) -> dict:
     """Run the load generator against ``server``; its JSON report, with
     ``other_load``: the share of the server's core that other processes
-    (or the hypervisor) took meanwhile, which a fair run keeps near 0."""
+    (or the hypervisor) took meanwhile, which a fair run keeps near 0. The
+    server's own time and the core's ksoftirqd thread's do not count."""
     command = [LOADGEN, "--port", str(server.port), "--server-pid", str(server.pid), *args]
     cpu = min(SERVER_CPUS) if SERVER_CPUS else None
-    busy0, steal0, task0, t0 = *core_time(cpu), task_time(server.pid), time.monotonic()
+    busy0, steal0, t0 = *core_time(cpu), time.monotonic()
+    task0 = task_time(server.pid) + task_time(SOFTIRQ_PID)
     done = subprocess.run(command, capture_output=True, timeout=timeout, preexec_fn=pinned(LOADGEN_CPUS))
     if cpu is not None and server.alive():
         busy1, steal1 = core_time(cpu)
         elapsed_ticks = (time.monotonic() - t0) * os.sysconf("SC_CLK_TCK")
-        others = (busy1 - busy0) - (task_time(server.pid) - task0) + (steal1 - steal0)
+        ours = task_time(server.pid) + task_time(SOFTIRQ_PID) - task0
+        others = (busy1 - busy0) - ours + (steal1 - steal0)
         other_load = max(0.0, others / elapsed_ticks)
     else:
         other_load = None
