@@ -15,15 +15,22 @@
  *   json  jsocket 2.x framing: "!4sII" = b"JSN1", payload length, CRC-32 of
  *         the payload, then UTF-8 JSON. Each reply's magic, size and CRC-32
  *         are checked; the payload is not compared (servers may re-encode it).
- *   conn  a connection per request (the recipe's LengthSepBody): connect,
- *         send one request, read the bare body until the server closes,
- *         compare it, close; --clients connections at a time.
+ *   conn  a connection per request on the echo wire: connect, send one
+ *         request, read its echo, compare it, close (the client closes
+ *         first, as a one-shot client does); --clients connections at a time.
  *   hold  open --clients connections, one request each (none with
  *         --silent 1), print a "held" line; on "serve" from stdin, one more
  *         request on every connection and a "served" line; exit at end of
  *         stdin.
  *
- * CPU: the server's user+system time comes from /proc/PID/stat (all its
+ * Open loop (echo, --rate R): instead of each connection asking again as
+ * soon as it is answered, requests are sent on a fixed schedule, R per
+ * second over all the connections in turn (as wrk2 does), whether or not
+ * the earlier ones have been answered. Latency is counted from the time a
+ * request was due, not from when it could be sent, so a server that falls
+ * behind shows it; a connection more than RING requests behind is an error.
+ *
+ * CPU: the server's user and system time come from /proc/PID/stat (all its
  * threads, in clock ticks), this process's from getrusage(), both over the
  * measured window only. Output: one JSON object per line on stdout.
  */
@@ -62,21 +69,29 @@ typedef struct {
     int hdr_have;
     long body_left;
     uint32_t crc, want_crc;
+    /* open loop: when each request in flight was due (a ring) */
+    double *due;
+    int due_head, due_count;
 } conn_t;
+
+enum { RING = 1024 };
+/* open-loop latency histogram: 10 us buckets up to 1 s, then one overflow */
+enum { HBUCKETS = 100001 };
+static long hist[HBUCKETS];
+static long hist_count;
+static double lat_max;
 
 static struct {
     const char *host;
     int port, mode, clients, depth, size, idle, sources, source_first, server_pid, silent;
-    double warmup, duration, timeout;
+    double warmup, duration, timeout, rate;
     const char *payload;
-} opt = {"127.0.0.1", 0, M_ECHO, 50, 1, 64, 0, 1, 1, 0, 0, 0.5, 2.0, 60.0, NULL};
+} opt = {"127.0.0.1", 0, M_ECHO, 50, 1, 64, 0, 1, 1, 0, 0, 0.5, 2.0, 60.0, 0.0, NULL};
 
 static unsigned char *req;      /* one request */
 static long req_len;
 static unsigned char *burst;    /* the request repeated, for large writes */
 static long burst_len;
-static unsigned char *expect;   /* conn mode: the bare body that comes back */
-static long expect_len;
 static int ep;
 static conn_t *conns;
 static int nconns;
@@ -98,9 +113,12 @@ static double self_cpu(void) {
     return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
-/* utime + stime of the server, every thread, in seconds; -1 if unknown. */
-static double server_cpu(void) {
+/* utime and stime of the server, every thread, in seconds, and its minor
+ * page faults (a fault per request means memory mapped and unmapped per
+ * request: see docs/benchmarks.md); -1 if unknown. */
+static int server_cpu(double *user, double *sys, double *faults) {
     char path[64], buf[1024];
+    *user = *sys = *faults = -1;
     if (opt.server_pid <= 0) return -1;
     snprintf(path, sizeof path, "/proc/%d/stat", opt.server_pid);
     FILE *f = fopen(path, "r");
@@ -110,11 +128,14 @@ static double server_cpu(void) {
     buf[n] = 0;
     char *p = strrchr(buf, ')'); /* the command name may hold spaces */
     if (!p) return -1;
-    unsigned long utime = 0, stime = 0;
-    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime(14) stime(15) */
-    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
+    unsigned long minflt = 0, utime = 0, stime = 0;
+    /* after ")": state(3) ppid pgrp session tty tpgid flags minflt(10) cminflt majflt cmajflt utime(14) stime(15) */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %lu %*u %*u %*u %lu %lu", &minflt, &utime, &stime) != 3)
         return -1;
-    return (double)(utime + stime) / sysconf(_SC_CLK_TCK);
+    *faults = (double)minflt;
+    *user = (double)utime / sysconf(_SC_CLK_TCK);
+    *sys = (double)stime / sysconf(_SC_CLK_TCK);
+    return 0;
 }
 
 static void note_error(const char *fmt, ...) {
@@ -230,13 +251,64 @@ static void flush_out(conn_t *c) {
     arm(c, c->out_left > 0);
 }
 
-/* One reply finished on c: count it and, under load, ask again. */
+static void record_latency(double seconds) {
+    long bucket = (long)(seconds * 1e5);  /* 10 us buckets */
+    if (bucket < 0) bucket = 0;
+    if (bucket >= HBUCKETS) bucket = HBUCKETS - 1;
+    hist[bucket]++;
+    hist_count++;
+    if (seconds > lat_max) lat_max = seconds;
+}
+
+/* The latency below which a fraction q of the replies came, in seconds. */
+static double latency_quantile(double q) {
+    long want = (long)(q * hist_count), seen = 0;
+    for (long i = 0; i < HBUCKETS; i++) {
+        seen += hist[i];
+        if (seen > want) return (i + 1) / 1e5;
+    }
+    return lat_max;
+}
+
+/* One reply finished on c: count it and, under closed-loop load, ask again. */
 static void reply_done(conn_t *c) {
     c->done++;
     c->inflight--;
     if (c->idle || opt.mode == M_HOLD) return;
     if (measuring) total_done++;
+    if (opt.rate > 0) {
+        double due = c->due[c->due_head];
+        c->due_head = (c->due_head + 1) % RING;
+        c->due_count--;
+        if (measuring) record_latency(now() - due);
+        return;
+    }
     if (!stopping) queue_requests(c, 1);
+}
+
+/* Open loop: send every request that has come due by now, one connection
+ * after another; returns the time the next one is due. */
+static double send_due(double t0, long *sent, int *next_conn) {
+    double t = now();
+    long due = (long)((t - t0) * opt.rate) + 1;
+    while (*sent < due) {
+        conn_t *c = &conns[*next_conn];
+        *next_conn = (*next_conn + 1) % opt.clients;
+        if (c->fd < 0 || !c->open) {
+            (*sent)++;
+            continue;
+        }
+        if (c->due_count == RING) {
+            note_error("open loop: the server is more than %d requests behind on a connection", RING);
+            return t;
+        }
+        c->due[(c->due_head + c->due_count) % RING] = t0 + *sent / opt.rate;
+        c->due_count++;
+        (*sent)++;
+        queue_requests(c, 1);
+        flush_out(c);
+    }
+    return t0 + *sent / opt.rate;
 }
 
 static void on_connected(conn_t *c) {
@@ -254,6 +326,11 @@ static void on_connected(conn_t *c) {
     if (!c->idle) active_opened++;
     if (opt.mode == M_HOLD && opt.silent) {
         arm(c, 0);  /* connected, and not a byte sent until "serve" */
+        return;
+    }
+    if (opt.rate > 0 && !c->idle) {
+        if (!c->due) c->due = malloc(RING * sizeof *c->due);
+        arm(c, 0);  /* the schedule sends, from the main loop */
         return;
     }
     if (opt.mode == M_HOLD || c->idle)
@@ -274,16 +351,6 @@ static void on_readable(conn_t *c, int index) {
             return;
         }
         if (n == 0) {
-            if (opt.mode == M_CONN) {
-                if (c->in_pos == expect_len) {
-                    if (measuring) total_done++;
-                } else {
-                    note_error("conn: reply of %ld bytes, expected %ld", c->in_pos, expect_len);
-                }
-                drop(c);
-                if (!stopping) start_connect(c, index);
-                return;
-            }
             note_error("the server closed a connection (%ld replies on it)", c->done);
             drop(c);
             return;
@@ -291,13 +358,18 @@ static void on_readable(conn_t *c, int index) {
         unsigned char *p = buf;
         long left = n;
         if (opt.mode == M_CONN) {
-            if (c->in_pos + left > expect_len || memcmp(p, expect + c->in_pos, left) != 0) {
-                note_error("conn: reply differs from the body sent");
+            /* one request, its echo, then this side closes and starts over */
+            if (c->in_pos + left > req_len || memcmp(p, req + c->in_pos, left) != 0) {
+                note_error("conn: reply differs from the request");
                 drop(c);
                 return;
             }
             c->in_pos += left;
-            continue;
+            if (c->in_pos < req_len) continue;
+            if (measuring) total_done++;
+            drop(c);
+            if (!stopping) start_connect(c, index);
+            return;
         }
         if (opt.mode == M_JSON) {
             while (left > 0) {
@@ -362,9 +434,13 @@ static void on_readable(conn_t *c, int index) {
     }
 }
 
-static void dispatch(int timeout_ms) {
+/* Wait up to `timeout` seconds (epoll_pwait2: the open loop's schedule
+ * needs finer steps than epoll_wait's milliseconds) and handle the events. */
+static void dispatch_for(double timeout) {
     struct epoll_event evs[512];
-    int n = epoll_wait(ep, evs, 512, timeout_ms);
+    if (timeout < 0) timeout = 0;
+    struct timespec ts = {.tv_sec = (time_t)timeout, .tv_nsec = (long)((timeout - (time_t)timeout) * 1e9)};
+    int n = epoll_pwait2(ep, evs, 512, &ts, NULL);
     for (int i = 0; i < n; i++) {
         conn_t *c = evs[i].data.ptr;
         int index = (int)(c - conns);
@@ -377,6 +453,8 @@ static void dispatch(int timeout_ms) {
         if (c->fd >= 0 && (evs[i].events & EPOLLOUT)) flush_out(c);
     }
 }
+
+static void dispatch(int timeout_ms) { dispatch_for(timeout_ms / 1e3); }
 
 /* Open conns[first..first+count) at most `window` connects at a time, each
  * answered once; returns when all have been or the deadline passed. */
@@ -404,7 +482,7 @@ static void usage(void) {
             "usage: loadgen --port P [--host 127.0.0.1] [--mode echo|json|conn|hold]\n"
             "  [--clients 50] [--depth 1] [--size 64] [--idle 0] [--payload JSON]\n"
             "  [--warmup 0.5] [--duration 2] [--timeout 60] [--server-pid PID]\n"
-            "  [--sources 1] [--source-first 1] [--silent 0]\n");
+            "  [--sources 1] [--source-first 1] [--silent 0] [--rate 0 (open loop, echo)]\n");
     exit(2);
 }
 
@@ -428,8 +506,6 @@ static void build_requests(void) {
         req = malloc(req_len);
         memcpy(req, head, hl);
         for (int i = 0; i < opt.size; i++) req[hl + i] = "abcdefghijklmnopqrstuvwxyz0123456789"[i % 36];
-        expect = req + hl;
-        expect_len = opt.size;
     }
     /* Enough copies that one send can carry a whole burst of pipelined requests. */
     long copies = opt.depth + 1;
@@ -470,9 +546,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--sources")) opt.sources = atoi(v);
         else if (!strcmp(a, "--silent")) opt.silent = atoi(v);
         else if (!strcmp(a, "--source-first")) opt.source_first = atoi(v);
+        else if (!strcmp(a, "--rate")) opt.rate = atof(v);
         else usage();
     }
     if (opt.port <= 0 || opt.clients <= 0 || opt.depth <= 0 || opt.size < 0 || opt.sources <= 0) usage();
+    if (opt.rate < 0 || (opt.rate > 0 && opt.mode != M_ECHO)) usage();
     server_addr.sin_family = AF_INET;
     server_addr.sin_port = htons(opt.port);
     if (inet_pton(AF_INET, opt.host, &server_addr.sin_addr) != 1) usage();
@@ -541,18 +619,22 @@ int main(int argc, char **argv) {
     /* The warm-up starts once every client is connected (a server with a
      * short listen backlog may take a while to accept them all). */
     double start = now(), warm_end = 0, end = 0;
-    double m_t0 = 0, m_self0 = 0, m_srv0 = 0;
+    double m_t0 = 0, m_self0 = 0, su0 = -1, ss0 = -1, su1 = -1, ss1 = -1, sf0 = -1, sf1 = -1;
+    double sched_t0 = 0, next_due = 0;
+    long sent = 0;
+    int next_conn = 0;
     for (;;) {
         double t = now();
-        if (warm_end == 0 && (opt.mode == M_CONN || active_opened >= opt.clients)) {
+        if (warm_end == 0 && active_opened >= opt.clients) {
             warm_end = t + opt.warmup;
             end = warm_end + opt.duration;
+            sched_t0 = t;
         }
         if (!measuring && warm_end > 0 && t >= warm_end) {
             measuring = 1;
             m_t0 = now();
             m_self0 = self_cpu();
-            m_srv0 = server_cpu();
+            server_cpu(&su0, &ss0, &sf0);
         }
         if (measuring && t >= end) break;
         if (errors && opt.mode != M_CONN) break;
@@ -562,20 +644,30 @@ int main(int argc, char **argv) {
             break;
         }
         double until = (warm_end == 0 ? 0.05 : (measuring ? end : warm_end) - t);
-        int ms = (int)(until * 1000) + 1;
-        dispatch(ms > 50 ? 50 : ms);
+        if (opt.rate > 0 && warm_end > 0) {
+            next_due = send_due(sched_t0, &sent, &next_conn);
+            if (next_due - t < until) until = next_due - now();
+            if (until < 0) until = 0;
+        }
+        dispatch_for(until > 0.05 ? 0.05 : (opt.rate > 0 ? until : until + 0.001));
     }
     double secs = measuring ? now() - m_t0 : 0;
     double self = measuring ? self_cpu() - m_self0 : 0;
-    double srv1 = server_cpu();
-    double srv = (measuring && m_srv0 >= 0 && srv1 >= 0) ? srv1 - m_srv0 : -1;
+    server_cpu(&su1, &ss1, &sf1);
+    int known = measuring && su0 >= 0 && su1 >= 0;
+    double user = known ? su1 - su0 : -1, sys = known ? ss1 - ss0 : -1;
     stopping = 1;
     const char *names[] = {"echo", "json", "conn", "hold"};
     printf("{\"mode\": \"%s\", \"clients\": %d, \"depth\": %d, \"size\": %d, \"idle\": %d, "
-           "\"requests\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"loadgen_cpu\": %.4f, \"server_cpu\": %.4f, "
-           "\"request_bytes\": %ld, ",
+           "\"requests\": %ld, \"seconds\": %.6f, \"rate\": %.1f, \"loadgen_cpu\": %.4f, "
+           "\"server_cpu\": %.4f, \"server_user\": %.4f, \"server_sys\": %.4f, \"request_bytes\": %ld, "
+           "\"offered_rate\": %.1f, \"server_minflt\": %.0f, ",
            names[opt.mode], opt.clients, opt.depth, opt.size, opt.idle, total_done, secs,
-           secs > 0 ? total_done / secs : 0.0, self, srv, req_len);
+           secs > 0 ? total_done / secs : 0.0, self, known ? user + sys : -1.0, user, sys, req_len, opt.rate,
+           known ? sf1 - sf0 : -1.0);
+    if (opt.rate > 0)
+        printf("\"latency_p50_us\": %.0f, \"latency_p99_us\": %.0f, \"latency_max_us\": %.0f, ",
+               latency_quantile(0.50) * 1e6, latency_quantile(0.99) * 1e6, lat_max * 1e6);
     print_common(stdout);
     printf("}\n");
     return errors && opt.mode != M_CONN ? 1 : 0;

@@ -3,10 +3,11 @@
     python benchmarks/profile_evloop.py --workload echo-1 --tool cprofile
     python benchmarks/profile_evloop.py --workload conn --tool py-spy
 
-The server (``benchmarks/peers.py evloop ...``) runs under the chosen
-profiler, pinned to one core; the C load generator drives it from another
-core for ``--duration`` seconds; then the server is stopped and the profile
-printed: the functions that cost the most, and what that is per request.
+The server (``python -m evloop serve evloop.protocols:LengthSepEcho``, as
+the benchmark starts it) runs under the chosen profiler, pinned to one
+core; the C load generator drives it from another core for ``--duration``
+seconds; then the server is stopped and the profile printed: the functions
+that cost the most, and what that is per request.
 
 - ``cprofile``: deterministic, every call counted; its overhead inflates
   small functions, so read the call counts and the shares, not the times.
@@ -35,22 +36,13 @@ from benchmarks import run  # noqa: E402
 __all__ = ["main"]
 
 
-def profiled_command(tool: str, output: str, server_args: list) -> list:
+def profiled_command(tool: str, output: str) -> list:
+    python, *server = run.server_command("evloop")  # [python, "-m", "evloop", "serve", ...]
     if tool == "cprofile":
-        return [sys.executable, "-m", "cProfile", "-o", output, run.PEERS, *server_args]
+        return [python, "-m", "cProfile", "-o", output, *server]
     if tool == "pyinstrument":
-        return [
-            sys.executable,
-            "-m",
-            "pyinstrument",
-            "--renderer",
-            "text",
-            "--outfile",
-            output,
-            run.PEERS,
-            *server_args,
-        ]
-    return [sys.executable, run.PEERS, *server_args]
+        return [python, "-m", "pyinstrument", "--renderer", "text", "--outfile", output, *server]
+    return [python, *server]
 
 
 def main(argv=None) -> int:
@@ -58,15 +50,20 @@ def main(argv=None) -> int:
     parser.add_argument("--workload", default="echo-1", choices=list(run.WORKLOADS))
     parser.add_argument("--tool", default="cprofile", choices=["cprofile", "pyinstrument", "py-spy"])
     parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rate", type=float, default=20000.0, help="the open workload's offered requests/s")
+    parser.add_argument("--mode", choices=run.MODES, default="default", help="malloc mode (see run.py)")
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)
     run.build_loadgen()
     run.raise_fd_limit()
-    _title, server_workload, load_args, _impls = run.WORKLOADS[args.workload]
+    _title, load_args, unit = run.WORKLOADS[args.workload]
+    if args.workload == "open":
+        load_args = [*load_args, "--rate", str(args.rate)]
     workdir = tempfile.mkdtemp(prefix="evloop-profile-")
     output = os.path.join(workdir, "profile.out")
-    command = profiled_command(args.tool, output, ["evloop", server_workload, "--port", "0"])
-    server = _start(command)
+    # SIGINT, not SIGTERM, to stop it: the profilers write their output on
+    # the way out of a KeyboardInterrupt.
+    server = run.ServerProcess("evloop", args.mode, command=profiled_command(args.tool, output))
     spy = None
     try:
         if args.tool == "py-spy":
@@ -98,12 +95,12 @@ def main(argv=None) -> int:
     finally:
         if spy is not None:
             spy.wait(60)
-        server.stop()
+        server.stop(signal.SIGINT)
     requests = result["requests"]
     print(
-        f"{args.workload}: {requests} requests in {result['seconds']:.2f} s under {args.tool} "
+        f"{args.workload}: {requests} {unit}s in {result['seconds']:.2f} s under {args.tool} "
         f"({requests / result['seconds']:,.0f}/s, server CPU "
-        f"{result['server_cpu'] / requests * 1e6:.1f} us per request with the profiler on)"
+        f"{result['server_cpu'] / requests * 1e6:.1f} us per {unit} with the profiler on)"
     )
     if args.tool == "cprofile":
         _print_cprofile(output, requests, args.top)
@@ -113,39 +110,6 @@ def main(argv=None) -> int:
     else:
         _print_collapsed(output, args.top)
     return 0
-
-
-def _start(command):
-    class Profiled(run.ServerProcess):
-        def __init__(self):  # the same process handling, another command line
-            self.name = "evloop (profiled)"
-            self.stderr_path = os.path.join(run.BUILD_DIR, "server-profiled.log")
-            os.makedirs(run.BUILD_DIR, exist_ok=True)
-            self._stderr = open(self.stderr_path, "wb")
-            self.process = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=self._stderr,
-                preexec_fn=run._pinned(run.SERVER_CPUS),
-                cwd=run.ROOT,
-            )
-            self.pid = self.process.pid
-            self.port = self._wait_listening(timeout=30)
-
-        def stop(self):
-            # SIGINT, not SIGTERM: the profilers write their output on the
-            # way out of a KeyboardInterrupt.
-            if self.alive():
-                self.process.send_signal(signal.SIGINT)
-                try:
-                    self.process.wait(30)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-            self.process.stdout.close()
-            self._stderr.close()
-
-    return Profiled()
 
 
 def _print_cprofile(path: str, requests: int, top: int) -> None:
