@@ -46,7 +46,7 @@ def draw() -> str:
         f'  <rect width="{WIDTH}" height="{height}" fill="#ffffff"/>',
     ]
     top = GAP
-    for (name, title, fill, stroke), band in zip(LAYERS, heights):
+    for (name, title, fill, stroke), band in zip(LAYERS, heights, strict=True):
         out.append(
             f'  <rect x="10" y="{top}" width="{WIDTH - 20}" height="{band}" rx="8" '
             f'fill="{fill}" stroke="{stroke}"/>'
