@@ -684,7 +684,8 @@ class MiniRedisHandler(ClientHandler):
 
     def __init__(self, server: Any, client_socket: Any, client_address: Any) -> None:
         super().__init__(server, client_socket, client_address)
-        self.framer = RespFramer()
+        # The server's Limits.max_request_size, if set, bounds one command.
+        self.framer = RespFramer(self.limits.max_request_size)
         self.database: Database = server.database
         self.session = Session()
 

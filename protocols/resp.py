@@ -33,7 +33,11 @@ sixteen parsed in one call and answered in one ``send``. It has two paths:
 Limits, each checked before the number is trusted: a line (an inline command
 or a ``*``/``$`` header) may hold ``max_line`` bytes (64 KiB, Redis's
 ``PROTO_INLINE_MAX_SIZE``), a command ``max_elements`` arguments (Redis's
-1024*1024) and ``max_size`` bytes of arguments in all. Breaking any of them,
+1024*1024) and ``max_size`` bytes in all, where each argument counts its
+length plus ``argument_cost`` (64 bytes: what CPython spends to hold a short
+argument, a bytes object and its slot in the list), so a command of a
+million tiny arguments is charged for the memory it really takes, as Redis
+charges a client for its argument vector. Breaking any of them,
 or the syntax, raises :class:`~evloop.RemoteProtocolError` whose ``reply`` is
 Redis's ``-ERR Protocol error: ...`` line; the connection then closes, as
 Redis does, because the stream can no longer be trusted. The commands that
@@ -61,6 +65,12 @@ _FAST_LENGTHS: Dict[bytes, int] = {b"$%d" % n: n for n in range(0, 4097)}
 MAX_LINE = 64 * 1024
 # Redis refuses a multibulk count above this from a client (networking.c).
 MAX_ELEMENTS = 1024 * 1024
+# What one argument costs to hold beyond its bytes, on 64-bit CPython: a
+# bytes object's header (33 bytes, rounded up to 40 by the allocator for a
+# short one) and its slot in the argument list (8, plus the list's spare
+# slots); tracemalloc measures 43 bytes per 2-byte argument. Rounded up so
+# the charge stays an upper bound.
+ARGUMENT_COST = 64
 
 
 class RespError(Exception):
@@ -90,8 +100,9 @@ def _protocol_error(what: str) -> bytes:
 class RespFramer(Framer):
     """Sans-I/O RESP2 request parser; requests are argument lists of bytes.
 
-    ``max_size`` bounds the argument bytes of one command (default 64 MiB;
-    Redis allows 512 MiB per argument), ``max_line`` the bytes of one line,
+    ``max_size`` bounds the memory one command may hold (default 64 MiB;
+    Redis allows 512 MiB per argument): each argument is charged its length
+    plus ``argument_cost`` bytes. ``max_line`` bounds the bytes of one line,
     ``max_elements`` the arguments of one command.
     """
 
@@ -101,18 +112,26 @@ class RespFramer(Framer):
         "_args",
         "_bulk",
         "_fast_counts",
+        "_fast_limit",
         "_remaining",
         "_scanned",
         "_size",
+        "argument_cost",
         "error",
         "max_elements",
         "max_line",
     )
 
     def __init__(
-        self, max_size: Optional[int] = None, *, max_line: int = MAX_LINE, max_elements: int = MAX_ELEMENTS
+        self,
+        max_size: Optional[int] = None,
+        *,
+        max_line: int = MAX_LINE,
+        max_elements: int = MAX_ELEMENTS,
+        argument_cost: int = ARGUMENT_COST,
     ) -> None:
         super().__init__(max_size)
+        self.argument_cost = argument_cost
         #: The violation found, if any; every later call raises it. (A plain
         #: attribute: a handler checks it after every read.)
         self.error: Optional[RemoteProtocolError] = None
@@ -120,7 +139,8 @@ class RespFramer(Framer):
         self.max_elements = max_elements
         # The command being received by the careful path: its arguments so
         # far (None: between commands), how many more are due, the length of
-        # the bulk now expected (-1: its $ line comes first) and its size.
+        # the bulk now expected (-1: its $ line comes first) and its size in
+        # bytes (the charge against max_size adds argument_cost per argument).
         self._args: Optional[List[bytes]] = None
         self._remaining = 0
         self._bulk = -1
@@ -137,6 +157,10 @@ class RespFramer(Framer):
         )
         if max_line < 8:
             self._fast_counts = {}
+        # A command the fast path takes has at most len(_FAST_COUNTS)
+        # arguments and no more bytes than the buffer, so it is within
+        # max_size when the buffer is within this.
+        self._fast_limit = self.max_size - len(_FAST_COUNTS) * argument_cost
 
     @property
     def buffered(self) -> int:
@@ -167,14 +191,15 @@ class RespFramer(Framer):
             raise self._error
         requests: List[List[bytes]] = []
         buffer = self._buffer
-        # No command can hold more argument bytes than the whole buffer, so
-        # when that is within max_size the fast path need not count them.
+        # No command can hold more argument bytes than the whole buffer, nor
+        # more arguments than the fast path's largest count, so when the
+        # buffer is within _fast_limit the fast path need not count them.
         if (
             self._args is None
             and not self._scanned
             and buffer
             and buffer[0] == 42  # "*"
-            and len(buffer) <= self.max_size
+            and len(buffer) <= self._fast_limit
         ):
             self._fast(requests)
             if not buffer and not self._eof:
@@ -320,6 +345,14 @@ class RespFramer(Framer):
                         f"{count} arguments are over the limit of {self.max_elements}",
                         _protocol_error("invalid multibulk length"),
                     )
+                if count * self.argument_cost > self.max_size:
+                    # Refused before any argument is read: even empty ones
+                    # would cost more than the limit.
+                    raise self._fail(
+                        f"{count} arguments would cost {count * self.argument_cost} bytes, "
+                        f"over the limit of {self.max_size}",
+                        _protocol_error("invalid multibulk length"),
+                    )
                 if count <= 0:
                     continue  # "*0" and "*-1" carry no command; Redis skips them
                 self._args = args = []
@@ -343,10 +376,12 @@ class RespFramer(Framer):
                             f"bad bulk length line {line[:40]!r}", _protocol_error("invalid bulk length")
                         )
                     length = parsed
-                    if length > self.max_size - self._size:
+                    cost = self.argument_cost
+                    if length + cost > self.max_size - self._size - len(args) * cost:
                         raise self._fail(
                             f"a {length}-byte argument would take the command "
-                            f"over the limit of {self.max_size} bytes",
+                            f"over the limit of {self.max_size} bytes "
+                            f"({self.argument_cost} charged for each argument)",
                             _protocol_error("invalid bulk length"),
                         )
                     self._bulk = length

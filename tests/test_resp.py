@@ -224,11 +224,50 @@ def test_a_bulk_length_over_the_limit_is_refused_before_its_bytes():
 
 
 def test_the_size_limit_counts_the_whole_command():
-    make = lambda: RespFramer(max_size=100)  # noqa: E731
+    make = lambda: RespFramer(max_size=100, argument_cost=0)  # noqa: E731
     fits = encode_command("MSET", "a" * 46, "b" * 50)  # 4 + 46 + 50 = 100 bytes
     assert_both_every_split(fits, [[b"MSET", b"a" * 46, b"b" * 50]], make_framer=make)
     message, _ = refusal(encode_command("MSET", "a" * 47, "b" * 50), make)
     assert "over the limit of 100 bytes" in message
+
+
+def test_each_argument_is_charged_its_cost_as_well_as_its_bytes():
+    # 3 arguments of 4 + 46 + 50 bytes, charged 10 each: 130.
+    make = lambda: RespFramer(max_size=130, argument_cost=10)  # noqa: E731
+    fits = encode_command("MSET", "a" * 46, "b" * 50)
+    assert_both_every_split(fits, [[b"MSET", b"a" * 46, b"b" * 50]], make_framer=make)
+    message, reply = refusal(encode_command("MSET", "a" * 47, "b" * 50), make)
+    assert "over the limit of 130 bytes (10 charged for each argument)" in message
+    assert reply == b"-ERR Protocol error: invalid bulk length\r\n"
+    # Empty arguments fill the limit with no bytes of their own: 3 + 13 x 10.
+    message, _ = refusal(encode_command("DEL", *[""] * 12), make)
+    assert "a 0-byte argument would take the command over the limit" in message
+
+
+def test_a_count_whose_arguments_alone_would_cost_too_much_is_refused_at_once():
+    framer = RespFramer(max_size=1024 * 1024)
+    framer.feed(b"*16385\r\n")  # 16,385 x 64 bytes > 1 MiB, however short each is
+    with pytest.raises(RemoteProtocolError) as caught:
+        framer.maybe_requests()
+    assert "16385 arguments would cost 1048640 bytes" in caught.value.message
+    assert caught.value.reply == b"-ERR Protocol error: invalid multibulk length\r\n"
+    framer = RespFramer(max_size=1024 * 1024)
+    framer.feed(b"*16384\r\n")
+    assert framer.maybe_requests() == [] and framer.error is None
+
+
+def test_a_million_tiny_arguments_are_charged_what_they_hold():
+    # The default limit (64 MiB) takes a million 2-byte arguments, charged
+    # 66 MB; under a 1 MiB limit they are refused before the 16,000th.
+    data = b"*1000000\r\n" + b"$2\r\nab\r\n" * 20_000
+    framer = RespFramer(max_size=1024 * 1024)
+    framer.feed(data)
+    with pytest.raises(RemoteProtocolError):
+        framer.maybe_requests()
+    framer = RespFramer()
+    framer.feed(data)
+    assert framer.maybe_requests() == [] and framer.error is None
+    assert framer.buffered == 20_000 * 2
 
 
 def test_an_element_count_over_the_limit_is_refused_before_any_element():
