@@ -581,7 +581,7 @@ def test_hello_switches_a_connection_to_resp3_and_back():
 
 # -- any command, any arguments: a reply, never an exception ---------------------
 
-NAMES = [name for name, _ in miniredis._COMMANDS] + ["get", "Set", "NOSUCH"]
+NAMES = [name for name, _, _ in miniredis.COMMANDS] + ["get", "Set", "NOSUCH"]
 words = st.one_of(
     st.sampled_from(
         [
