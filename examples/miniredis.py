@@ -38,10 +38,10 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from miniredis_db import COMMANDS, Database, Session  # noqa: E402
+from miniredis_db import COMMANDS, Database, Session, glob_matcher  # noqa: E402
 from miniredis_db.replies import parse_memory  # noqa: E402
 
-__all__ = ["COMMANDS", "Database", "MiniRedisHandler", "Session", "main", "serve"]
+__all__ = ["COMMANDS", "Database", "MiniRedisHandler", "Session", "glob_matcher", "main", "serve"]
 
 
 class MiniRedisHandler(ClientHandler):

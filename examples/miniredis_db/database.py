@@ -240,7 +240,8 @@ class Database(StringCommands, ListCommands, SetCommands, HashCommands, ZSetComm
                 error = unknown_command(argv)
             elif count != entry[1] and (entry[1] > 0 or count < -entry[1]):
                 error = arity_error(argv[0])
-            elif entry[2] and self.maxmemory and self.memory() > self.maxmemory:
+            elif self.maxmemory and self.memory() > self.maxmemory:
+                # Past maxmemory Redis queues nothing, reads included.
                 error = b"-" + OOM.encode() + b"\r\n"
             else:
                 queue.append(argv)
