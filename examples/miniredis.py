@@ -56,11 +56,15 @@ class MiniRedisHandler(ClientHandler):
         self.database: Database = server.database
         self.session = Session()
 
+    counted = False
+
     def setup(self) -> None:
         self.database.clients += 1  # INFO's connected_clients
+        self.counted = True
 
     def finish(self) -> None:
-        self.database.clients -= 1
+        if self.counted:  # a connection closed before it was served was never counted
+            self.database.clients -= 1
 
     def data_received(self, data: bytes) -> None:
         framer = self.framer
