@@ -48,6 +48,8 @@ inside a command is an error too.
 replies; :func:`encode_command` builds a request, for clients and tests.
 """
 
+import bisect
+import itertools
 from typing import Any, Dict, List, Optional
 
 from evloop import LocalProtocolError, RemoteProtocolError
@@ -63,6 +65,9 @@ _FAST_LENGTHS: Dict[bytes, int] = {b"$%d" % n: n for n in range(0, 4097)}
 
 # Redis's PROTO_INLINE_MAX_SIZE: the longest line it buffers.
 MAX_LINE = 64 * 1024
+# The bytes a run of arguments may look at (see RespFramer._take_run).
+_MIN_RUN_WINDOW = 256
+_MAX_RUN_WINDOW = 1024 * 1024
 # Redis refuses a multibulk count above this from a client (networking.c).
 MAX_ELEMENTS = 1024 * 1024
 # What one argument costs to hold beyond its bytes, on 64-bit CPython: a
@@ -114,6 +119,10 @@ class RespFramer(Framer):
         "_fast_counts",
         "_fast_limit",
         "_remaining",
+        "_run_backoff",
+        "_run_pause",
+        "_run_window",
+        "_runs",
         "_scanned",
         "_size",
         "argument_cost",
@@ -161,6 +170,13 @@ class RespFramer(Framer):
         # arguments and no more bytes than the buffer, so it is within
         # max_size when the buffer is within this.
         self._fast_limit = self.max_size - len(_FAST_COUNTS) * argument_cost
+        # Runs of arguments (see _take_run) need the same sane max_line, and
+        # start with a small window that doubles while runs take all of it;
+        # after a short run, the next waits for a number of arguments taken
+        # one by one that doubles with each short run.
+        self._runs = max_line >= 8
+        self._run_window = _MIN_RUN_WINDOW
+        self._run_pause = self._run_backoff = 0
 
     @property
     def buffered(self) -> int:
@@ -360,6 +376,13 @@ class RespFramer(Framer):
                 self._bulk = -1
                 self._size = 0
             while self._remaining:
+                if self._remaining >= 8 and self._bulk < 0 and not self._scanned and self._runs:
+                    if self._run_pause:
+                        self._run_pause -= 1
+                    else:
+                        self._take_run(args)
+                        if not self._remaining:
+                            break
                 length = self._bulk
                 if length < 0:
                     line = self._line()
@@ -402,6 +425,48 @@ class RespFramer(Framer):
             self._args = None
             self._size = 0
             return args
+
+    def _take_run(self, args: List[bytes]) -> None:
+        """Take the plain arguments at the start of the buffer in one C-level
+        split: for a command of many arguments, which the loop below would
+        take a line at a time. Takes only what that loop would take the same
+        way (a ``$<length>`` line naming exactly the length of the piece
+        after it, within the limit), and leaves it anything else to judge.
+
+        It looks at a window of the buffer that doubles while runs take all
+        of it and drops back to its minimum when one stops short, and a
+        short run (fewer than 8 arguments) puts off the next one for
+        1, 3, 7 ... up to 255 arguments, so what it costs stays within a small
+        multiple of what the loop below would spend, whatever a peer sends."""
+        buffer = self._buffer
+        window = self._run_window
+        pieces = bytes(buffer[:window]).split(b"\r\n", 2 * self._remaining)
+        whole = (len(pieces) - 1) // 2  # pairs whose both pieces end in CRLF
+        heads = pieces[0 : 2 * whole : 2]
+        values = pieces[1 : 2 * whole : 2]
+        sizes = list(map(len, values))
+        expected = list(map(_FAST_LENGTHS.get, heads))
+        good = whole
+        if expected != sizes:
+            pairs = enumerate(zip(sizes, expected, strict=True))
+            good = next(i for i, (size, length) in pairs if size != length)
+        # As many as fit: argument bytes plus argument_cost each.
+        cost = self.argument_cost
+        room = self.max_size - self._size - len(args) * cost
+        charges = list(itertools.accumulate(size + cost for size in sizes[:good]))
+        good = bisect.bisect_right(charges, room)
+        if good:
+            args += values[:good]
+            taken = sum(sizes[:good])
+            del buffer[: sum(map(len, heads[:good])) + taken + 4 * good]
+            self._size += taken
+            self._remaining -= good
+        if good and good == whole:
+            self._run_window = min(2 * window, _MAX_RUN_WINDOW)
+        else:
+            self._run_window = _MIN_RUN_WINDOW
+        self._run_backoff = 0 if good >= 8 else min(2 * self._run_backoff + 1, 255)
+        self._run_pause = self._run_backoff
 
     def _inline(self) -> Optional[List[bytes]]:
         """An inline command (possibly empty), or None if its line is not

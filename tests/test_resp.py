@@ -258,7 +258,7 @@ def test_a_count_whose_arguments_alone_would_cost_too_much_is_refused_at_once():
 
 def test_a_million_tiny_arguments_are_charged_what_they_hold():
     # The default limit (64 MiB) takes a million 2-byte arguments, charged
-    # 66 MB; under a 1 MiB limit they are refused before the 16,000th.
+    # 66 MB; a 1 MiB limit refuses them at their count.
     data = b"*1000000\r\n" + b"$2\r\nab\r\n" * 20_000
     framer = RespFramer(max_size=1024 * 1024)
     framer.feed(data)
@@ -436,3 +436,51 @@ def test_encoded_commands_parse_back_whatever_the_chunking(commands, cuts):
         assert error is None
         assert requests == commands
         assert framer.buffered == 0
+
+
+# Commands of many arguments: the careful path takes them in runs (one split
+# for many arguments), which must take exactly what it would one by one.
+many_args = st.lists(
+    st.one_of(
+        st.binary(max_size=10),
+        st.just(b"a\r\nb"),
+        st.just(b"x" * 5000),
+        st.just(b"$3\r\nabc"),
+    ),
+    min_size=8,
+    max_size=60,
+)
+damage = st.sampled_from([b"", b"$4\r\nabc\r\n", b"$x\r\n", b"$04\r\nabcd\r\n", b":1\r\n", b"$-1\r\n"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    commands=st.lists(many_args, min_size=1, max_size=3),
+    cut_at=st.integers(min_value=0, max_value=60),
+    bad=damage,
+    max_size=st.sampled_from([None, 2000, 6000]),
+    cuts=st.lists(st.integers(min_value=0, max_value=30_000), max_size=8),
+)
+def test_runs_of_arguments_take_what_one_by_one_would_whatever_the_chunking(
+    commands, cut_at, bad, max_size, cuts
+):
+    data = b"".join(encode_command(*argv) for argv in commands)
+    if bad:  # a broken argument line partway through the last command
+        last = encode_command(*commands[-1])
+        head = last.split(b"\r\n")
+        position = min(1 + 2 * cut_at, len(head) - 1)
+        data = data[: len(data) - len(last)] + b"\r\n".join(head[:position]) + b"\r\n" + bad
+    make = lambda: RespFramer(max_size)  # noqa: E731
+    whole = batched_results(make, [data])
+    one_by_one = framer_results(make, chunked(data, range(1, len(data))))
+    for got in (
+        one_by_one,
+        batched_results(make, chunked(data, cuts)),
+        framer_results(make, chunked(data, cuts)),
+    ):
+        assert got[0] == whole[0]
+        assert (got[1] is None) == (whole[1] is None)
+        if got[1] is not None:
+            assert (got[1].message, got[1].reply) == (whole[1].message, whole[1].reply)
+    if not bad and max_size is None:
+        assert whole[0] == commands and whole[1] is None
