@@ -163,7 +163,6 @@ class Database(StringCommands, ListCommands, SetCommands, HashCommands, ZSetComm
         if self.session.queue is not None:
             append(self._transaction(commands))
         for argv in commands:
-            self.commands_processed += 1
             entry = table.get(argv[0])
             if entry is None:
                 entry = self.commands.get(argv[0].upper())
@@ -185,6 +184,8 @@ class Database(StringCommands, ListCommands, SetCommands, HashCommands, ZSetComm
             except _TransactionStartedSignal:
                 append(OK)
                 append(self._transaction(commands))
+        # Counted once a batch: a transaction's commands count as one.
+        self.commands_processed += len(replies)
         return b"".join(replies)
 
     def execute(self, *argv: Any, session: Optional[Session] = None) -> bytes:
