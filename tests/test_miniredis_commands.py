@@ -367,6 +367,16 @@ def test_patterns_of_a_kilobyte_answer_in_milliseconds():
     assert worst < 0.05 and config < 0.05
 
 
+def test_a_pattern_over_16_kib_is_refused_and_one_of_16_kib_is_quick():
+    database = Database(FakeClock())
+    database.execute("SET", "a" * 200, "1")
+    longest = ("[a-z]" * 4000 + "?" * 400)[: 16 * 1024]
+    assert cpu_seconds(database, "KEYS", longest) < 0.5
+    for command in (["KEYS"], ["SCAN", "0", "MATCH"], ["CONFIG", "GET"]):
+        reply = database.execute(*command, "*" + "a" * (16 * 1024))
+        assert reply == b"-ERR glob pattern longer than 16384 bytes\r\n", command
+
+
 def test_the_glob_matcher_agrees_with_redis_algorithm_on_random_input():
     # Redis's own recursive algorithm (util.c stringmatchlen), written out
     # here as the reference, against the one without backtracking.

@@ -14,6 +14,9 @@ whatever the pattern. (Redis's own matcher backtracks, bounded since its
 CVE-2022-36021 fix; a regular expression made of the whole glob, ``.*``
 for each star, backtracks without bound.)
 
+A pattern may be 16 KiB long (``MAX_PATTERN``; Redis has no limit, but it
+reads patterns in C): a longer one is refused with an error.
+
 Redis's quirks are kept, so the answers are the same as redis-server's:
 an empty string matches only an empty pattern (``*`` included); ``\\``
 escapes the next byte, also inside a class; ``[a-]`` is a range from ``a``
@@ -26,10 +29,18 @@ import functools
 import re
 from typing import Callable, List, Optional, Tuple
 
-__all__ = ["MAX_NESTING", "glob_matcher"]
+from evloop.protocols.resp import RespError
+
+__all__ = ["MAX_NESTING", "MAX_PATTERN", "glob_matcher"]
 
 # Redis gives up (no match) past this many nested star matches.
 MAX_NESTING = 1000
+# Reading a pattern and compiling its segments costs about 3 us a byte in
+# Python (Redis, in C, takes any length): past this, a pattern is refused,
+# so that no KEYS holds the loop for more than about 50 ms.
+MAX_PATTERN = 16 * 1024
+# Patterns up to this long are kept, 256 of them, for the next KEYS or SCAN.
+_CACHED = 1024
 _ANY = b"."
 _STAR = None
 
@@ -91,10 +102,21 @@ def _tokens(pattern: bytes) -> List[Token]:
     return tokens
 
 
-@functools.lru_cache(maxsize=256)
 def glob_matcher(pattern: bytes) -> Callable[[bytes], bool]:
     """A function telling whether a byte string matches ``pattern`` as
-    Redis's ``stringmatchlen`` (case-sensitive) would."""
+    Redis's ``stringmatchlen`` (case-sensitive) would. Raises RespError
+    for a pattern over MAX_PATTERN bytes."""
+    if len(pattern) > MAX_PATTERN:
+        raise RespError(f"ERR glob pattern longer than {MAX_PATTERN} bytes")
+    return _cached_matcher(pattern) if len(pattern) <= _CACHED else _matcher(pattern)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_matcher(pattern: bytes) -> Callable[[bytes], bool]:
+    return _matcher(pattern)
+
+
+def _matcher(pattern: bytes) -> Callable[[bytes], bool]:
     if pattern == b"*":
         return lambda string: True  # what KEYS * does: even the empty key
     tokens = _tokens(pattern)
