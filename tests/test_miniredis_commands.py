@@ -538,3 +538,17 @@ def test_redis_benchmark_default_run_completes(example):
     for name in DEFAULT_TESTS:
         assert name in names, f"{name} did not run: {names}"
     assert all("2000 requests completed" in line for line in re.findall(r".*requests completed.*", output))
+
+
+def test_a_zadd_of_many_pairs_orders_them_as_one_by_one_would():
+    rng = random.Random(3)
+    pairs = [(rng.choice(["1", "2.5", "-inf", "7"]), f"m{rng.randrange(300)}") for _ in range(500)]
+    many, one_by_one = Database(FakeClock()), Database(FakeClock())
+    many.execute("ZADD", "z", *[word for pair in pairs for word in pair])
+    for score, member in pairs:
+        one_by_one.execute("ZADD", "z", score, member)
+    everything = ("ZRANGE", "z", "0", "-1", "WITHSCORES")
+    assert many.execute(*everything) == one_by_one.execute(*everything)
+    started = time.process_time()
+    many.execute("ZADD", "big", *[word for n in range(100_000) for word in (str(n % 97), f"m{n}")])
+    assert time.process_time() - started < 5  # one sort, not 100,000 insertions into a list

@@ -303,6 +303,9 @@ class ZSetCommands(Keyspace):
             zset = self.data[argv[1]] = ZSet()
         changed = added = 0
         result: Optional[float] = None
+        # Many pairs at once are put in order by one sort at the end, not
+        # one insertion each (O(n) apiece: quadratic for a big ZADD).
+        resort = len(scored) > 64
         for score, member in scored:
             old = zset.scores.get(member)
             if b"INCR" in flags and old is not None:
@@ -319,13 +322,16 @@ class ZSetCommands(Keyspace):
             result = score
             if old == score:
                 continue
-            if old is not None:
-                del zset.order[bisect.bisect_left(zset.order, (old, member))]
-            else:
+            if old is None:
                 added += 1
+            elif not resort:
+                del zset.order[bisect.bisect_left(zset.order, (old, member))]
             changed += 1
             zset.scores[member] = score
-            bisect.insort(zset.order, (score, member))
+            if not resort:
+                bisect.insort(zset.order, (score, member))
+        if resort and changed:
+            zset.order = sorted((score, member) for member, score in zset.scores.items())
         if not zset:
             self.delete(argv[1])
         if b"INCR" in flags:
