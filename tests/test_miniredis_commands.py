@@ -552,3 +552,22 @@ def test_a_zadd_of_many_pairs_orders_them_as_one_by_one_would():
     started = time.process_time()
     many.execute("ZADD", "big", *[word for n in range(100_000) for word in (str(n % 97), f"m{n}")])
     assert time.process_time() - started < 5  # one sort, not 100,000 insertions into a list
+
+
+def test_scan_returns_keys_whose_ranks_clash_and_ends(monkeypatch):
+    import miniredis_db.keyspace as keyspace
+
+    rank = keyspace._scan_rank
+    monkeypatch.setattr(keyspace, "_scan_rank", lambda key: rank(key) % 3 + 1)  # 20 keys, 3 ranks
+    database = Database(FakeClock())
+    for n in range(20):
+        database.execute("SET", f"k{n}", "v")
+    seen, cursor = [], b"0"
+    for _ in range(10):
+        reply = database.execute("SCAN", cursor, "COUNT", "2")
+        cursor = reply.split(b"\r\n")[2]
+        seen += re.findall(rb"k\d+", reply)
+        if cursor == b"0":
+            break
+    assert cursor == b"0"
+    assert sorted(seen) == sorted(b"k%d" % n for n in range(20))

@@ -160,21 +160,40 @@ class Keyspace:
         if cursor < 0:
             raise RespError("ERR invalid cursor")
         count, pattern, kind = self._scan_options(argv[2:])
-        ranked = sorted((rank, key) for key in self.data if (rank := _scan_rank(key)) >= cursor)
-        # A batch ends between ranks, never inside one, so no key is skipped.
-        taken = ranked[:count]
-        while len(taken) < len(ranked) and ranked[len(taken)][0] == taken[-1][0]:
-            taken.append(ranked[len(taken)])
-        following = b"%d" % ranked[len(taken)][0] if len(taken) < len(ranked) else b"0"
+        taken, following = self._scan_batch(cursor, count)
         match = glob_matcher(pattern) if pattern is not None else None
         keys = []
-        for _, key in taken:
+        for key in taken:
             value = self.lookup(key)
             if value is None or (match is not None and not match(key)):
                 continue
             if kind is None or type_name(value) == kind:
                 keys.append(key)
         return b"*2\r\n$%d\r\n%s\r\n%s" % (len(following), following, array(keys))
+
+    def _scan_batch(self, cursor: int, count: int) -> Tuple[List[bytes], bytes]:
+        """The ``count`` keys of lowest rank from ``cursor`` on, and the next
+        cursor (``0``: none left). One pass over the keys, keeping the
+        ``count + 1`` lowest (a heap), rather than a sort of them all."""
+        lowest = heapq.nsmallest(
+            count + 1, ((rank, key) for key in self.data if (rank := _scan_rank(key)) >= cursor)
+        )
+        if len(lowest) <= count:
+            return [key for _, key in lowest], b"0"
+        following = lowest[count][0]
+        # A batch ends between ranks, never inside one, so no key is skipped;
+        # keys sharing the first rank left out all come now (a hash clash).
+        taken = [key for rank, key in lowest[:count] if rank < following]
+        if not taken:
+            taken = [key for key in self.data if _scan_rank(key) == following]
+            later = [rank for rank, _ in lowest if rank > following]
+            return taken, b"%d" % later[0] if later else self._after(following)
+        return taken, b"%d" % following
+
+    def _after(self, rank: int) -> bytes:
+        """The next cursor after every key of ``rank``."""
+        higher = [r for key in self.data if (r := _scan_rank(key)) > rank]
+        return b"%d" % min(higher) if higher else b"0"
 
     def _scan_options(self, options: Argv) -> Tuple[int, Optional[bytes], Optional[bytes]]:
         count, pattern, kind = 10, None, None
