@@ -1,4 +1,4 @@
-"""A mini Redis on evloop: RESP2, strings, lists, sets, hashes and expiry.
+"""A mini Redis on evloop: RESP2 and RESP3, strings, lists, sets, hashes, sorted sets, expiry.
 
     python examples/miniredis.py --port 6380
     redis-cli -p 6380 set greeting hello ex 60     # OK
