@@ -53,6 +53,8 @@ def parse_reply(data, pos=0):
         return int(line), pos
     if kind == b"_":
         return None, pos
+    if kind == b",":  # a RESP3 double
+        return float(line), pos
     if kind == b"$":
         length = int(line)
         if length < 0:

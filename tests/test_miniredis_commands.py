@@ -231,6 +231,42 @@ def test_replies_match_a_real_redis_server_byte_for_byte(real, example):
     assert_same_replies(real, example, SCRIPT)
 
 
+RESP3_SCRIPT = [
+    ["HELLO", "3"],
+    ["FLUSHALL"],
+    ["ZADD", "z", "1", "a", "2.5", "b", "inf", "c"],
+    ["ZADD", "z", "INCR", "0.5", "a"],
+    ["ZSCORE", "z", "a"],
+    ["ZSCORE", "z", "none"],
+    ["ZRANGE", "z", "0", "-1"],
+    ["ZRANGE", "z", "0", "-1", "WITHSCORES"],
+    ["ZPOPMIN", "z"],
+    ["ZPOPMIN", "z", "1"],
+    ["ZPOPMIN", "z", "5"],
+    ["ZPOPMIN", "z"],
+    ["ZPOPMIN", "z", "2"],
+    ["HSET", "h", "f", "v"],
+    ["HGETALL", "h"],
+    ["HGETALL", "none"],
+    ["SADD", "s", "x"],
+    ["SPOP", "s", "3"],
+    ["SPOP", "s", "3"],
+    ["SPOP", "s"],
+    ["CONFIG", "GET", "maxmemory"],
+    ["SCAN", "0"],
+    ["TTL", "none"],
+]
+
+
+def test_resp3_replies_match_a_real_redis_server(real, example):
+    # After HELLO 3 (whose reply names the server, so it differs), doubles
+    # are "," replies, scored members come in pairs, maps and sets have
+    # their own types.
+    theirs, mine = replies_from(real, RESP3_SCRIPT), replies_from(example, RESP3_SCRIPT)
+    for argv, their, my in zip(RESP3_SCRIPT[1:], theirs[1:], mine[1:], strict=True):
+        assert my == their, argv
+
+
 def test_info_has_redis_sections_and_field_names(real, example):
     theirs, mine = (replies_from(address, [["INFO"]])[0].decode() for address in (real, example))
 

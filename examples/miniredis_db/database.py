@@ -199,7 +199,7 @@ class Database(StringCommands, ListCommands, SetCommands, HashCommands, ZSetComm
     def use_protocol(self, protocol: int) -> None:
         """Make replies RESP2 or RESP3 from now on."""
         self.session.protocol = protocol
-        resp3 = protocol == 3
+        resp3 = self.resp3 = protocol == 3
         self.nil = RESP3_NIL if resp3 else NIL
         self.nil_array = RESP3_NIL if resp3 else NIL_ARRAY
         self.set_kind = b"~" if resp3 else b"*"

@@ -335,7 +335,7 @@ class ZSetCommands(Keyspace):
         if not zset:
             self.delete(argv[1])
         if b"INCR" in flags:
-            return self.nil if result is None else bulk(format_double(result))
+            return self.nil if result is None else self._double(result)
         return integer(changed if b"CH" in flags else added)
 
     def _zadd_options(self, argv: Argv) -> Tuple[Set[bytes], Argv]:
@@ -364,18 +364,31 @@ class ZSetCommands(Keyspace):
             return EMPTY_ARRAY
         taken = zset.order[: 1 if count is None else count]
         del zset.order[: len(taken)]
-        items: List[bytes] = []
-        for score, member in taken:
+        for _, member in taken:
             del zset.scores[member]
-            items += (member, format_double(score))
         if not zset:
             self.delete(argv[1])
-        return array(items)
+        # RESP3 gives one pair flat when no count was asked for, as Redis does.
+        return self._scored(taken, flat=count is None)
+
+    def _double(self, score: float) -> bytes:
+        text = format_double(score)
+        return b",%s\r\n" % text if self.resp3 else bulk(text)
+
+    def _scored(self, pairs: List[Tuple[float, bytes]], flat: bool = False) -> bytes:
+        """Members with their scores: a flat array in RESP2; in RESP3 an
+        array of [member, double] pairs (one pair alone when ``flat``)."""
+        if not self.resp3:
+            return array([item for score, member in pairs for item in (member, format_double(score))])
+        items = [b"*2\r\n" + bulk(member) + self._double(score) for score, member in pairs]
+        if flat and items:
+            return items[0]
+        return b"*%d\r\n" % len(items) + b"".join(items)
 
     def cmd_zscore(self, argv: Argv) -> bytes:
         zset = self.lookup_typed(argv[1], ZSet)
         score = None if zset is None else zset.scores.get(argv[2])
-        return self.nil if score is None else bulk(format_double(score))
+        return self.nil if score is None else self._double(score)
 
     def cmd_zcard(self, argv: Argv) -> bytes:
         zset = self.lookup_typed(argv[1], ZSet)
@@ -394,9 +407,7 @@ class ZSetCommands(Keyspace):
         stop = min(stop + size if stop < 0 else stop, size - 1)
         if start > stop:
             return EMPTY_ARRAY
-        items: List[bytes] = []
-        for score, member in zset.order[start : stop + 1]:
-            items.append(member)
-            if len(argv) == 5:
-                items.append(format_double(score))
-        return array(items)
+        chosen = zset.order[start : stop + 1]
+        if len(argv) == 5:
+            return self._scored(chosen)
+        return array([member for _, member in chosen])

@@ -62,6 +62,7 @@ class Keyspace:
         self.nil = NIL
         self.nil_array = NIL_ARRAY
         self.set_kind = self.map_kind = b"*"
+        self.resp3 = False  # doubles and scored pairs differ in RESP3
 
     # -- lookup and expiry --------------------------------------------------
 
