@@ -357,24 +357,7 @@ class RespFramer(Framer):
                 line = self._line()
                 if line is None:
                     return None
-                count = _parse_number(line)
-                if count is None:
-                    raise self._fail(
-                        f"bad multibulk count line {line!r}", _protocol_error("invalid multibulk length")
-                    )
-                if count > self.max_elements:
-                    raise self._fail(
-                        f"{count} arguments are over the limit of {self.max_elements}",
-                        _protocol_error("invalid multibulk length"),
-                    )
-                if count * self.argument_cost > self.max_size:
-                    # Refused before any argument is read: even empty ones
-                    # would cost more than the limit.
-                    raise self._fail(
-                        f"{count} arguments would cost {count * self.argument_cost} bytes, "
-                        f"over the limit of {self.max_size}",
-                        _protocol_error("invalid multibulk length"),
-                    )
+                count = self._checked_count(line)
                 if count <= 0:
                     continue  # "*0" and "*-1" carry no command; Redis skips them
                 self._args = args = []
@@ -394,26 +377,7 @@ class RespFramer(Framer):
                     line = self._line()
                     if line is None:
                         return None
-                    if line[:1] != b"$":
-                        raise self._fail(
-                            f"expected a $<length> line, got {line[:40]!r}",
-                            _protocol_error(f"expected '$', got '{line[:1].decode('latin-1')}'"),
-                        )
-                    parsed = _parse_number(line)
-                    if parsed is None or parsed < 0:
-                        raise self._fail(
-                            f"bad bulk length line {line[:40]!r}", _protocol_error("invalid bulk length")
-                        )
-                    length = parsed
-                    cost = self.argument_cost
-                    if length + cost > self.max_size - self._size - len(args) * cost:
-                        raise self._fail(
-                            f"a {length}-byte argument would take the command "
-                            f"over the limit of {self.max_size} bytes "
-                            f"({self.argument_cost} charged for each argument)",
-                            _protocol_error("invalid bulk length"),
-                        )
-                    self._bulk = length
+                    length = self._bulk = self._checked_length(line, len(args))
                 # Wait, without scanning, until the bulk and its CRLF are in.
                 if len(buffer) < length + 2:
                     return None
@@ -431,6 +395,48 @@ class RespFramer(Framer):
             self._args = None
             self._size = 0
             return args
+
+    def _checked_count(self, line: bytes) -> int:
+        """The count of a ``*<count>`` line, checked against the limits."""
+        count = _parse_number(line)
+        if count is None:
+            raise self._fail(
+                f"bad multibulk count line {line!r}", _protocol_error("invalid multibulk length")
+            )
+        if count > self.max_elements:
+            raise self._fail(
+                f"{count} arguments are over the limit of {self.max_elements}",
+                _protocol_error("invalid multibulk length"),
+            )
+        if count * self.argument_cost > self.max_size:
+            # Refused before any argument is read: even empty ones would
+            # cost more than the limit.
+            raise self._fail(
+                f"{count} arguments would cost {count * self.argument_cost} bytes, "
+                f"over the limit of {self.max_size}",
+                _protocol_error("invalid multibulk length"),
+            )
+        return count
+
+    def _checked_length(self, line: bytes, taken: int) -> int:
+        """The length of a ``$<length>`` line, checked against what the
+        command (``taken`` arguments so far) may still hold."""
+        if line[:1] != b"$":
+            raise self._fail(
+                f"expected a $<length> line, got {line[:40]!r}",
+                _protocol_error(f"expected '$', got '{line[:1].decode('latin-1')}'"),
+            )
+        length = _parse_number(line)
+        if length is None or length < 0:
+            raise self._fail(f"bad bulk length line {line[:40]!r}", _protocol_error("invalid bulk length"))
+        cost = self.argument_cost
+        if length + cost > self.max_size - self._size - taken * cost:
+            raise self._fail(
+                f"a {length}-byte argument would take the command over the limit of "
+                f"{self.max_size} bytes ({cost} charged for each argument)",
+                _protocol_error("invalid bulk length"),
+            )
+        return length
 
     def _take_run(self, args: List[bytes]) -> None:
         """Take the plain arguments at the start of the buffer in one C-level
