@@ -12,7 +12,10 @@ handler per connection.
 Messages the server understands (anything else is echoed back):
 
 - ``{"message": "new connection"}`` -> ``{"message": "welcome", "peer": "host:port"}``
-- ``{"message": "stats"}`` -> jsocket's ``get_client_stats()`` dictionary
+- ``{"message": "stats"}`` -> ``{"connected_clients": n, "connections_total": n,
+  "messages_total": n}``: counters kept as clients come and go, so the reply
+  costs the same with ten clients or ten thousand (jsocket's
+  ``get_client_stats()``, which lists every client, grows with them)
 - ``{"message": "quiet"}`` -> no reply (handle_message returned None)
 """
 
@@ -21,24 +24,62 @@ import json
 import logging
 
 from evloop.protocols import JsonClient, JsonHandler
-from evloop.protocols.jsonmsg import get_client_stats
 
 from evloop import Server, loop
 
 logger = logging.getLogger("json_server")
 
 
+class ClientCounts:
+    """One server's counters, updated as clients come and go: reading them
+    walks nothing."""
+
+    __slots__ = ("connected", "connections", "messages")
+
+    def __init__(self):
+        self.connected = self.connections = self.messages = 0
+
+    def as_reply(self):
+        return {
+            "connected_clients": self.connected,
+            "connections_total": self.connections,
+            "messages_total": self.messages,
+        }
+
+
+def counts_of(server):
+    """The ClientCounts of ``server`` (made with its first client)."""
+    counts = getattr(server, "client_counts", None)
+    if counts is None:
+        counts = server.client_counts = ClientCounts()
+    return counts
+
+
 class MyServer(JsonHandler):
     """jsocket's ``MyServer(ThreadedServer)``: ``_process_message`` became
     ``handle_message``; what it returns goes back to the client."""
 
+    counted = False
+
+    def setup(self):
+        counts = counts_of(self.server)
+        counts.connected += 1
+        counts.connections += 1
+        self.counted = True
+
+    def finish(self):
+        if self.counted:  # a connection closed before it was served was never counted
+            counts_of(self.server).connected -= 1
+
     def handle_message(self, obj):
+        counts = counts_of(self.server)
+        counts.messages += 1
         message = obj.get("message") if isinstance(obj, dict) else None
         if message == "new connection":
             logger.info("new connection from %s", self.peer)
             return {"message": "welcome", "peer": self.peer}
         if message == "stats":
-            return get_client_stats(self.loop)
+            return counts.as_reply()
         if message == "quiet":
             return None
         return {"message": "echo", "data": obj}

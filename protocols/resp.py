@@ -29,11 +29,20 @@ sixteen parsed in one call and answered in one ``send``. It has two paths:
   arguments in the framer, so no byte is parsed twice however the stream is
   chunked; a partial line's scan resumes where it stopped; a bulk whose
   length is known waits, without scanning, until all its bytes are there.
+  A command with many arguments still to come is taken in runs: one split
+  of a window of the buffer for many arguments, checked as the fast path
+  checks, with the window and the runs' frequency bounded so that bytes a
+  run cannot take cost little more than the line-at-a-time walk would.
+  Inline commands are split by :mod:`.resp_inline`.
 
 Limits, each checked before the number is trusted: a line (an inline command
 or a ``*``/``$`` header) may hold ``max_line`` bytes (64 KiB, Redis's
 ``PROTO_INLINE_MAX_SIZE``), a command ``max_elements`` arguments (Redis's
-1024*1024) and ``max_size`` bytes of arguments in all. Breaking any of them,
+1024*1024) and ``max_size`` bytes in all, where each argument counts its
+length plus ``argument_cost`` (64 bytes: what CPython spends to hold a short
+argument, a bytes object and its slot in the list), so a command of a
+million tiny arguments is charged for the memory it really takes, as Redis
+charges a client for its argument vector. Breaking any of them,
 or the syntax, raises :class:`~evloop.RemoteProtocolError` whose ``reply`` is
 Redis's ``-ERR Protocol error: ...`` line; the connection then closes, as
 Redis does, because the stream can no longer be trusted. The commands that
@@ -44,11 +53,14 @@ inside a command is an error too.
 replies; :func:`encode_command` builds a request, for clients and tests.
 """
 
+import bisect
+import itertools
 from typing import Any, Dict, List, Optional
 
 from evloop import LocalProtocolError, RemoteProtocolError
 
 from .framing import NEED_DATA, Framer
+from .resp_inline import split_inline
 
 __all__ = ["RespError", "RespFramer", "encode_command", "encode_reply"]
 
@@ -59,8 +71,17 @@ _FAST_LENGTHS: Dict[bytes, int] = {b"$%d" % n: n for n in range(0, 4097)}
 
 # Redis's PROTO_INLINE_MAX_SIZE: the longest line it buffers.
 MAX_LINE = 64 * 1024
+# The bytes a run of arguments may look at (see RespFramer._take_run).
+_MIN_RUN_WINDOW = 256
+_MAX_RUN_WINDOW = 1024 * 1024
 # Redis refuses a multibulk count above this from a client (networking.c).
 MAX_ELEMENTS = 1024 * 1024
+# What one argument costs to hold beyond its bytes, on 64-bit CPython: a
+# bytes object's header (33 bytes, rounded up to 40 by the allocator for a
+# short one) and its slot in the argument list (8, plus the list's spare
+# slots); tracemalloc measures 43 bytes per 2-byte argument. Rounded up so
+# the charge stays an upper bound.
+ARGUMENT_COST = 64
 
 
 class RespError(Exception):
@@ -90,8 +111,9 @@ def _protocol_error(what: str) -> bytes:
 class RespFramer(Framer):
     """Sans-I/O RESP2 request parser; requests are argument lists of bytes.
 
-    ``max_size`` bounds the argument bytes of one command (default 64 MiB;
-    Redis allows 512 MiB per argument), ``max_line`` the bytes of one line,
+    ``max_size`` bounds the memory one command may hold (default 64 MiB;
+    Redis allows 512 MiB per argument): each argument is charged its length
+    plus ``argument_cost`` bytes. ``max_line`` bounds the bytes of one line,
     ``max_elements`` the arguments of one command.
     """
 
@@ -101,18 +123,30 @@ class RespFramer(Framer):
         "_args",
         "_bulk",
         "_fast_counts",
+        "_fast_limit",
         "_remaining",
+        "_run_backoff",
+        "_run_pause",
+        "_run_window",
+        "_runs",
         "_scanned",
         "_size",
+        "argument_cost",
         "error",
         "max_elements",
         "max_line",
     )
 
     def __init__(
-        self, max_size: Optional[int] = None, *, max_line: int = MAX_LINE, max_elements: int = MAX_ELEMENTS
+        self,
+        max_size: Optional[int] = None,
+        *,
+        max_line: int = MAX_LINE,
+        max_elements: int = MAX_ELEMENTS,
+        argument_cost: int = ARGUMENT_COST,
     ) -> None:
         super().__init__(max_size)
+        self.argument_cost = argument_cost
         #: The violation found, if any; every later call raises it. (A plain
         #: attribute: a handler checks it after every read.)
         self.error: Optional[RemoteProtocolError] = None
@@ -120,7 +154,8 @@ class RespFramer(Framer):
         self.max_elements = max_elements
         # The command being received by the careful path: its arguments so
         # far (None: between commands), how many more are due, the length of
-        # the bulk now expected (-1: its $ line comes first) and its size.
+        # the bulk now expected (-1: its $ line comes first) and its size in
+        # bytes (the charge against max_size adds argument_cost per argument).
         self._args: Optional[List[bytes]] = None
         self._remaining = 0
         self._bulk = -1
@@ -137,6 +172,17 @@ class RespFramer(Framer):
         )
         if max_line < 8:
             self._fast_counts = {}
+        # A command the fast path takes has at most len(_FAST_COUNTS)
+        # arguments and no more bytes than the buffer, so it is within
+        # max_size when the buffer is within this.
+        self._fast_limit = self.max_size - len(_FAST_COUNTS) * argument_cost
+        # Runs of arguments (see _take_run) need the same sane max_line, and
+        # start with a small window that doubles while runs take all of it;
+        # after a short run, the next waits for a number of arguments taken
+        # one by one that doubles with each short run.
+        self._runs = max_line >= 8
+        self._run_window = _MIN_RUN_WINDOW
+        self._run_pause = self._run_backoff = 0
 
     @property
     def buffered(self) -> int:
@@ -167,14 +213,15 @@ class RespFramer(Framer):
             raise self._error
         requests: List[List[bytes]] = []
         buffer = self._buffer
-        # No command can hold more argument bytes than the whole buffer, so
-        # when that is within max_size the fast path need not count them.
+        # No command can hold more argument bytes than the whole buffer, nor
+        # more arguments than the fast path's largest count, so when the
+        # buffer is within _fast_limit the fast path need not count them.
         if (
             self._args is None
             and not self._scanned
             and buffer
             and buffer[0] == 42  # "*"
-            and len(buffer) <= self.max_size
+            and len(buffer) <= self._fast_limit
         ):
             self._fast(requests)
             if not buffer and not self._eof:
@@ -310,16 +357,7 @@ class RespFramer(Framer):
                 line = self._line()
                 if line is None:
                     return None
-                count = _parse_number(line)
-                if count is None:
-                    raise self._fail(
-                        f"bad multibulk count line {line!r}", _protocol_error("invalid multibulk length")
-                    )
-                if count > self.max_elements:
-                    raise self._fail(
-                        f"{count} arguments are over the limit of {self.max_elements}",
-                        _protocol_error("invalid multibulk length"),
-                    )
+                count = self._checked_count(line)
                 if count <= 0:
                     continue  # "*0" and "*-1" carry no command; Redis skips them
                 self._args = args = []
@@ -327,29 +365,19 @@ class RespFramer(Framer):
                 self._bulk = -1
                 self._size = 0
             while self._remaining:
+                if self._remaining >= 8 and self._bulk < 0 and not self._scanned and self._runs:
+                    if self._run_pause:
+                        self._run_pause -= 1
+                    else:
+                        self._take_run(args)
+                        if not self._remaining:
+                            break
                 length = self._bulk
                 if length < 0:
                     line = self._line()
                     if line is None:
                         return None
-                    if line[:1] != b"$":
-                        raise self._fail(
-                            f"expected a $<length> line, got {line[:40]!r}",
-                            _protocol_error(f"expected '$', got '{line[:1].decode('latin-1')}'"),
-                        )
-                    parsed = _parse_number(line)
-                    if parsed is None or parsed < 0:
-                        raise self._fail(
-                            f"bad bulk length line {line[:40]!r}", _protocol_error("invalid bulk length")
-                        )
-                    length = parsed
-                    if length > self.max_size - self._size:
-                        raise self._fail(
-                            f"a {length}-byte argument would take the command "
-                            f"over the limit of {self.max_size} bytes",
-                            _protocol_error("invalid bulk length"),
-                        )
-                    self._bulk = length
+                    length = self._bulk = self._checked_length(line, len(args))
                 # Wait, without scanning, until the bulk and its CRLF are in.
                 if len(buffer) < length + 2:
                     return None
@@ -367,6 +395,90 @@ class RespFramer(Framer):
             self._args = None
             self._size = 0
             return args
+
+    def _checked_count(self, line: bytes) -> int:
+        """The count of a ``*<count>`` line, checked against the limits."""
+        count = _parse_number(line)
+        if count is None:
+            raise self._fail(
+                f"bad multibulk count line {line!r}", _protocol_error("invalid multibulk length")
+            )
+        if count > self.max_elements:
+            raise self._fail(
+                f"{count} arguments are over the limit of {self.max_elements}",
+                _protocol_error("invalid multibulk length"),
+            )
+        if count * self.argument_cost > self.max_size:
+            # Refused before any argument is read: even empty ones would
+            # cost more than the limit.
+            raise self._fail(
+                f"{count} arguments would cost {count * self.argument_cost} bytes, "
+                f"over the limit of {self.max_size}",
+                _protocol_error("invalid multibulk length"),
+            )
+        return count
+
+    def _checked_length(self, line: bytes, taken: int) -> int:
+        """The length of a ``$<length>`` line, checked against what the
+        command (``taken`` arguments so far) may still hold."""
+        if line[:1] != b"$":
+            raise self._fail(
+                f"expected a $<length> line, got {line[:40]!r}",
+                _protocol_error(f"expected '$', got '{line[:1].decode('latin-1')}'"),
+            )
+        length = _parse_number(line)
+        if length is None or length < 0:
+            raise self._fail(f"bad bulk length line {line[:40]!r}", _protocol_error("invalid bulk length"))
+        cost = self.argument_cost
+        if length + cost > self.max_size - self._size - taken * cost:
+            raise self._fail(
+                f"a {length}-byte argument would take the command over the limit of "
+                f"{self.max_size} bytes ({cost} charged for each argument)",
+                _protocol_error("invalid bulk length"),
+            )
+        return length
+
+    def _take_run(self, args: List[bytes]) -> None:
+        """Take the plain arguments at the start of the buffer in one C-level
+        split: for a command of many arguments, which the loop below would
+        take a line at a time. Takes only what that loop would take the same
+        way (a ``$<length>`` line naming exactly the length of the piece
+        after it, within the limit), and leaves it anything else to judge.
+
+        It looks at a window of the buffer that doubles while runs take all
+        of it and drops back to its minimum when one stops short, and a
+        short run (fewer than 8 arguments) puts off the next one for
+        1, 3, 7 ... up to 255 arguments, so what it costs stays within a small
+        multiple of what the loop below would spend, whatever a peer sends."""
+        buffer = self._buffer
+        window = self._run_window
+        pieces = bytes(buffer[:window]).split(b"\r\n", 2 * self._remaining)
+        whole = (len(pieces) - 1) // 2  # pairs whose both pieces end in CRLF
+        heads = pieces[0 : 2 * whole : 2]
+        values = pieces[1 : 2 * whole : 2]
+        sizes = list(map(len, values))
+        expected = list(map(_FAST_LENGTHS.get, heads))
+        good = whole
+        if expected != sizes:
+            pairs = enumerate(zip(sizes, expected, strict=True))
+            good = next(i for i, (size, length) in pairs if size != length)
+        # As many as fit: argument bytes plus argument_cost each.
+        cost = self.argument_cost
+        room = self.max_size - self._size - len(args) * cost
+        charges = list(itertools.accumulate(size + cost for size in sizes[:good]))
+        good = bisect.bisect_right(charges, room)
+        if good:
+            args += values[:good]
+            taken = sum(sizes[:good])
+            del buffer[: sum(map(len, heads[:good])) + taken + 4 * good]
+            self._size += taken
+            self._remaining -= good
+        if good and good == whole:
+            self._run_window = min(2 * window, _MAX_RUN_WINDOW)
+        else:
+            self._run_window = _MIN_RUN_WINDOW
+        self._run_backoff = 0 if good >= 8 else min(2 * self._run_backoff + 1, 255)
+        self._run_pause = self._run_backoff
 
     def _inline(self) -> Optional[List[bytes]]:
         """An inline command (possibly empty), or None if its line is not
@@ -412,76 +524,6 @@ def _parse_number(line: bytes) -> Optional[int]:
     if not digits.isdigit() or (digits[:1] == b"0" and len(digits) > 1) or len(digits) > 18:
         return None
     return int(line[1:])
-
-
-_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
-_HEX = b"0123456789abcdefABCDEF"
-_SPACE = b" \n\r\t\v\f"  # C isspace(), as bytes.split() uses
-
-
-def split_inline(line: bytes) -> Optional[List[bytes]]:
-    """Split an inline command into words as Redis's ``sdssplitargs`` does:
-    spaces separate words; ``"..."`` may hold ``\\n``, ``\\r``, ``\\t``,
-    ``\\b``, ``\\a``, ``\\\\``, ``\\"`` and ``\\xHH``; ``'...'`` only ``\\'``;
-    a closing quote must end the word. Returns None for unbalanced quotes."""
-    if b'"' not in line and b"'" not in line:
-        return line.split()
-    words: List[bytes] = []
-    i, n = 0, len(line)
-    while True:
-        while i < n and line[i] in _SPACE:
-            i += 1
-        if i >= n:
-            return words
-        word = bytearray()
-        quote = 0
-        while True:
-            if i >= n:
-                if quote:
-                    return None
-                break
-            c = line[i]
-            if quote == 34:  # inside "..."
-                if (
-                    c == 92
-                    and i + 3 < n
-                    and line[i + 1] == 120
-                    and line[i + 2] in _HEX
-                    and line[i + 3] in _HEX
-                ):
-                    word.append(int(line[i + 2 : i + 4], 16))
-                    i += 4
-                    continue
-                if c == 92 and i + 1 < n:
-                    word.append(_ESCAPES.get(line[i + 1], line[i + 1]))
-                    i += 2
-                    continue
-                if c == 34:
-                    if i + 1 < n and line[i + 1] not in _SPACE:
-                        return None
-                    i += 1
-                    break
-                word.append(c)
-            elif quote == 39:  # inside '...'
-                if c == 92 and i + 1 < n and line[i + 1] == 39:
-                    word.append(39)
-                    i += 2
-                    continue
-                if c == 39:
-                    if i + 1 < n and line[i + 1] not in _SPACE:
-                        return None
-                    i += 1
-                    break
-                word.append(c)
-            else:
-                if c in _SPACE:
-                    break
-                if c == 34 or c == 39:
-                    quote = c
-                else:
-                    word.append(c)
-            i += 1
-        words.append(bytes(word))
 
 
 # -- encoding -------------------------------------------------------------

@@ -112,7 +112,7 @@ FRAMERS = {
     ),
     # Limits that leave the batch call's fast path open (max_line >= 8).
     "resp-fast": (
-        lambda: RespFramer(40, max_line=8, max_elements=3),
+        lambda: RespFramer(40, max_line=8, max_elements=3, argument_cost=0),
         st.lists(
             st.lists(st.binary(max_size=4) | st.just(b"a\r\nb"), min_size=1, max_size=3).map(
                 lambda argv: encode_command(*argv)

@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from concurrent.futures import Future
 
@@ -538,3 +539,35 @@ def test_json_server_example_max_size_option():
         with socket.create_connection((host, port), timeout=10) as sock:
             sock.sendall(raw(b"", length=21))
             assert recv_all(sock) == b""
+
+
+def test_json_server_stats_cost_the_same_whatever_the_number_of_clients():
+    # Counters kept as clients come and go: the reply does not list the
+    # clients, so neither its size nor its cost grows with them.
+    with running_example("json_server.py") as (host, port, _):
+
+        def stats(client):
+            client.send_obj({"message": "stats"})
+            return client.read_obj()
+
+        with JsonClient(host, port, timeout=10) as asker:
+            alone = stats(asker)
+            assert alone == {"connected_clients": 1, "connections_total": 1, "messages_total": 1}
+            others = [JsonClient(host, port, timeout=10) for _ in range(40)]
+            try:
+                for other in others:  # each says hello, so it is being served
+                    other.connect()
+                    other.send_obj({"message": "new connection"})
+                    assert other.read_obj()["message"] == "welcome"
+                crowded = stats(asker)
+                assert crowded == {"connected_clients": 41, "connections_total": 41, "messages_total": 42}
+                assert len(json.dumps(crowded)) - len(json.dumps(alone)) <= 6  # digits only
+            finally:
+                for other in others[:30]:
+                    other.close()
+            deadline = time.monotonic() + 10
+            while (now := stats(asker))["connected_clients"] != 11 and time.monotonic() < deadline:
+                pass  # the server sees the closes on its next passes
+            assert now["connected_clients"] == 11 and now["connections_total"] == 41
+            for other in others[30:]:
+                other.close()

@@ -53,6 +53,8 @@ def parse_reply(data, pos=0):
         return int(line), pos
     if kind == b"_":
         return None, pos
+    if kind == b",":  # a RESP3 double
+        return float(line), pos
     if kind == b"$":
         length = int(line)
         if length < 0:
@@ -581,7 +583,7 @@ def test_hello_switches_a_connection_to_resp3_and_back():
 
 # -- any command, any arguments: a reply, never an exception ---------------------
 
-NAMES = [name for name, _ in miniredis._COMMANDS] + ["get", "Set", "NOSUCH"]
+NAMES = [name for name, _, _ in miniredis.COMMANDS] + ["get", "Set", "NOSUCH"]
 words = st.one_of(
     st.sampled_from(
         [

@@ -224,11 +224,50 @@ def test_a_bulk_length_over_the_limit_is_refused_before_its_bytes():
 
 
 def test_the_size_limit_counts_the_whole_command():
-    make = lambda: RespFramer(max_size=100)  # noqa: E731
+    make = lambda: RespFramer(max_size=100, argument_cost=0)  # noqa: E731
     fits = encode_command("MSET", "a" * 46, "b" * 50)  # 4 + 46 + 50 = 100 bytes
     assert_both_every_split(fits, [[b"MSET", b"a" * 46, b"b" * 50]], make_framer=make)
     message, _ = refusal(encode_command("MSET", "a" * 47, "b" * 50), make)
     assert "over the limit of 100 bytes" in message
+
+
+def test_each_argument_is_charged_its_cost_as_well_as_its_bytes():
+    # 3 arguments of 4 + 46 + 50 bytes, charged 10 each: 130.
+    make = lambda: RespFramer(max_size=130, argument_cost=10)  # noqa: E731
+    fits = encode_command("MSET", "a" * 46, "b" * 50)
+    assert_both_every_split(fits, [[b"MSET", b"a" * 46, b"b" * 50]], make_framer=make)
+    message, reply = refusal(encode_command("MSET", "a" * 47, "b" * 50), make)
+    assert "over the limit of 130 bytes (10 charged for each argument)" in message
+    assert reply == b"-ERR Protocol error: invalid bulk length\r\n"
+    # Empty arguments fill the limit with no bytes of their own: 3 + 13 x 10.
+    message, _ = refusal(encode_command("DEL", *[""] * 12), make)
+    assert "a 0-byte argument would take the command over the limit" in message
+
+
+def test_a_count_whose_arguments_alone_would_cost_too_much_is_refused_at_once():
+    framer = RespFramer(max_size=1024 * 1024)
+    framer.feed(b"*16385\r\n")  # 16,385 x 64 bytes > 1 MiB, however short each is
+    with pytest.raises(RemoteProtocolError) as caught:
+        framer.maybe_requests()
+    assert "16385 arguments would cost 1048640 bytes" in caught.value.message
+    assert caught.value.reply == b"-ERR Protocol error: invalid multibulk length\r\n"
+    framer = RespFramer(max_size=1024 * 1024)
+    framer.feed(b"*16384\r\n")
+    assert framer.maybe_requests() == [] and framer.error is None
+
+
+def test_a_million_tiny_arguments_are_charged_what_they_hold():
+    # The default limit (64 MiB) takes a million 2-byte arguments, charged
+    # 66 MB; a 1 MiB limit refuses them at their count.
+    data = b"*1000000\r\n" + b"$2\r\nab\r\n" * 20_000
+    framer = RespFramer(max_size=1024 * 1024)
+    framer.feed(data)
+    with pytest.raises(RemoteProtocolError):
+        framer.maybe_requests()
+    framer = RespFramer()
+    framer.feed(data)
+    assert framer.maybe_requests() == [] and framer.error is None
+    assert framer.buffered == 20_000 * 2
 
 
 def test_an_element_count_over_the_limit_is_refused_before_any_element():
@@ -397,3 +436,51 @@ def test_encoded_commands_parse_back_whatever_the_chunking(commands, cuts):
         assert error is None
         assert requests == commands
         assert framer.buffered == 0
+
+
+# Commands of many arguments: the careful path takes them in runs (one split
+# for many arguments), which must take exactly what it would one by one.
+many_args = st.lists(
+    st.one_of(
+        st.binary(max_size=10),
+        st.just(b"a\r\nb"),
+        st.just(b"x" * 5000),
+        st.just(b"$3\r\nabc"),
+    ),
+    min_size=8,
+    max_size=60,
+)
+damage = st.sampled_from([b"", b"$4\r\nabc\r\n", b"$x\r\n", b"$04\r\nabcd\r\n", b":1\r\n", b"$-1\r\n"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    commands=st.lists(many_args, min_size=1, max_size=3),
+    cut_at=st.integers(min_value=0, max_value=60),
+    bad=damage,
+    max_size=st.sampled_from([None, 2000, 6000]),
+    cuts=st.lists(st.integers(min_value=0, max_value=30_000), max_size=8),
+)
+def test_runs_of_arguments_take_what_one_by_one_would_whatever_the_chunking(
+    commands, cut_at, bad, max_size, cuts
+):
+    data = b"".join(encode_command(*argv) for argv in commands)
+    if bad:  # a broken argument line partway through the last command
+        last = encode_command(*commands[-1])
+        head = last.split(b"\r\n")
+        position = min(1 + 2 * cut_at, len(head) - 1)
+        data = data[: len(data) - len(last)] + b"\r\n".join(head[:position]) + b"\r\n" + bad
+    make = lambda: RespFramer(max_size)  # noqa: E731
+    whole = batched_results(make, [data])
+    one_by_one = framer_results(make, chunked(data, range(1, len(data))))
+    for got in (
+        one_by_one,
+        batched_results(make, chunked(data, cuts)),
+        framer_results(make, chunked(data, cuts)),
+    ):
+        assert got[0] == whole[0]
+        assert (got[1] is None) == (whole[1] is None)
+        if got[1] is not None:
+            assert (got[1].message, got[1].reply) == (whole[1].message, whole[1].reply)
+    if not bad and max_size is None:
+        assert whole[0] == commands and whole[1] is None

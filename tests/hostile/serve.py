@@ -27,6 +27,7 @@ def main(argv=None):
     parser.add_argument("--request-timeout", type=float)
     parser.add_argument("--idle-timeout", type=float)
     parser.add_argument("--backlog", type=int, default=1024)
+    parser.add_argument("--max-request-size", type=int)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.nofile:
@@ -39,6 +40,8 @@ def main(argv=None):
         changes["request_timeout"] = args.request_timeout
     if args.idle_timeout:
         changes["idle_timeout"] = args.idle_timeout
+    if args.max_request_size:
+        changes["max_request_size"] = args.max_request_size
     case = {case.name: case for case in server_cases() + amplification_cases()}[args.case]
     server = case.make_server(args.host, args.port, backlog=args.backlog, limits=Limits(**changes))
     print(f"listening on {server.host}:{server.port}", flush=True)

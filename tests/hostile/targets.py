@@ -99,10 +99,11 @@ FRAMERS = [
     ),
     FramerCase("lines", LineFramer, b"hello\r\n\r\nworld\r\n", lambda n: b"x" * n + b"\r\n", []),
     # RESP has a second bound, on one line (an inline command or a header):
-    # here as small as the payload's.
+    # here as small as the payload's. Its charge per argument is off, so the
+    # limit is in bytes as for the others (test_resp_arguments.py tests it).
     FramerCase(
         "resp",
-        lambda n: RespFramer(n, max_line=n),
+        lambda n: RespFramer(n, max_line=n, argument_cost=0),
         encode_command(b"SET", b"k", b"v") + b"PING\r\n",
         lambda n: encode_command(b"SET", b"k", b"x" * n),
         [
