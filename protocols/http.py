@@ -258,11 +258,11 @@ class HTTPHandler(ClientHandler):
                 self._refuse(exc.status, exc.detail)
                 return
             if event.__class__ is bytes:
-                self._body_size += len(event)  # type: ignore[arg-type]
+                self._body_size += len(event)
                 if self._body_size > self.max_body_size:
                     self._refuse(413, f"request body over {self.max_body_size} bytes")
                     return
-                self._body.append(event)  # type: ignore[arg-type]
+                self._body.append(event)
             elif event is END:
                 request = self.request
                 assert request is not None

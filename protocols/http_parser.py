@@ -31,7 +31,7 @@ connection closed.
 
 import os
 import re
-from typing import Any, Dict, List, Optional, Tuple, Type, Union
+from typing import Dict, List, Optional, Tuple, Type, Union
 
 __all__ = [
     "CLOSED",
@@ -453,17 +453,21 @@ def parser_class(name: Optional[str] = None) -> Type[RequestParser]:
     cached = _resolved.get(name)
     if cached is not None:
         return cached
-    found: Any
+    found: Type[RequestParser]
     if name == "auto":
         try:
             found = parser_class("httptools")
         except ImportError:
             found = parser_class("h11")
     elif name == "httptools":
-        from .http_parser_httptools import HttptoolsParser as found
+        from .http_parser_httptools import HttptoolsParser
+
+        found = HttptoolsParser
     elif name == "h11":
-        from .http_parser_h11 import H11Parser as found
+        from .http_parser_h11 import H11Parser
+
+        found = H11Parser
     else:
         raise ValueError(f"unknown HTTP parser {name!r}: use 'httptools', 'h11' or 'auto'")
     _resolved[name] = found
-    return found  # type: ignore[no-any-return]
+    return found
