@@ -72,13 +72,16 @@ CLOSED = _Sentinel("CLOSED")
 
 Event = Union["RequestHead", bytes, _Sentinel]
 
-# The methods llhttp knows; h11 accepts any token, so the h11 parser answers
-# 501 to the others too (RFC 9110 section 9.1) and both behave alike.
+# The methods llhttp knows; h11 accepts any token, so other methods are
+# answered 501 here (RFC 9110 section 9.1) and both parsers behave alike.
 KNOWN_METHODS = frozenset(
     "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND "
     "PROPPATCH SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE "
     "M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
 )
+
+_KNOWN_METHOD_BYTES = frozenset(method.encode() for method in KNOWN_METHODS)
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class RequestHead:
@@ -341,6 +344,18 @@ def _check_raw_head(head: bytes) -> bytes:
             # RFC 9110 section 15.6.6.
             raise ParseError(505, f"HTTP version not supported in request line {_show(line)}")
         raise ParseError(400, f"malformed request line {_show(line)}")
+    if line.count(b" ") != 2:
+        # RFC 9112 section 3: method SP request-target SP HTTP-version.
+        raise ParseError(400, f"malformed request line {_show(line)}")
+    method = line[: line.find(b" ")]
+    if method not in _KNOWN_METHOD_BYTES:
+        if _TOKEN.fullmatch(method):
+            # RFC 9110 section 9.1: a method we do not implement is a 501.
+            raise ParseError(501, f"method {_show(method)} not implemented")
+        raise ParseError(400, f"malformed method in request line {_show(line)}")
+    if b"\x7f" in head:
+        # DEL is no VCHAR (RFC 5234 B.1): llhttp refuses it, h11 would not.
+        raise ParseError(400, "DEL character in the request head")
     _check_line_endings(head, "request head")
     return line
 

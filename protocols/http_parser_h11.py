@@ -6,15 +6,11 @@ A fresh ``h11.Connection`` per head (2 µs) is fed exactly the head, so
 h11's state machine never sees a body and never needs our responses.
 """
 
-import re
-
 import h11
 
-from .http_parser import KNOWN_METHODS, ParseError, RequestHead, RequestParser
+from .http_parser import ParseError, RequestHead, RequestParser
 
 __all__ = ["H11Parser"]
-
-_HEADER_LINE = re.compile(r"illegal header line: bytearray\((b.*)\)$")
 
 
 class H11Parser(RequestParser):
@@ -33,12 +29,8 @@ class H11Parser(RequestParser):
             raise ParseError(exc.error_status_hint, _plain(str(exc))) from None
         if not isinstance(event, h11.Request):  # pragma: no cover - a whole head is given
             raise ParseError(400, "incomplete request head")
-        method = event.method.decode("ascii")
-        if method not in KNOWN_METHODS:
-            # RFC 9110 section 9.1: a method we do not implement is a 501.
-            raise ParseError(501, f"method {method!r} not implemented")
         return RequestHead(
-            method,
+            event.method.decode("ascii"),
             event.target.decode("latin-1"),
             event.http_version.decode("ascii"),
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers],

@@ -6,20 +6,17 @@ One llhttp parser is reused while heads come without a body (a GET leaves
 it between messages); a head that declares a body, an upgrade or an error
 leaves it mid-message, so the next head gets a fresh one (1 µs).
 
-Where llhttp is stricter than h11 (methods it does not know) the error is
-mapped to the status h11's parser gives: see :func:`_refusal`.
+Methods, versions and line endings are checked before llhttp sees the
+head, so every error it raises here is a 400.
 """
 
-import re
 from typing import List, Optional, Tuple
 
 import httptools
 
-from .http_parser import KNOWN_METHODS, ParseError, RequestHead, RequestParser, _show
+from .http_parser import ParseError, RequestHead, RequestParser, _show
 
 __all__ = ["HttptoolsParser"]
-
-_TOKEN_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^\x00-\x20\x7f]+ HTTP/1\.[01]")
 
 
 class HttptoolsParser(RequestParser):
@@ -65,20 +62,16 @@ class HttptoolsParser(RequestParser):
             method,
             self._url.decode("latin-1"),
             llhttp.get_http_version(),
-            [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in fields],
+            # llhttp keeps whitespace at the end of a value; h11 (RFC 9110 5.5) strips it.
+            [
+                (name.decode("latin-1").lower(), value.decode("latin-1").rstrip(" \t"))
+                for name, value in fields
+            ],
         )
         if not self._complete:
             self._llhttp = None
-        if method not in KNOWN_METHODS:  # pragma: no cover - llhttp refuses them
-            raise ParseError(501, f"method {method!r} not implemented")
         return request
 
 
 def _refusal(head: bytes, exc: Exception) -> ParseError:
-    line = head[: head.find(b"\r\n")]
-    if isinstance(exc, httptools.HttpParserInvalidMethodError) and _TOKEN_LINE.fullmatch(line):
-        # A well-formed request line with a method llhttp does not know:
-        # RFC 9110 section 9.1, as the h11 parser answers.
-        method = line.split(b" ", 1)[0].decode("latin-1")
-        return ParseError(501, f"method {method!r} not implemented")
     return ParseError(400, f"{exc} in request head {_show(head)}")

@@ -27,6 +27,10 @@ from tests.helpers import assert_handler_every_split
 
 DATE = "Thu, 01 Jan 2026 00:00:00 GMT"
 
+# Every test here runs once with each request parser (tests/conftest.py):
+# a user gets the same behaviour from h11 and from httptools.
+pytestmark = pytest.mark.usefixtures("http_parser")
+
 
 @pytest.fixture(autouse=True)
 def fixed_date(monkeypatch):
@@ -288,6 +292,25 @@ MALFORMED = [
         b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n",
         413,
     ),
+    ("HTTP/2.0 request line", b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+    ("unknown method", b"BREW /pot HTTP/1.1\r\nHost: t\r\n\r\n", 501),
+    ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (
+        "both Content-Length and chunked",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+    ),
+    ("obs-fold", b"GET / HTTP/1.1\r\nHost: t\r\nX: a\r\n b\r\n\r\n", 400),
+    (
+        "chunk-size line over max_head_size",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"e" * 1100,
+        431,
+    ),
+    (
+        "trailer section over max_head_size",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: " + b"t" * 1100,
+        431,
+    ),
     (
         "chunked body over max_body_size",
         b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -310,6 +333,36 @@ def test_malformed_request_gets_its_status_a_warning_and_a_close(name, data, sta
             assert answers[-1][1]["connection"] == "close", label
             assert harness.closed, label
     assert "127.0.0.1:40000" in caplog.text and f"HTTP {status}" in caplog.text
+
+
+def test_the_head_limit_is_exact_whatever_the_split():
+    def head_of(size):
+        start = b"GET / HTTP/1.1\r\nHost: t\r\nX: "
+        return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    for size, status in ((App.max_head_size, 200), (App.max_head_size + 1, 431)):
+        data = head_of(size)
+        assert len(data) == size
+        for chunks in ([data], [data[:700], data[700:]], [data[:-1], data[-1:]]):
+            harness = HandlerHarness(App)
+            output = b"".join(harness.feed(chunk) for chunk in chunks)
+            assert parse_responses(output)[0][0] == status
+
+
+def test_leading_empty_lines_are_ignored_and_trailers_dropped():
+    harness = HandlerHarness(App)
+    output = harness.feed(
+        b"\r\n\r\nPOST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    )
+    assert parse_responses(output)[0][2] == b"abc" and not harness.closed
+
+
+def test_log_lines_show_the_peers_bytes_as_text(caplog):
+    with caplog.at_level(logging.WARNING):
+        HandlerHarness(App).feed(b"GARBAGE\r\n\r\n")
+    assert "malformed request line 'GARBAGE'" in caplog.text
+    assert "bytearray" not in caplog.text
 
 
 def test_stream_ending_inside_a_request_is_refused():
