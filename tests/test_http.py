@@ -94,7 +94,7 @@ def slow(request):
 
 router = Router(
     {
-        "/": hello,
+        "/*": hello,
         "/echo": echo_body,
         "/stream": stream,
         "/sized": stream_known_length,
@@ -107,7 +107,7 @@ router = Router(
 )
 
 
-@router.route("/docs/")
+@router.route("/docs/*")
 def docs(request):
     return f"docs route={request.route} subpath={request.subpath}"
 
@@ -440,19 +440,63 @@ def test_any_bytes_give_responses_or_a_protocol_error_whatever_the_chunking(piec
 
 
 def test_router_exact_prefix_and_encoded_paths():
-    r = Router({"/": "root", "/a/": "a-prefix", "/a/b/": "ab-prefix", "/a/b": "ab-exact"})
+    r = Router({"/": "root", "/a/*": "a-prefix", "/a/b/*": "ab-prefix", "/a/b": "ab-exact"})
     assert r.find("/") == ("/", "root")
-    assert r.find("/a/x") == ("/a/", "a-prefix")
-    assert r.find("/a/b/c/d") == ("/a/b/", "ab-prefix")
-    assert r.find("/a/b") == ("/a/b", "ab-exact")
-    # "/" is a prefix like any other: it catches what nothing else does.
-    assert r.find("/elsewhere") == ("/", "root")
-    r = Router({"/a/": "a-prefix", "/a/b": "ab-exact"})
+    # Exact by default: "/" answers "/" only.
     assert r.find("/elsewhere") == (None, None)
+    assert r.find("/a/x") == ("/a/*", "a-prefix")
+    assert r.find("/a/b/c/d") == ("/a/b/*", "ab-prefix")
+    assert r.find("/a/b") == ("/a/b", "ab-exact")
+    r.add("/all", "catch", prefix=True)
+    assert r.find("/all/of/it") == ("/all", "catch")
+    r = Router({"/*": "everything", "/a/*": "a-prefix"})
+    assert r.find("/elsewhere") == ("/*", "everything")
     # Routes see the path as sent: an encoded slash is not a separator.
+    r = Router({"/a/*": "a-prefix", "/a/b": "ab-exact"})
     assert r.find("/a%2Fb") == (None, None)
     with pytest.raises(ValueError):
         r.add("relative", "x")
+
+
+def test_routes_by_method_and_405_with_allow():
+    r = Router()
+
+    @r.route("/things", methods=["GET"])
+    def list_things(request):
+        return "all things"
+
+    @r.route("/things", methods=["POST", "PUT"])
+    def add_thing(request):
+        return Response(b"added " + request.body, 201)
+
+    class Things(HTTPHandler):
+        routes = r
+
+    harness = HandlerHarness(Things)
+    assert parse_responses(harness.feed(get("/things")))[0][2] == b"all things"
+    ((status, headers, body),) = parse_responses(harness.feed(b"HEAD /things HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert (status, body) == (200, b"") and headers["content-length"] == "10"
+    ((status, _, body),) = parse_responses(
+        harness.feed(b"PUT /things HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx")
+    )
+    assert (status, body) == (201, b"added x")
+    ((status, headers, _),) = parse_responses(harness.feed(b"DELETE /things HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert status == 405 and headers["allow"] == "GET, HEAD, POST, PUT"
+    assert not harness.closed
+
+
+def test_a_prefix_route_without_its_slash_redirects():
+    class Site(HTTPHandler):
+        routes = {"/docs/*": docs, "/*": hello}
+
+    harness = HandlerHarness(Site)
+    ((status, headers, _),) = parse_responses(harness.feed(get("/docs?page=2")))
+    assert status == 301 and headers["location"] == "/docs/?page=2"
+    ((status, headers, _),) = parse_responses(
+        harness.feed(b"POST /docs HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    )
+    assert status == 308 and headers["location"] == "/docs/"
+    assert parse_responses(harness.feed(get("/docs/")))[0][2] == b"docs route=/docs/* subpath="
 
 
 class Bare(HTTPHandler):
@@ -468,7 +512,7 @@ def test_no_route_is_404_and_the_connection_stays():
 def test_prefix_route_gets_the_subpath():
     harness = HandlerHarness(App)
     ((_, _, body),) = parse_responses(harness.feed(get("/docs/guide/intro?x")))
-    assert body == b"docs route=/docs/ subpath=guide/intro"
+    assert body == b"docs route=/docs/* subpath=guide/intro"
 
 
 def test_request_helpers():

@@ -47,7 +47,7 @@ def site(tmp_path):
     os.symlink(www / "sub" / "page.txt", www / "link-in.txt")
 
     class Site(HTTPHandler):
-        routes = Router({"/static/": StaticFiles(str(www)), "/": StaticFiles(str(www))})
+        routes = Router({"/static/*": StaticFiles(str(www)), "/*": StaticFiles(str(www))})
 
     return Site
 
@@ -190,7 +190,7 @@ from evloop.protocols.http import HTTPHandler
 from evloop.protocols.static import StaticFiles
 
 class Files(HTTPHandler):
-    routes = {"/": StaticFiles(sys.argv[1])}
+    routes = {"/*": StaticFiles(sys.argv[1])}
 
 server = Server("127.0.0.1", 0)
 print(f"listening on {server.host}:{server.port}", flush=True)
