@@ -540,8 +540,9 @@ class HTTPHandler(ClientHandler):
             + "Content-Type: text/plain; charset=utf-8\r\n"
             + f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n"
         )
-        if self.request is not None and self.access_log is not None and self.access_log.enabled():
-            self.access_log.log(self, self.request, status, len(text))
+        access = self.access_log
+        if access is not None and access.enabled():
+            access.log(self, self.request, status, len(text))
         return (head + text).encode("latin-1")
 
 

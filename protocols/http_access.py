@@ -40,6 +40,18 @@ def _now() -> str:
     return str(_clf_time[1])
 
 
+class _Unread:
+    """Stands for a request whose head could not be read."""
+
+    method = target = http_version = ""
+
+    def header(self, name: str, default: str) -> str:
+        return default
+
+
+_UNREAD = _Unread()
+
+
 class AccessLog:
     """Writes one line per request to ``logger`` (``evloop.access``) at INFO,
     in ``format`` (Common Log Format by default)."""
@@ -58,10 +70,17 @@ class AccessLog:
 
     def log(self, handler: Any, request: Any, status: int, size: Optional[int]) -> None:
         """Write the line for ``request``, answered with ``status`` and a
-        body of ``size`` bytes (None: not known in advance)."""
+        body of ``size`` bytes (None: not known in advance); ``request`` is
+        None for one refused before its head could be read (``"-"``)."""
         address = handler.client_address
         host = address[0] if isinstance(address, tuple) and address else (str(address) or "-")
-        request_line = _escape(f"{request.method} {request.target} HTTP/{request.http_version}")
+        if request is None:
+            request = _UNREAD
+        request_line = (
+            _escape(f"{request.method} {request.target} HTTP/{request.http_version}")
+            if request.method
+            else "-"
+        )
         length = "-" if size is None else str(size)
         if self._plain:
             line = f'{host} - - [{_now()}] "{request_line}" {status} {length}'
@@ -71,7 +90,7 @@ class AccessLog:
                 user="-",
                 time=_now(),
                 request_line=request_line,
-                method=_escape(request.method),
+                method=_escape(request.method) or "-",
                 target=_escape(request.target),
                 version=request.http_version,
                 status=status,

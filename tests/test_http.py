@@ -8,6 +8,7 @@ import http.client
 import io
 import logging
 import os
+import re
 import threading
 
 import pytest
@@ -583,3 +584,43 @@ def test_a_bad_client_does_not_disturb_the_others(running_loop):
     good.request("GET", "/again")
     assert good.getresponse().read() == b"hello GET /again "
     good.close()
+
+
+# -- the access log -----------------------------------------------------------------------
+
+ACCESS_TIME = r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\]"
+
+
+def test_access_log_one_common_log_format_line_per_request(caplog):
+    with caplog.at_level(logging.INFO, logger="evloop.access"):
+        harness = HandlerHarness(App)
+        harness.feed(get("/a?x=1") + b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        harness.feed(get("/stream") + get("/nope\x22", ""))
+    lines = [record.getMessage() for record in caplog.records if record.name == "evloop.access"]
+    assert len(lines) == 4, lines
+    assert re.fullmatch(r"127\.0\.0\.1 - - " + ACCESS_TIME + r' "GET /a\?x=1 HTTP/1\.1" 200 16', lines[0])
+    assert lines[1].endswith('"POST /echo HTTP/1.1" 200 2')
+    # A streamed body's size is not known when the line is written.
+    assert lines[2].endswith('"GET /stream HTTP/1.1" 200 -')
+    # The client's bytes cannot forge a line: quotes are escaped.
+    assert lines[3].endswith('"GET /nope\\" HTTP/1.1" 200 17'), lines[3]
+
+
+def test_access_log_configurable_and_off(caplog):
+    from evloop.protocols.http_access import AccessLog
+
+    class Combined(App):
+        access_log = AccessLog(AccessLog.COMBINED)
+
+    class Quiet(App):
+        access_log = None
+
+    with caplog.at_level(logging.INFO, logger="evloop.access"):
+        HandlerHarness(Combined).feed(get("/", "Referer: http://x/\r\nUser-Agent: probe/1\r\n"))
+        HandlerHarness(Quiet).feed(get("/quiet"))
+        HandlerHarness(App).feed(b"GET / HTTP/1.1\r\n\r\n")  # no Host: refused, logged
+    lines = [record.getMessage() for record in caplog.records if record.name == "evloop.access"]
+    assert len(lines) == 2, lines
+    assert lines[0].endswith('"GET / HTTP/1.1" 200 12 "http://x/" "probe/1"')
+    # A request refused before its head was read is logged too, as "-".
+    assert lines[1].endswith('"-" 400 16 "-" "-"') or lines[1].endswith('"-" 400 16'), lines[1]
