@@ -43,7 +43,7 @@ import logging
 import os
 import stat
 from concurrent.futures import Future
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, cast
 
 from evloop import ClientHandler, LocalProtocolError, RemoteProtocolError
 
@@ -278,25 +278,27 @@ class HTTPHandler(ClientHandler):
                 self._close_after_output()
                 return
             else:
-                self._begin(event)  # type: ignore[arg-type]
+                head = cast(RequestHead, event)
+                request = self._begin(head)
+                if not head.body_length:
+                    # Whole with its head (a GET): answered at once.
+                    self.loop.requests += 1
+                    self._respond(request)
 
-    def _begin(self, head: RequestHead) -> None:
+    def _begin(self, head: RequestHead) -> Request:
         request = self.request = Request(head.method, head.target, head.headers, head.http_version, b"", self)
         self._keep_alive = head.keep_alive
         self._responding = False
         self._body_size = 0
-        if not head.keep_alive:
-            # Nothing after this request is read (h11's MUST_CLOSE).
-            self.parser.expect_no_more()
         # Refuse a declared oversize body before any of it is read (RFC 9110
         # section 15.5.14), and before telling a waiting client to send it.
-        length = request.header("content-length") if head.headers else None
-        if length is not None and int(length) > self.max_body_size:
-            self._refuse(413, f"Content-Length {length} over {self.max_body_size} bytes")
-        if head.expects_continue:
+        if head.body_length > self.max_body_size:
+            self._refuse(413, f"Content-Length {head.body_length} over {self.max_body_size} bytes")
+        if head.expects_continue and head.body_length:
             # RFC 9110 section 10.1.1: a client that sent Expect: 100-continue
             # waits for this before it sends the body.
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return request
 
     def _respond(self, request: Request) -> None:
         try:

@@ -86,9 +86,19 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 class RequestHead:
     """A parsed request line and header section. ``headers`` are
-    ``[(name, value)]`` with lower-case names, latin-1 decoded."""
+    ``[(name, value)]`` with lower-case names, latin-1 decoded. When
+    ``body_length`` is 0 the request is whole: no END event follows."""
 
-    __slots__ = ("expects_continue", "headers", "http_version", "keep_alive", "method", "target", "upgrade")
+    __slots__ = (
+        "body_length",
+        "expects_continue",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+    )
 
     def __init__(self, method: str, target: str, http_version: str, headers: List[Tuple[str, str]]) -> None:
         self.method = method
@@ -98,6 +108,9 @@ class RequestHead:
         self.keep_alive = True
         self.expects_continue = False
         self.upgrade = False
+        # 0: no body (the request is complete with its head); else its
+        # Content-Length, or -1 for chunked.
+        self.body_length = 0
 
 
 # States of the body reader.
@@ -137,9 +150,10 @@ class RequestParser:
 
     # -- what subclasses provide --------------------------------------------
 
-    def parse_head(self, head: bytes) -> RequestHead:
+    def parse_head(self, head: bytes, has_body: bool) -> RequestHead:
         """The request in ``head`` (request line to the blank line, CRLF
-        endings checked); raises ParseError."""
+        endings, method and version checked; ``has_body`` says whether a
+        body follows); raises ParseError."""
         raise NotImplementedError
 
     # -- input ----------------------------------------------------------------
@@ -165,11 +179,6 @@ class RequestParser:
         self._state = _IGNORE
         return data
 
-    def expect_no_more(self) -> None:
-        """The connection closes after the current request: what follows
-        its end is ignored."""
-        self._last = True
-
     def stop(self) -> None:
         """Ignore everything from now on (the connection is closing)."""
         self._state = _IGNORE
@@ -193,6 +202,8 @@ class RequestParser:
 
     def _next_head(self) -> Event:
         buffer = self._buffer
+        if not buffer and not self._closed:
+            return NEED_DATA
         # RFC 9112 section 2.2: ignore empty lines before a request line.
         while buffer.startswith(_LEADING_CRLF):
             del buffer[:2]
@@ -216,12 +227,17 @@ class RequestParser:
         self._scan = 0
         line = _check_raw_head(head)
         framing = _framing(head, line)
-        request = self.parse_head(head)
-        _check_host(request)
-        _set_connection_options(request)
-        if framing is None:
-            self._state = _LENGTH
-            self._left = 0
+        request = self.parse_head(head, framing != 0)
+        _connection_facts(request)
+        request.body_length = framing
+        if not request.keep_alive:
+            # The connection closes after this request: nothing after it
+            # is read (h11's MUST_CLOSE).
+            self._last = True
+        if framing == 0:
+            # Whole with its head: no END event, the next head comes next.
+            if self._last:
+                self.stop()
         elif framing < 0:
             self._state = _CHUNK_SIZE
         else:
@@ -356,16 +372,18 @@ def _check_raw_head(head: bytes) -> bytes:
     if b"\x7f" in head:
         # DEL is no VCHAR (RFC 5234 B.1): llhttp refuses it, h11 would not.
         raise ParseError(400, "DEL character in the request head")
-    _check_line_endings(head, "request head")
+    crlf = head.count(b"\r\n")
+    if head.count(b"\n") != crlf or head.count(b"\r") != crlf or b"\n " in head or b"\n\t" in head:
+        _check_line_endings(head, "request head")  # raises, saying which
     return line
 
 
-def _framing(head: bytes, line: bytes) -> Optional[int]:
-    """The body's framing from the raw header lines: None (no body), its
-    length, or -1 for chunked. RFC 9112 section 6."""
+def _framing(head: bytes, line: bytes) -> int:
+    """The body's framing from the raw header lines: its length (0: none),
+    or -1 for chunked. RFC 9112 section 6."""
     lower = head.lower()
     if b"\ncontent-length" not in lower and b"\ntransfer-encoding" not in lower:
-        return None
+        return 0
     lengths: List[bytes] = []
     codings: List[bytes] = []
     for field in head.split(b"\r\n")[1:]:
@@ -411,27 +429,23 @@ def _chunked_framing(line: bytes, codings: List[bytes], has_length: bool) -> int
     raise ParseError(501, f"Transfer-Encoding {_show(value)} not implemented (only chunked)")
 
 
-def _check_host(request: RequestHead) -> None:
-    # RFC 9112 section 3.2: HTTP/1.1 requests carry exactly one Host.
-    hosts = 0
-    for name, _ in request.headers:
-        if name == "host":
-            hosts += 1
-    if hosts > 1 or (hosts == 0 and request.http_version == "1.1"):
-        raise ParseError(400, f"{hosts} Host headers in an HTTP/{request.http_version} request")
-
-
-def _set_connection_options(request: RequestHead) -> None:
-    """Keep-alive, Expect: 100-continue and Upgrade, from the headers."""
+def _connection_facts(request: RequestHead) -> None:
+    """Checks Host; sets keep-alive, Expect: 100-continue and Upgrade."""
     connection = expect = ""
     upgrade = False
+    hosts = 0
     for name, value in request.headers:
-        if name == "connection":
+        if name == "host":
+            hosts += 1
+        elif name == "connection":
             connection += "," + value.lower()
         elif name == "expect":
             expect += "," + value.lower()
         elif name == "upgrade":
             upgrade = True
+    if hosts != 1 and (hosts or request.http_version == "1.1"):
+        # RFC 9112 section 3.2: HTTP/1.1 requests carry exactly one Host.
+        raise ParseError(400, f"{hosts} Host headers in an HTTP/{request.http_version} request")
     if request.http_version == "1.0":
         # HTTP/1.0 keep-alive is not offered (h11 does not either).
         request.keep_alive = False

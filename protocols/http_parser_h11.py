@@ -20,7 +20,7 @@ class H11Parser(RequestParser):
 
     __slots__ = ()
 
-    def parse_head(self, head: bytes) -> RequestHead:
+    def parse_head(self, head: bytes, has_body: bool) -> RequestHead:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
         conn.receive_data(head)
         try:

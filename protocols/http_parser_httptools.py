@@ -24,14 +24,13 @@ class HttptoolsParser(RequestParser):
 
     name = "httptools"
 
-    __slots__ = ("_complete", "_fields", "_llhttp", "_url")
+    __slots__ = ("_fields", "_llhttp", "_url")
 
     def __init__(self, max_head_size: int = 16 * 1024) -> None:
         super().__init__(max_head_size)
         self._llhttp: Optional[httptools.HttpRequestParser] = None
         self._fields: List[Tuple[bytes, bytes]] = []
         self._url = b""
-        self._complete = False
 
     # llhttp's callbacks
     def on_url(self, url: bytes) -> None:
@@ -40,20 +39,16 @@ class HttptoolsParser(RequestParser):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields.append((name, value))
 
-    def on_message_complete(self) -> None:
-        self._complete = True
-
-    def parse_head(self, head: bytes) -> RequestHead:
+    def parse_head(self, head: bytes, has_body: bool) -> RequestHead:
         llhttp = self._llhttp
         if llhttp is None:
             llhttp = self._llhttp = httptools.HttpRequestParser(self)
         fields = self._fields = []
         self._url = b""
-        self._complete = False
         try:
             llhttp.feed_data(head)
         except httptools.HttpParserUpgrade:
-            self._complete = False
+            has_body = True  # llhttp stays paused: not reused
         except httptools.HttpParserError as exc:
             self._llhttp = None
             raise _refusal(head, exc) from None
@@ -68,7 +63,8 @@ class HttptoolsParser(RequestParser):
                 for name, value in fields
             ],
         )
-        if not self._complete:
+        if has_body:
+            # llhttp waits for a body it will not be given: a fresh one next.
             self._llhttp = None
         return request
 
