@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not write the HTTP access log (one Common Log Format line per request, to stderr)",
     )
     how.add_argument(
+        "--http-parser",
+        choices=["auto", "httptools", "h11"],
+        help="the HTTP request parser (default: httptools when installed, else h11; sets EVLOOP_HTTP_PARSER)",
+    )
+    how.add_argument(
         "--stats",
         type=float,
         metavar="SECONDS",
@@ -152,6 +157,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _access_log(not args.no_access_log)
+    if args.http_parser:
+        os.environ["EVLOOP_HTTP_PARSER"] = args.http_parser
     try:
         return serve(args)
     except CommandError as exc:

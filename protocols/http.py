@@ -351,7 +351,7 @@ class HTTPHandler(ClientHandler):
         if kind is str or kind is bytes:
             return self._frame_simple(request, answer)
         if kind is SwitchProtocols:
-            return self._switch(answer)
+            return self._switch(request, answer)
         return self._frame_response(request, answer if kind is Response else Response(answer))
 
     def _frame_simple(self, request: Request, body: Any) -> bytes:
@@ -409,6 +409,8 @@ class HTTPHandler(ClientHandler):
             return framed_head
         if isinstance(body, _BYTES_TYPES):
             self._response_done()
+            if chunked:  # the application set Transfer-Encoding itself
+                return framed_head + (b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n")
             return framed_head + bytes(body)
         self._set_busy()
         if file_length is not None:
@@ -509,10 +511,13 @@ class HTTPHandler(ClientHandler):
         self.parser.stop()
         self.close_when_sent()
 
-    def _switch(self, switch: SwitchProtocols) -> bytes:
+    def _switch(self, request: Request, switch: SwitchProtocols) -> bytes:
         head = "HTTP/1.1 101 Switching Protocols\r\n" + "".join(
             f"{name}: {value}\r\n" for name, value in switch.headers
         )
+        access = self.access_log
+        if access is not None and access.enabled():
+            access.log(self, request, 101, None)
         self._responding = True
         # Queue the 101 before the new protocol's first bytes.
         self.send(_encode_head(head + "\r\n"))

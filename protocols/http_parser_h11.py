@@ -6,9 +6,12 @@ A fresh ``h11.Connection`` per head (2 µs) is fed exactly the head, so
 h11's state machine never sees a body and never needs our responses.
 """
 
+import ast
+import re
+
 import h11
 
-from .http_parser import ParseError, RequestHead, RequestParser
+from .http_parser import ParseError, RequestHead, RequestParser, _show
 
 __all__ = ["H11Parser"]
 
@@ -38,5 +41,13 @@ class H11Parser(RequestParser):
 
 
 def _plain(message: str) -> str:
-    """h11's message with the bytes shown as text, not a bytearray repr."""
-    return message.replace("bytearray(b", "(b")
+    """h11's message with the peer's bytes shown as text (h11 writes
+    ``illegal request line: bytearray(b'GARBAGE')``)."""
+    found = re.fullmatch(r"(.*?)bytearray\((b.*)\)(.*)", message, re.S)
+    if found is None:
+        return message
+    try:
+        data = ast.literal_eval(found.group(2))
+    except (ValueError, SyntaxError):
+        return message
+    return f"{found.group(1)}{_show(data)}{found.group(3)}"

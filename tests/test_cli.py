@@ -235,7 +235,10 @@ def test_unix_and_udp_from_the_command_line(tmp_path):
 CLF = r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /nowhere HTTP/1\.1" 404 14'
 
 
-@pytest.mark.parametrize("options, logged", [((), True), (("--no-access-log",), False)])
+@pytest.mark.parametrize(
+    "options, logged",
+    [((), True), (("--no-access-log",), False), (("--http-parser", "h11"), True)],
+)
 def test_http_access_log_on_by_default_and_off_with_a_flag(options, logged):
     pytest.importorskip("h11")
     with cli_server("examples/websocket_chat.py:ChatServer", "--port", "0", *options) as (
