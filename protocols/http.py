@@ -410,7 +410,8 @@ class HTTPHandler(ClientHandler):
         if isinstance(body, _BYTES_TYPES):
             self._response_done()
             if chunked:  # the application set Transfer-Encoding itself
-                return framed_head + (b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n")
+                data = bytes(body)
+                return framed_head + (b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n")
             return framed_head + bytes(body)
         self._set_busy()
         if file_length is not None:
