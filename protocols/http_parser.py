@@ -121,6 +121,7 @@ _VERSION = re.compile(rb"\S+ \S+ HTTP/\d\.\d")
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n]*)?\r\n")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _LEADING_CRLF = b"\r\n"
+_BLANK_LINES = re.compile(rb"(?:\r\n)+")
 
 
 def _show(data: bytes, limit: int = 60) -> str:
@@ -136,7 +137,17 @@ class RequestParser:
 
     name = "base"
 
-    __slots__ = ("_buffer", "_chunk_left", "_closed", "_last", "_left", "_scan", "_state", "max_head_size")
+    __slots__ = (
+        "_blank",
+        "_buffer",
+        "_chunk_left",
+        "_closed",
+        "_last",
+        "_left",
+        "_scan",
+        "_state",
+        "max_head_size",
+    )
 
     def __init__(self, max_head_size: int = 16 * 1024) -> None:
         self.max_head_size = max_head_size
@@ -147,6 +158,7 @@ class RequestParser:
         self._chunk_left = 0
         self._closed = False
         self._last = False
+        self._blank = 0  # bytes of empty lines dropped before this head
 
     # -- what subclasses provide --------------------------------------------
 
@@ -204,9 +216,16 @@ class RequestParser:
         buffer = self._buffer
         if not buffer and not self._closed:
             return NEED_DATA
-        # RFC 9112 section 2.2: ignore empty lines before a request line.
-        while buffer.startswith(_LEADING_CRLF):
-            del buffer[:2]
+        if buffer.startswith(_LEADING_CRLF):
+            # RFC 9112 section 2.2: ignore empty lines before a request line
+            # (dropped in one go: a flood of them costs O(n), not O(n^2)).
+            blank = _BLANK_LINES.match(buffer)
+            assert blank is not None
+            self._blank += blank.end()
+            if self._blank > self.max_head_size:
+                # Bounded like a head, so empty lines cannot hold a connection.
+                raise ParseError(400, f"over {self.max_head_size} bytes of empty lines before a request line")
+            del buffer[: blank.end()]
             self._scan = 0
         found = _HEAD_END.search(buffer, self._scan)
         if found is None:
@@ -225,6 +244,7 @@ class RequestParser:
         head = bytes(buffer[:end])
         del buffer[:end]
         self._scan = 0
+        self._blank = 0
         line = _check_raw_head(head)
         framing = _framing(head, line)
         request = self.parse_head(head, framing != 0)

@@ -359,6 +359,14 @@ def test_leading_empty_lines_are_ignored_and_trailers_dropped():
     assert parse_responses(output)[0][2] == b"abc" and not harness.closed
 
 
+def test_empty_lines_before_a_request_are_bounded_like_a_head():
+    harness = HandlerHarness(App)
+    assert parse_responses(harness.feed(b"\r\n" * 500 + get("/after")))[0][2] == b"hello GET /after "
+    # More than max_head_size of them, even in small pieces: refused.
+    output = b"".join(harness.feed(b"\r\n" * 64) for _ in range(10))
+    assert parse_responses(output)[-1][0] == 400 and harness.closed
+
+
 def test_log_lines_show_the_peers_bytes_as_text(caplog):
     with caplog.at_level(logging.WARNING):
         HandlerHarness(App).feed(b"GARBAGE\r\n\r\n")
