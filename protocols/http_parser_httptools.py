@@ -10,7 +10,7 @@ Methods, versions and line endings are checked before llhttp sees the
 head, so every error it raises here is a 400.
 """
 
-from typing import List, Optional, Tuple
+from typing import Optional
 
 import httptools
 
@@ -19,32 +19,31 @@ from .http_parser import ParseError, RequestHead, RequestParser, _show
 __all__ = ["HttptoolsParser"]
 
 
+class _Silent:
+    """llhttp's protocol object with no callbacks: it only validates, so no
+    Python code runs while it parses."""
+
+    __slots__ = ()
+
+
+_SILENT = _Silent()
+
+
 class HttptoolsParser(RequestParser):
     """Request heads parsed by httptools."""
 
     name = "httptools"
 
-    __slots__ = ("_fields", "_llhttp", "_url")
+    __slots__ = ("_llhttp",)
 
     def __init__(self, max_head_size: int = 16 * 1024) -> None:
         super().__init__(max_head_size)
         self._llhttp: Optional[httptools.HttpRequestParser] = None
-        self._fields: List[Tuple[bytes, bytes]] = []
-        self._url = b""
-
-    # llhttp's callbacks
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields.append((name, value))
 
     def parse_head(self, head: bytes, has_body: bool) -> RequestHead:
         llhttp = self._llhttp
         if llhttp is None:
-            llhttp = self._llhttp = httptools.HttpRequestParser(self)
-        fields = self._fields = []
-        self._url = b""
+            llhttp = self._llhttp = httptools.HttpRequestParser(_SILENT)
         try:
             llhttp.feed_data(head)
         except httptools.HttpParserUpgrade:
@@ -52,21 +51,20 @@ class HttptoolsParser(RequestParser):
         except httptools.HttpParserError as exc:
             self._llhttp = None
             raise _refusal(head, exc) from None
-        method = llhttp.get_method().decode("ascii")
-        request = RequestHead(
-            method,
-            self._url.decode("latin-1"),
-            llhttp.get_http_version(),
-            # llhttp keeps whitespace at the end of a value; h11 (RFC 9110 5.5) strips it.
-            [
-                (name.decode("latin-1").lower(), value.decode("latin-1").rstrip(" \t"))
-                for name, value in fields
-            ],
-        )
         if has_body:
             # llhttp waits for a body it will not be given: a fresh one next.
             self._llhttp = None
-        return request
+        # llhttp accepted the grammar; the fields are cut out here, with no
+        # callback per header. The request line has exactly two spaces and
+        # every line ends in CRLF (checked before), and no obs-fold.
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, version = lines[0].split(" ")
+        headers = []
+        for line in lines[1:-2]:
+            name, _, value = line.partition(":")
+            # RFC 9110 section 5.5: whitespace around a value is not part of it.
+            headers.append((name.lower(), value.strip(" \t")))
+        return RequestHead(method, target, version[5:], headers)
 
 
 def _refusal(head: bytes, exc: Exception) -> ParseError:
