@@ -86,6 +86,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # anywhere in a head: a bare CR or LF, obs-fold, DEL. Both are one C-level
 # pass; only a refused head goes through the checks one by one.
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) [^ ]+ HTTP/1\.[01]\r\n")
+_FRAMING_FIELD = re.compile(rb"\n[ \t]*(?:content-length|transfer-encoding)", re.IGNORECASE)
 _BAD_HEAD_BYTES = re.compile(rb"\r(?!\n)|(?<!\r)\n|\n[ \t]|\x7f")
 
 
@@ -413,8 +414,7 @@ def _refuse_head(head: bytes) -> NoReturn:
 def _framing(head: bytes, line: bytes) -> int:
     """The body's framing from the raw header lines: its length (0: none),
     or -1 for chunked. RFC 9112 section 6."""
-    lower = head.lower()
-    if b"\ncontent-length" not in lower and b"\ntransfer-encoding" not in lower:
+    if _FRAMING_FIELD.search(head) is None:
         return 0
     lengths: List[bytes] = []
     codings: List[bytes] = []
@@ -430,6 +430,8 @@ def _framing(head: bytes, line: bytes) -> int:
             codings.append(value.strip(b" \t"))
     if codings:
         return _chunked_framing(line, codings, bool(lengths))
+    if not lengths:
+        return 0  # a field that only starts like one (Content-Lengthy)
     if len(lengths) > 1 or b"," in lengths[0]:
         # RFC 9110 section 8.6 lets a recipient take identical values as one;
         # we refuse them all: no client needs to send two, and a proxy in

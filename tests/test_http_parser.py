@@ -119,6 +119,7 @@ def test_both_parsers_agree_on_any_input_whatever_the_chunking(pieces, data):
         b"GET / HTTP/1.1\r\nHost: t\r\nX!#$%&'*+-.^_`|~: 1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: t\r\nX(y): 1\r\n\r\n",
         b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nContent-Lengthy: 5\r\nTransfer-Encodings: x\r\n\r\n",
         b"GET / HTTP/1.1 \r\nHost: t\r\n\r\n",
     ]
     + [
