@@ -21,6 +21,20 @@ begins is done here, once, so the two parsers cannot differ on it:
   header lines (RFC 9112 section 6), and the body, by length or chunked,
   is framed here.
 
+The reader's states, and what moves it on::
+
+    HEAD        -- a head with no body ----------------> HEAD (or IGNORE if last)
+    HEAD        -- a head with Content-Length n > 0 ---> LENGTH
+    HEAD        -- a head with chunked ----------------> CHUNK_SIZE
+    LENGTH      -- n bytes given out -------------------> HEAD (END; IGNORE if last)
+    CHUNK_SIZE  -- size > 0 ---> CHUNK_DATA -- data --> CHUNK_END -- CRLF --> CHUNK_SIZE
+    CHUNK_SIZE  -- size 0 -----> TRAILERS -- blank line -> HEAD (END; IGNORE if last)
+    HEAD        -- end of stream between requests -----> EOF
+    any         -- stop() (refused, closing, upgraded) -> IGNORE
+
+"last" is a request that ends the connection (``Connection: close``,
+HTTP/1.0): nothing after it is read.
+
 The smuggling rules (see docs/http.md, "Request smuggling"): both framing
 headers together, ``Transfer-Encoding`` on an HTTP/1.0 request, a repeated
 ``Transfer-Encoding``, ``chunked`` not last or in another case, a
