@@ -497,10 +497,10 @@ def _connection_facts(request: RequestHead) -> None:
     if request.http_version == "1.0":
         # HTTP/1.0 keep-alive is not offered (h11 does not either).
         request.keep_alive = False
-    elif connection and "close" in [token.strip() for token in connection.split(",")]:
-        request.keep_alive = False
     else:
-        # RFC 9110 section 10.1.1.
+        if connection and "close" in [token.strip() for token in connection.split(",")]:
+            request.keep_alive = False
+        # RFC 9110 section 10.1.1 (an HTTP/1.0 client does not wait for it).
         request.expects_continue = "100-continue" in expect
     request.upgrade = upgrade or request.method == "CONNECT"
 

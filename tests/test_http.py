@@ -276,6 +276,14 @@ def test_expect_100_continue_is_answered_before_the_body():
     assert interim.startswith(b"HTTP/1.1 100 ")
     ((status, _, body),) = parse_responses(harness.feed(b"abc"))
     assert (status, body) == (200, b"abc")
+    # Also when the connection is to close after this request.
+    harness = HandlerHarness(App)
+    interim = harness.feed(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    assert parse_responses(harness.feed(b"x"))[-1][2] == b"x" and harness.closed
 
 
 # -- what the peer gets wrong ---------------------------------------------------------
