@@ -128,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"])
     how.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="do not write the HTTP access log (one Common Log Format line per request, to stderr)",
+    )
+    how.add_argument(
+        "--http-parser",
+        choices=["auto", "httptools", "h11"],
+        help="the HTTP request parser (default: httptools when installed, else h11; sets EVLOOP_HTTP_PARSER)",
+    )
+    how.add_argument(
         "--stats",
         type=float,
         metavar="SECONDS",
@@ -146,6 +156,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _access_log(not args.no_access_log)
+    if args.http_parser:
+        os.environ["EVLOOP_HTTP_PARSER"] = args.http_parser
     try:
         return serve(args)
     except CommandError as exc:
@@ -154,6 +167,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:
         print(f"evloop: error: {_describe_os_error(exc, args)}", file=sys.stderr)
         return 1
+
+
+def _access_log(on: bool) -> None:
+    """HTTP handlers log each request to "evloop.access" (see
+    evloop.protocols.http_access): on, its lines go to stderr as they are,
+    whatever --log-level says; off, the logger is disabled."""
+    access = logging.getLogger("evloop.access")
+    if not on:
+        access.disabled = True
+        return
+    output = logging.StreamHandler()
+    output.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(output)
+    access.setLevel(logging.INFO)
+    access.propagate = False
 
 
 def _describe_os_error(exc: OSError, args: argparse.Namespace) -> str:

@@ -1,34 +1,38 @@
-"""HTTP/1.1 on the loop: h11 parses and serialises, this module is the glue.
+"""HTTP/1.1 on the loop: a request parser reads, this module answers.
 
 Theory of operation. One :class:`HTTPHandler` serves one connection. What
-the loop reads goes to an ``h11.Connection``; its events build a
+the loop reads goes to a request parser (:mod:`evloop.protocols.http_parser`:
+httptools when it is installed, else h11, or as ``http_parser`` or the
+``EVLOOP_HTTP_PARSER`` environment variable say); its events build a
 :class:`Request` (head, then the body up to ``max_body_size``). When the
 request is whole, :meth:`HTTPHandler.handle_request` answers it (by default
 through ``routes``, see :mod:`evloop.protocols.routing`) with a :class:`Response`,
-bytes or str, and the answer is framed by h11 and queued with the engine's
-``send()``:
+bytes or str. The answer is framed here (the same bytes whichever parser
+read the request) and queued with the engine's ``send()``:
 
 - bytes and str go out at once; pipelined requests that arrived in one read
   are all answered before the loop's next flush, so they leave in one send;
-- a file goes to the engine as the file object (h11's data passthrough), so
-  ``os.sendfile`` moves it; its length comes from ``fstat``;
+- a file goes to the engine as the file object, so ``os.sendfile`` moves
+  it; its length comes from ``fstat``;
 - an iterable or generator is pulled lazily by the engine while the socket
-  takes it, each piece framed by h11 as it comes: chunked when the length is
-  unknown (HTTP/1.1), close-delimited for an HTTP/1.0 client.
+  takes it: chunked when the length is unknown (HTTP/1.1), close-delimited
+  for an HTTP/1.0 client.
 
 Responses leave in request order (RFC 9112 section 9.3.2): while a streamed
-body or a future is in flight, the requests after it wait in h11's buffer,
-and reading from the client pauses, so they cannot pile up. Keep-alive and
-``Connection: close`` follow h11.
+body or a future is in flight, the requests after it wait unread, and
+reading from the client pauses, so they cannot pile up. A connection stays
+open after a response unless the request or the response said
+``Connection: close`` or the client speaks HTTP/1.0.
 
-Errors. A request h11 cannot parse gets 400 (431 when its head passes
-``max_head_size``, 501 for an unknown transfer coding); a declared or
-streamed body over ``max_body_size`` gets 413. These are the peer's fault:
-they become :class:`~evloop.RemoteProtocolError`, so the engine logs a
-warning with the peer's address, sends the error reply and closes that one
-connection. An exception from application code gets 500 and a logged
-traceback, and the connection stays usable. :class:`HTTPError` raised by
-application code is answered with its status.
+Errors. A request the parser refuses gets its status (400; 431 for a head
+over ``max_head_size``; 501 for an unknown transfer coding or method; 505
+for another HTTP version; see the smuggling rules in the parser); a
+declared or streamed body over ``max_body_size`` gets 413. These are the
+peer's fault: they become :class:`~evloop.RemoteProtocolError`, so the
+engine logs a warning with the peer's address, sends the error reply and
+closes that one connection. An exception from application code gets 500
+and a logged traceback, and the connection stays usable.
+:class:`HTTPError` raised by application code is answered with its status.
 
 Timeouts are the engine's (:mod:`evloop.limits`): a request that is not
 whole ``request_timeout`` seconds after its first byte gets 408 (RFC 9110
@@ -41,10 +45,9 @@ import stat
 from concurrent.futures import Future
 from typing import Any, Iterable, List, Optional, cast
 
-import h11
-
 from evloop import ClientHandler, LocalProtocolError, RemoteProtocolError
 
+from .http_access import AccessLog
 from .http_message import (
     HTTPError,
     Request,
@@ -54,6 +57,7 @@ from .http_message import (
     http_date,
     reason_phrase,
 )
+from .http_parser import CLOSED, END, NEED_DATA, ParseError, RequestHead, parser_class
 
 __all__ = [
     "HTTPError",
@@ -67,8 +71,37 @@ __all__ = [
 
 logger = logging.getLogger("evloop.http")
 
-# h11 has it, but does not list it among its exports.
-_MIGHT_SWITCH_PROTOCOL = h11.MIGHT_SWITCH_PROTOCOL  # type: ignore[attr-defined]
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+_status_lines: "dict[int, str]" = {}
+# [date, server name, the two header lines]: rebuilt once a second.
+_fixed_headers: List[str] = ["", "", ""]
+
+
+def _status_line(status: int, reason: Optional[str]) -> str:
+    if reason is not None:
+        return f"HTTP/1.1 {status} {reason}\r\n"
+    line = _status_lines.get(status)
+    if line is None:
+        line = _status_lines[status] = f"HTTP/1.1 {status} {reason_phrase(status)}\r\n"
+    return line
+
+
+def _date_and_server(server_name: str) -> str:
+    date = http_date()
+    if date is not _fixed_headers[0] or server_name is not _fixed_headers[1]:
+        _fixed_headers[:] = [date, server_name, f"Date: {date}\r\nServer: {server_name}\r\n"]
+    return _fixed_headers[2]
+
+
+def _encode_head(text: str) -> bytes:
+    """The head's bytes; a CR or LF inside a header would split the
+    response (RFC 9112 section 2.2), so it is our bug, refused here."""
+    if text.count("\r") != text.count("\n"):
+        raise LocalProtocolError(f"CR or LF inside a response header: {text!r}")
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise LocalProtocolError(f"response header not latin-1: {text!r}") from None
 
 
 def _file_length(file: Any) -> Optional[int]:
@@ -86,29 +119,22 @@ def _file_length(file: Any) -> Optional[int]:
     return max(0, info.st_size - int(position))
 
 
-class _Passthrough:
-    """Stands for a file's bytes in h11's passthrough; only its length counts."""
-
-    __slots__ = ("length",)
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-
 class HTTPHandler(ClientHandler):
     """Serves HTTP/1.1 on one connection.
 
     Give it ``routes`` (a :class:`~evloop.protocols.routing.Router` or a dict of
     path to function, class or :class:`~evloop.protocols.static.StaticFiles`), or
-    override :meth:`handle_request`. Limits, as class attributes:
+    override :meth:`handle_request`. Settings, as class attributes:
 
     - ``max_head_size``: bytes of request line and headers (431 beyond);
       16 KiB, h11's default, between nginx's 8 KiB buffers and Apache's
       ~8 KiB per line times 100 lines;
-    - ``max_body_size``: bytes of request body (413 beyond), 1 MiB.
+    - ``max_body_size``: bytes of request body (413 beyond), 1 MiB;
+    - ``http_parser``: ``"httptools"``, ``"h11"`` or None (the
+      ``EVLOOP_HTTP_PARSER`` environment variable, else httptools when it
+      is installed, else h11);
+    - ``access_log``: an :class:`~evloop.protocols.http_access.AccessLog`
+      (logger ``evloop.access``, Common Log Format), or None for none.
 
     Timeouts come from the server's :class:`~evloop.limits.Limits`.
     """
@@ -118,21 +144,25 @@ class HTTPHandler(ClientHandler):
     max_head_size = 16 * 1024
     max_body_size = 1024 * 1024
     server_name = "evloop"
+    http_parser: Optional[str] = None
+    access_log: Optional[AccessLog] = AccessLog()
 
     __slots__ = (
         "_body",
         "_body_size",
         "_busy",
+        "_ending",
+        "_keep_alive",
+        "_responding",
         "_router",
-        "_unparsed",
-        "conn",
+        "parser",
         "request",
         "upgraded",
     )
 
     def __init__(self, server: Any, client_socket: Any, client_address: Any) -> None:
         super().__init__(server, client_socket, client_address)
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
+        self.parser = parser_class(self.http_parser)(self.max_head_size)
         self.request: Optional[Request] = None
         self.upgraded: Any = None
         self._body: List[bytes] = []
@@ -140,9 +170,11 @@ class HTTPHandler(ClientHandler):
         # True while a response is in flight (a streamed body, a future):
         # the requests after it wait, so answers keep their order.
         self._busy = False
-        # Bytes received since the last request head: a partial head, for
-        # the engine's request timeout (see pending_input()).
-        self._unparsed = 0
+        # A response to the current request has begun (no error reply then).
+        self._responding = False
+        self._keep_alive = True
+        # We asked the engine to close once the output is sent.
+        self._ending = False
         self._router: Any = None
 
     # -- hooks --------------------------------------------------------------
@@ -171,31 +203,26 @@ class HTTPHandler(ClientHandler):
         if self.upgraded is not None:
             self.upgraded.data_received(data)
             return
-        self._unparsed += len(data)
-        self.conn.receive_data(data)
+        self.parser.feed(data)
         self._process()
 
     def pending_input(self) -> int:
         """Bytes of an incomplete request (the engine's request timeout runs
         while this is not 0): the body so far once a head has arrived, else
-        what came since the last head. 0 while a reply is being produced,
-        and on an upgraded connection (its own keepalive watches it)."""
+        the partial head. 0 while a reply is being produced, and on an
+        upgraded connection (its own keepalive watches it)."""
         if self.upgraded is not None or self._busy:
             return 0
-        if self.request is not None:
+        if self.request is not None and not self._responding:
             return 1 + self._body_size
-        return self._unparsed
+        return self.parser.buffered
 
     def handle_timeout(self, kind: str, seconds: float) -> None:
-        if (
-            kind == "request"
-            and self.upgraded is None
-            and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
-        ):
+        if kind == "request" and self.upgraded is None and not self._responding:
             # RFC 9110 section 15.5.9: say why before closing.
             logger.warning("%s: request not complete within %gs; 408", self.peer, seconds)
             self.send(self._error_reply(408))
-            self.close_when_sent()
+            self._close_after_output()
             return
         if self.upgraded is not None and kind == "idle":
             self.upgraded.idle_timed_out(seconds)
@@ -220,77 +247,63 @@ class HTTPHandler(ClientHandler):
         if self.upgraded is not None:
             self.upgraded.eof_received()
             return
-        # h11 raises "peer unexpectedly closed" if this cuts a request short.
-        self.conn.receive_data(b"")
+        self.parser.feed_eof()
         self._process()
 
     # -- the request cycle ----------------------------------------------------
 
     def _process(self) -> None:
-        """Turn h11's events into requests and answer them, in order, until
-        h11 needs more bytes, a response is in flight, or we are closing."""
-        conn = self.conn
-        while self.takes_requests and not self._busy and self.upgraded is None:
+        """Turn the parser's events into requests and answer them, in order,
+        until it needs more bytes, a response is in flight, or we close."""
+        parser = self.parser
+        while self.takes_requests and not self._busy and not self._ending and self.upgraded is None:
             try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._refuse(exc.error_status_hint, str(exc))
+                event = parser.next_event()
+            except ParseError as exc:
+                self._refuse(exc.status, exc.detail)
                 return
-            if isinstance(event, h11.Data):
-                self._body_size += len(event.data)
+            if event.__class__ is bytes:
+                self._body_size += len(event)
                 if self._body_size > self.max_body_size:
                     self._refuse(413, f"request body over {self.max_body_size} bytes")
                     return
-                self._body.append(event.data)
-            elif isinstance(event, h11.Request):
-                self._unparsed = 0
-                self._begin(event)
-            elif isinstance(event, h11.EndOfMessage):
+                self._body.append(event)
+            elif event is END:
                 request = self.request
                 assert request is not None
-                request.body = b"".join(self._body)
-                self._body = []
-                self._unparsed = 0
+                body = self._body
+                if body:
+                    request.body = body[0] if len(body) == 1 else b"".join(body)
+                    self._body = []
                 self.loop.requests += 1
                 self._respond(request)
-            elif event is h11.NEED_DATA:
+            elif event is NEED_DATA:
                 return
-            elif event is h11.PAUSED:
-                # Their request is done and ours is answered: next cycle.
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                    self.request = None
-                    continue
+            elif event is CLOSED:
+                self._close_after_output()
                 return
-            elif isinstance(event, h11.ConnectionClosed):
-                self.close_when_sent()
-                return
+            else:
+                head = cast(RequestHead, event)
+                request = self._begin(head)
+                if not head.body_length:
+                    # Whole with its head (a GET): answered at once.
+                    self.loop.requests += 1
+                    self._respond(request)
 
-    def _begin(self, event: h11.Request) -> None:
-        # h11 bounds a head that is still incomplete; one that arrived whole
-        # in a single read is measured here, so the limit does not depend on
-        # how the bytes were split.
-        size = (
-            len(event.method)
-            + len(event.target)
-            + 12
-            + sum(len(name) + len(value) + 4 for name, value in event.headers)
-        )
-        if size > self.max_head_size:
-            self._refuse(431, f"request head of about {size} bytes over {self.max_head_size}")
-        request = self.request = Request.from_h11(event, self)
-        self._body = []
+    def _begin(self, head: RequestHead) -> Request:
+        request = self.request = Request(head.method, head.target, head.headers, head.http_version, b"", self)
+        self._keep_alive = head.keep_alive
+        self._responding = False
         self._body_size = 0
         # Refuse a declared oversize body before any of it is read (RFC 9110
         # section 15.5.14), and before telling a waiting client to send it.
-        length = request.header("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_size:
-            self._refuse(413, f"Content-Length {length} over {self.max_body_size} bytes")
-            return
-        if self.conn.they_are_waiting_for_100_continue:
+        if head.body_length > self.max_body_size:
+            self._refuse(413, f"Content-Length {head.body_length} over {self.max_body_size} bytes")
+        if head.expects_continue and head.body_length:
             # RFC 9110 section 10.1.1: a client that sent Expect: 100-continue
             # waits for this before it sends the body.
-            self.send(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return request
 
     def _respond(self, request: Request) -> None:
         try:
@@ -305,6 +318,7 @@ class HTTPHandler(ClientHandler):
             # from the client still waits for it); its result is framed here,
             # on the loop's thread, when the application's future is done.
             self._set_busy()
+            self._responding = True
             placeholder: Future[Any] = Future()
             self.send(placeholder)
             answer.add_done_callback(
@@ -338,18 +352,39 @@ class HTTPHandler(ClientHandler):
 
     def _frame_answer(self, request: Request, answer: Any) -> Any:
         """The output that carries ``answer``, for the engine's ``send()``."""
-        if isinstance(answer, SwitchProtocols):
-            return self._switch(answer)
-        response = answer if isinstance(answer, Response) else Response(answer)
-        try:
-            return self._frame_response(request, response)
-        except h11.LocalProtocolError as exc:
-            raise LocalProtocolError(f"cannot send {response!r} for {request!r}: {exc}") from exc
+        kind = answer.__class__
+        if kind is str or kind is bytes:
+            return self._frame_simple(request, answer)
+        if kind is SwitchProtocols:
+            return self._switch(request, answer)
+        return self._frame_response(request, answer if kind is Response else Response(answer))
+
+    def _frame_simple(self, request: Request, body: Any) -> bytes:
+        """The common case, kept lean: a whole body, no extra headers."""
+        if body.__class__ is str:
+            body = body.encode("utf-8")
+            content_type = "text/plain; charset=utf-8"
+        else:
+            content_type = "application/octet-stream"
+        head = (
+            "HTTP/1.1 200 OK\r\n"
+            + _date_and_server(self.server_name)
+            + f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        )
+        if not self._keep_alive:
+            head += "Connection: close\r\n"
+        access = self.access_log
+        if access is not None and access.enabled():
+            access.log(self, request, 200, len(body))
+        self._responding = True
+        data = head.encode("latin-1") + b"\r\n"
+        if request.method != "HEAD":
+            data += body
+        self._response_done()
+        return data
 
     def _frame_response(self, request: Request, response: Response) -> Any:
-        conn = self.conn
         body = response.body
-        headers = [("Date", http_date()), ("Server", self.server_name)]
         if body is None:
             body = b""
         if isinstance(body, str):
@@ -360,57 +395,77 @@ class HTTPHandler(ClientHandler):
         status = response.status
         # RFC 9110 sections 6.4.1 and 8.6: 1xx, 204 and 304 have no body.
         bodiless = status < 200 or status in (204, 304)
-        head_only = bodiless or request.method == "HEAD"
         file_length = None
-        if isinstance(body, (bytes, bytearray, memoryview)):
+        if isinstance(body, _BYTES_TYPES):
             length: Optional[int] = len(body)
         elif hasattr(body, "read"):
             length = file_length = _file_length(body)
         else:
             length = response.length
-        names = {name.lower() for name, _ in response.headers}
-        if not bodiless:
-            if "content-type" not in names:
-                headers.append(("Content-Type", content_type))
-            if length is not None and "content-length" not in names:
-                headers.append(("Content-Length", str(length)))
-        headers.extend(response.headers)
-        head = conn.send(
-            h11.Response(status_code=status, headers=headers, reason=response.reason or reason_phrase(status))
-        )
-        if head_only:
+        head, chunked = self._head_text(request, response, content_type, length, bodiless)
+        framed_head = _encode_head(head)
+        access = self.access_log
+        if access is not None and access.enabled():
+            access.log(self, request, status, 0 if bodiless else length)
+        self._responding = True
+        if bodiless or request.method == "HEAD":
             _close_body(body)
-            head += conn.send(h11.EndOfMessage())
             self._response_done()
-            return head
-        if isinstance(body, (bytes, bytearray, memoryview)):
-            data = conn.send(h11.Data(data=cast(bytes, body))) if body else b""
-            head += data + conn.send(h11.EndOfMessage())
+            return framed_head
+        if isinstance(body, _BYTES_TYPES):
             self._response_done()
-            return head
+            if chunked:  # the application set Transfer-Encoding itself
+                data = bytes(body)
+                return framed_head + (b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n")
+            return framed_head + bytes(body)
         self._set_busy()
         if file_length is not None:
-            # h11 frames the placeholder (nothing to add for Content-Length)
-            # and the engine streams the file itself, with os.sendfile.
-            placeholder = cast(bytes, _Passthrough(file_length))
-            pieces = conn.send_with_data_passthrough(h11.Data(data=placeholder))
-            assert pieces is not None
-            framed = [body if isinstance(piece, _Passthrough) else piece for piece in pieces]
-            return [head, *framed, conn.send(h11.EndOfMessage()), self._stream_end()]
+            # The engine streams the file itself, with os.sendfile.
+            return [framed_head, body, self._stream_end()]
         if hasattr(body, "read"):
             body = _read_blocks(body, self.blocksize)
-        return [head, self._stream_body(body)]
+        return [framed_head, self._stream_body(body, chunked)]
 
-    def _stream_body(self, body: Iterable[Any]) -> Iterable[bytes]:
-        """Frame the pieces of ``body`` with h11 as the engine pulls them."""
-        conn = self.conn
+    def _head_text(
+        self, request: Request, response: Response, content_type: str, length: Optional[int], bodiless: bool
+    ) -> "tuple[str, bool]":
+        """The response head, and whether the body goes chunked; decides
+        keep-alive for this exchange (RFC 9112 sections 6.3 and 9.3)."""
+        lines = [_status_line(response.status, response.reason), _date_and_server(self.server_name)]
+        names = {name.lower() for name, _ in response.headers} if response.headers else set()
+        chunked = False
+        if not bodiless:
+            if "content-type" not in names:
+                lines.append(f"Content-Type: {content_type}\r\n")
+            if "content-length" in names or "transfer-encoding" in names:
+                chunked = "transfer-encoding" in names
+            elif length is not None:
+                lines.append(f"Content-Length: {length}\r\n")
+            elif request.http_version == "1.1":
+                lines.append("Transfer-Encoding: chunked\r\n")
+                chunked = True
+            else:
+                # An HTTP/1.0 client learns where the body ends from the close.
+                self._keep_alive = False
+        for name, value in response.headers:
+            lines.append(f"{name}: {value}\r\n")
+            if name.lower() == "connection" and "close" in value.lower():
+                self._keep_alive = False
+        if not self._keep_alive and "connection" not in names:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        return "".join(lines), chunked
+
+    def _stream_body(self, body: Iterable[Any], chunked: bool) -> Iterable[bytes]:
+        """Frame the pieces of ``body`` as the engine pulls them."""
         try:
             for piece in body:
                 if isinstance(piece, str):
                     piece = piece.encode("utf-8")
                 if piece:
-                    yield conn.send(h11.Data(data=piece))
-            yield conn.send(h11.EndOfMessage())
+                    yield b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else bytes(piece)
+            if chunked:
+                yield b"0\r\n\r\n"
         finally:
             _close_body(body)
         yield from self._stream_end()
@@ -449,59 +504,59 @@ class HTTPHandler(ClientHandler):
             self.handle_error(exc)
 
     def _response_done(self) -> None:
-        conn = self.conn
-        if conn.our_state is h11.MUST_CLOSE:
-            self.close_when_sent()
-        elif conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
+        if self._busy:
+            return
+        if not self._keep_alive:
+            self._close_after_output()
+        else:
             self.request = None
-        elif conn.our_state is h11.DONE and conn.their_state is not _MIGHT_SWITCH_PROTOCOL:
-            # Answered before the request body was read: the connection
-            # cannot be reused (h11 would refuse the next cycle).
-            if conn.their_state is h11.SEND_BODY:
-                self.close_when_sent()
+            self._responding = False
 
-    def _switch(self, switch: SwitchProtocols) -> bytes:
-        conn = self.conn
-        head = conn.send(
-            h11.InformationalResponse(status_code=101, headers=switch.headers, reason=b"Switching Protocols")
+    def _close_after_output(self) -> None:
+        self._ending = True
+        self.parser.stop()
+        self.close_when_sent()
+
+    def _switch(self, request: Request, switch: SwitchProtocols) -> bytes:
+        head = "HTTP/1.1 101 Switching Protocols\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in switch.headers
         )
-        trailing, _ = conn.trailing_data
+        access = self.access_log
+        if access is not None and access.enabled():
+            access.log(self, request, 101, None)
+        self._responding = True
         # Queue the 101 before the new protocol's first bytes.
-        self.send(head)
+        self.send(_encode_head(head + "\r\n"))
+        trailing = self.parser.take_buffered()
         upgraded = self.upgraded = switch.make_protocol(self)
-        upgraded.switched(bytes(trailing))
+        upgraded.switched(trailing)
         return b""
 
     def _refuse(self, status: int, detail: str) -> None:
         """The peer broke HTTP: answer with ``status`` if a response can
         still start, and let the engine log, send it and close."""
+        self._ending = True
+        self.parser.stop()
         raise RemoteProtocolError(f"HTTP {status}: {detail}", reply=self._error_reply(status))
 
     def _error_reply(self, status: int) -> Optional[bytes]:
         """A closing error response, if one can still start; else None. The
         detail goes to the log, not to the peer: its own bytes are not
         echoed, and the reply is the same however the bytes were split."""
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        if self._responding:
             return None
-        text = f"{status} {reason_phrase(status)}\n".encode()
-        try:
-            reply = self.conn.send(
-                h11.Response(
-                    status_code=status,
-                    reason=reason_phrase(status),
-                    headers=[
-                        ("Date", http_date()),
-                        ("Server", self.server_name),
-                        ("Content-Type", "text/plain; charset=utf-8"),
-                        ("Content-Length", str(len(text))),
-                        ("Connection", "close"),
-                    ],
-                )
-            )
-            return reply + self.conn.send(h11.Data(data=text)) + self.conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:
-            return None
+        self._responding = True
+        text = f"{status} {reason_phrase(status)}\n"
+        head = (
+            _status_line(status, None)
+            + _date_and_server(self.server_name)
+            + "Content-Type: text/plain; charset=utf-8\r\n"
+            + f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n"
+        )
+        access = self.access_log
+        if access is not None and access.enabled():
+            access.log(self, self.request, status, len(text))
+        return (head + text).encode("latin-1")
 
 
 def _close_body(body: Any) -> None:

@@ -1,6 +1,6 @@
 """The values HTTP code passes around: requests, responses, errors.
 
-No parsing happens here (h11 does that, in :mod:`evloop.protocols.http`): these are
+No parsing happens here (:mod:`evloop.protocols.http_parser` does that): these are
 plain objects an application builds and reads, so routes, static files and
 WebSocket handshakes share them without depending on the connection code.
 """
@@ -37,7 +37,7 @@ class HTTPError(Exception):
 
 
 class Request:
-    """One HTTP request, as h11 parsed it.
+    """One HTTP request, as the request parser read it.
 
     - ``method``: ``"GET"``...; ``target``: the request-target as sent;
     - ``path``: the target's path, *not* percent-decoded (routes match the

@@ -14,10 +14,19 @@ it with ``os.sendfile`` and memory stays flat whatever its size. A directory
 is answered with its ``index.html`` (a path to it without the trailing
 slash is redirected, RFC 9110 section 15.4.2). Content-Type comes from the
 file name (:mod:`mimetypes`; text types get ``charset=utf-8``).
-Last-Modified and a weak ETag go with every file; a GET or HEAD whose
-``If-None-Match`` matches, or, without ``If-None-Match``, whose
-``If-Modified-Since`` is not older than the file, gets 304 (RFC 9110
+Last-Modified, an ETag and ``Accept-Ranges: bytes`` go with every file; a
+GET or HEAD whose ``If-None-Match`` matches, or, without ``If-None-Match``,
+whose ``If-Modified-Since`` is not older than the file, gets 304 (RFC 9110
 sections 13.1.2, 13.1.3 and 13.2.2).
+
+Range requests (RFC 9110 section 14): a GET with one byte range gets 206
+with ``Content-Range``; a range that starts past the end gets 416 with
+``Content-Range: bytes */size``. Several ranges, another unit or a
+malformed header are ignored (the whole file, 200), as section 14.2
+allows. ``If-Range`` with the file's ETag (strong comparison) or its exact
+Last-Modified date keeps the range; anything else sends the whole file.
+A range is read in blocks with ``os.pread``, not ``sendfile`` (the engine
+sends a file to its end).
 """
 
 import email.utils
@@ -25,12 +34,12 @@ import logging
 import mimetypes
 import os
 import stat
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 from urllib.parse import unquote_to_bytes
 
 from .http import HTTPError, Request, Response, error_response, http_date
 
-__all__ = ["StaticFiles", "content_type_for"]
+__all__ = ["StaticFiles", "content_type_for", "parse_range"]
 
 logger = logging.getLogger("evloop.http")
 
@@ -50,7 +59,7 @@ def content_type_for(name: str, default: str = "application/octet-stream") -> st
 
 class StaticFiles:
     """Serve the files under ``root``; route it at a prefix path:
-    ``Router({"/static/": StaticFiles("www")})``, or at ``"/"``.
+    ``Router({"/static/*": StaticFiles("www")})``, or at ``"/*"``.
 
     ``index`` is the file answered for a directory (None: 404).
     ``show_hidden`` allows segments that start with a dot (refused by
@@ -122,16 +131,84 @@ class StaticFiles:
 
     def _file_response(self, request: Request, path: str, info: os.stat_result) -> Response:
         mtime = int(info.st_mtime)
-        etag = f'W/"{info.st_size:x}-{info.st_mtime_ns:x}"'
-        headers = [("Last-Modified", http_date(mtime)), ("ETag", etag)]
+        etag = f'"{info.st_size:x}-{info.st_mtime_ns:x}"'
+        headers = [("Last-Modified", http_date(mtime)), ("ETag", etag), ("Accept-Ranges", "bytes")]
         if _not_modified(request, etag, mtime):
             return Response(None, 304, headers)
+        size = info.st_size
+        wanted = _wanted_range(request, etag, mtime, size)
+        if wanted == "unsatisfiable":
+            # RFC 9110 section 15.5.17.
+            return Response("", 416, [*headers, ("Content-Range", f"bytes */{size}")])
         try:
             file = open(path, "rb")
         except OSError as exc:
             logger.info("%s: cannot open %r: %s", request.peer, path, exc)
             return error_response(403 if isinstance(exc, PermissionError) else 404)
-        return Response(file, 200, headers, content_type=content_type_for(path))
+        content_type = content_type_for(path)
+        if isinstance(wanted, tuple):
+            first, last = wanted
+            headers.append(("Content-Range", f"bytes {first}-{last}/{size}"))
+            body = _read_range(file, first, last - first + 1, 64 * 1024)
+            return Response(body, 206, headers, content_type=content_type, length=last - first + 1)
+        return Response(file, 200, headers, content_type=content_type)
+
+
+def parse_range(value: str, size: int) -> Any:
+    """The one byte range in a ``Range`` header value, as ``(first, last)``
+    within a representation of ``size`` bytes; ``"unsatisfiable"``; or
+    None when the header is to be ignored (another unit, several ranges,
+    bad syntax). RFC 9110 section 14.1.2."""
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    start, dash, end = spec.strip().partition("-")
+    if not dash or not (start.isdigit() or start == "") or not (end.isdigit() or end == ""):
+        return None
+    if start == "":
+        if end == "":
+            return None
+        suffix = int(end)
+        if suffix == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - suffix), size - 1
+    first = int(start)
+    if end != "" and int(end) < first:
+        return None  # invalid: ignored (section 14.1.1)
+    if first >= size:
+        return "unsatisfiable"
+    return first, size - 1 if end == "" else min(int(end), size - 1)
+
+
+def _wanted_range(request: Request, etag: str, mtime: int, size: int) -> Any:
+    value = request.header("range")
+    if value is None or request.method != "GET":
+        return None
+    if_range = request.header("if-range")
+    if if_range is not None:
+        if_range = if_range.strip()
+        # RFC 9110 section 13.1.5: an entity tag compares strongly; a date
+        # must be the file's Last-Modified exactly.
+        if if_range.startswith(("W/", '"')):
+            if if_range != etag:
+                return None
+        elif if_range != http_date(mtime):
+            return None
+    return parse_range(value, size)
+
+
+def _read_range(file: Any, offset: int, length: int, blocksize: int) -> Iterator[bytes]:
+    try:
+        fd = file.fileno()
+        while length > 0:
+            block = os.pread(fd, min(blocksize, length), offset)
+            if not block:
+                return  # the file shrank: the client sees a short body
+            offset += len(block)
+            length -= len(block)
+            yield block
+    finally:
+        file.close()
 
 
 def _not_modified(request: Request, etag: str, mtime: int) -> bool:

@@ -100,4 +100,17 @@ def recv_all(sock):
         data += chunk
 
 
-__all__ = ["connect", "recv_all", "recv_exactly", "selectors"]
+__all__ = ["HTTP_PARSERS", "connect", "recv_all", "recv_exactly", "selectors"]
+
+
+# The HTTP suites run once per request parser (evloop.protocols.http_parser).
+HTTP_PARSERS = ["h11", "httptools"]
+
+
+@pytest.fixture(params=HTTP_PARSERS)
+def http_parser(request, monkeypatch):
+    """The parser every HTTPHandler uses in this test (the environment
+    variable the handler reads); skips when the library is missing."""
+    pytest.importorskip(request.param)
+    monkeypatch.setenv("EVLOOP_HTTP_PARSER", request.param)
+    return request.param

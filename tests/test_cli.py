@@ -1,6 +1,7 @@
 """`python -m evloop`: help, version, clear one-line errors, serving, stats."""
 
 import contextlib
+import http.client
 import os
 import re
 import shutil
@@ -229,3 +230,28 @@ def test_unix_and_udp_from_the_command_line(tmp_path):
             sock.settimeout(10)
             sock.sendto(b"datagram", (host, port))
             assert sock.recvfrom(100)[0] == b"DATAGRAM"
+
+
+CLF = r'127\.0\.0\.1 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /nowhere HTTP/1\.1" 404 14'
+
+
+@pytest.mark.parametrize(
+    "options, logged",
+    [((), True), (("--no-access-log",), False), (("--http-parser", "h11"), True)],
+)
+def test_http_access_log_on_by_default_and_off_with_a_flag(options, logged):
+    pytest.importorskip("h11")
+    with cli_server("examples/websocket_chat.py:ChatServer", "--port", "0", *options) as (
+        process,
+        host,
+        port,
+    ):
+        client = http.client.HTTPConnection(host, port, timeout=10)
+        client.request("GET", "/nowhere")
+        assert client.getresponse().status == 404
+        client.close()
+        # The line is written before the response is sent: it is in stderr now.
+        process.terminate()
+        assert process.wait(10) == 0
+        output = process.stderr.read()
+    assert bool(re.search(r"^" + CLF + "$", output, re.MULTILINE)) is logged, output

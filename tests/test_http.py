@@ -8,6 +8,7 @@ import http.client
 import io
 import logging
 import os
+import re
 import threading
 
 import pytest
@@ -26,6 +27,10 @@ from tests.conftest import connect, recv_all
 from tests.helpers import assert_handler_every_split
 
 DATE = "Thu, 01 Jan 2026 00:00:00 GMT"
+
+# Every test here runs once with each request parser (tests/conftest.py):
+# a user gets the same behaviour from h11 and from httptools.
+pytestmark = pytest.mark.usefixtures("http_parser")
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +95,7 @@ def slow(request):
 
 router = Router(
     {
-        "/": hello,
+        "/*": hello,
         "/echo": echo_body,
         "/stream": stream,
         "/sized": stream_known_length,
@@ -103,7 +108,7 @@ router = Router(
 )
 
 
-@router.route("/docs/")
+@router.route("/docs/*")
 def docs(request):
     return f"docs route={request.route} subpath={request.subpath}"
 
@@ -271,6 +276,14 @@ def test_expect_100_continue_is_answered_before_the_body():
     assert interim.startswith(b"HTTP/1.1 100 ")
     ((status, _, body),) = parse_responses(harness.feed(b"abc"))
     assert (status, body) == (200, b"abc")
+    # Also when the connection is to close after this request.
+    harness = HandlerHarness(App)
+    interim = harness.feed(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    assert parse_responses(harness.feed(b"x"))[-1][2] == b"x" and harness.closed
 
 
 # -- what the peer gets wrong ---------------------------------------------------------
@@ -287,6 +300,25 @@ MALFORMED = [
         "declared body over max_body_size",
         b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 101\r\n\r\n",
         413,
+    ),
+    ("HTTP/2.0 request line", b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+    ("unknown method", b"BREW /pot HTTP/1.1\r\nHost: t\r\n\r\n", 501),
+    ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (
+        "both Content-Length and chunked",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+    ),
+    ("obs-fold", b"GET / HTTP/1.1\r\nHost: t\r\nX: a\r\n b\r\n\r\n", 400),
+    (
+        "chunk-size line over max_head_size",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"e" * 1100,
+        431,
+    ),
+    (
+        "trailer section over max_head_size",
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: " + b"t" * 1100,
+        431,
     ),
     (
         "chunked body over max_body_size",
@@ -310,6 +342,44 @@ def test_malformed_request_gets_its_status_a_warning_and_a_close(name, data, sta
             assert answers[-1][1]["connection"] == "close", label
             assert harness.closed, label
     assert "127.0.0.1:40000" in caplog.text and f"HTTP {status}" in caplog.text
+
+
+def test_the_head_limit_is_exact_whatever_the_split():
+    def head_of(size):
+        start = b"GET / HTTP/1.1\r\nHost: t\r\nX: "
+        return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    for size, status in ((App.max_head_size, 200), (App.max_head_size + 1, 431)):
+        data = head_of(size)
+        assert len(data) == size
+        for chunks in ([data], [data[:700], data[700:]], [data[:-1], data[-1:]]):
+            harness = HandlerHarness(App)
+            output = b"".join(harness.feed(chunk) for chunk in chunks)
+            assert parse_responses(output)[0][0] == status
+
+
+def test_leading_empty_lines_are_ignored_and_trailers_dropped():
+    harness = HandlerHarness(App)
+    output = harness.feed(
+        b"\r\n\r\nPOST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    )
+    assert parse_responses(output)[0][2] == b"abc" and not harness.closed
+
+
+def test_empty_lines_before_a_request_are_bounded_like_a_head():
+    harness = HandlerHarness(App)
+    assert parse_responses(harness.feed(b"\r\n" * 500 + get("/after")))[0][2] == b"hello GET /after "
+    # More than max_head_size of them, even in small pieces: refused.
+    output = b"".join(harness.feed(b"\r\n" * 64) for _ in range(10))
+    assert parse_responses(output)[-1][0] == 400 and harness.closed
+
+
+def test_log_lines_show_the_peers_bytes_as_text(caplog):
+    with caplog.at_level(logging.WARNING):
+        HandlerHarness(App).feed(b"GARBAGE\r\n\r\n")
+    assert "malformed request line 'GARBAGE'" in caplog.text
+    assert "bytearray" not in caplog.text
 
 
 def test_stream_ending_inside_a_request_is_refused():
@@ -387,19 +457,63 @@ def test_any_bytes_give_responses_or_a_protocol_error_whatever_the_chunking(piec
 
 
 def test_router_exact_prefix_and_encoded_paths():
-    r = Router({"/": "root", "/a/": "a-prefix", "/a/b/": "ab-prefix", "/a/b": "ab-exact"})
+    r = Router({"/": "root", "/a/*": "a-prefix", "/a/b/*": "ab-prefix", "/a/b": "ab-exact"})
     assert r.find("/") == ("/", "root")
-    assert r.find("/a/x") == ("/a/", "a-prefix")
-    assert r.find("/a/b/c/d") == ("/a/b/", "ab-prefix")
-    assert r.find("/a/b") == ("/a/b", "ab-exact")
-    # "/" is a prefix like any other: it catches what nothing else does.
-    assert r.find("/elsewhere") == ("/", "root")
-    r = Router({"/a/": "a-prefix", "/a/b": "ab-exact"})
+    # Exact by default: "/" answers "/" only.
     assert r.find("/elsewhere") == (None, None)
+    assert r.find("/a/x") == ("/a/*", "a-prefix")
+    assert r.find("/a/b/c/d") == ("/a/b/*", "ab-prefix")
+    assert r.find("/a/b") == ("/a/b", "ab-exact")
+    r.add("/all", "catch", prefix=True)
+    assert r.find("/all/of/it") == ("/all", "catch")
+    r = Router({"/*": "everything", "/a/*": "a-prefix"})
+    assert r.find("/elsewhere") == ("/*", "everything")
     # Routes see the path as sent: an encoded slash is not a separator.
+    r = Router({"/a/*": "a-prefix", "/a/b": "ab-exact"})
     assert r.find("/a%2Fb") == (None, None)
     with pytest.raises(ValueError):
         r.add("relative", "x")
+
+
+def test_routes_by_method_and_405_with_allow():
+    r = Router()
+
+    @r.route("/things", methods=["GET"])
+    def list_things(request):
+        return "all things"
+
+    @r.route("/things", methods=["POST", "PUT"])
+    def add_thing(request):
+        return Response(b"added " + request.body, 201)
+
+    class Things(HTTPHandler):
+        routes = r
+
+    harness = HandlerHarness(Things)
+    assert parse_responses(harness.feed(get("/things")))[0][2] == b"all things"
+    ((status, headers, body),) = parse_responses(harness.feed(b"HEAD /things HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert (status, body) == (200, b"") and headers["content-length"] == "10"
+    ((status, _, body),) = parse_responses(
+        harness.feed(b"PUT /things HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx")
+    )
+    assert (status, body) == (201, b"added x")
+    ((status, headers, _),) = parse_responses(harness.feed(b"DELETE /things HTTP/1.1\r\nHost: t\r\n\r\n"))
+    assert status == 405 and headers["allow"] == "GET, HEAD, POST, PUT"
+    assert not harness.closed
+
+
+def test_a_prefix_route_without_its_slash_redirects():
+    class Site(HTTPHandler):
+        routes = {"/docs/*": docs, "/*": hello}
+
+    harness = HandlerHarness(Site)
+    ((status, headers, _),) = parse_responses(harness.feed(get("/docs?page=2")))
+    assert status == 301 and headers["location"] == "/docs/?page=2"
+    ((status, headers, _),) = parse_responses(
+        harness.feed(b"POST /docs HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    )
+    assert status == 308 and headers["location"] == "/docs/"
+    assert parse_responses(harness.feed(get("/docs/")))[0][2] == b"docs route=/docs/* subpath="
 
 
 class Bare(HTTPHandler):
@@ -415,7 +529,7 @@ def test_no_route_is_404_and_the_connection_stays():
 def test_prefix_route_gets_the_subpath():
     harness = HandlerHarness(App)
     ((_, _, body),) = parse_responses(harness.feed(get("/docs/guide/intro?x")))
-    assert body == b"docs route=/docs/ subpath=guide/intro"
+    assert body == b"docs route=/docs/* subpath=guide/intro"
 
 
 def test_request_helpers():
@@ -486,3 +600,43 @@ def test_a_bad_client_does_not_disturb_the_others(running_loop):
     good.request("GET", "/again")
     assert good.getresponse().read() == b"hello GET /again "
     good.close()
+
+
+# -- the access log -----------------------------------------------------------------------
+
+ACCESS_TIME = r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\]"
+
+
+def test_access_log_one_common_log_format_line_per_request(caplog):
+    with caplog.at_level(logging.INFO, logger="evloop.access"):
+        harness = HandlerHarness(App)
+        harness.feed(get("/a?x=1") + b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+        harness.feed(get("/stream") + get("/nope\x22", ""))
+    lines = [record.getMessage() for record in caplog.records if record.name == "evloop.access"]
+    assert len(lines) == 4, lines
+    assert re.fullmatch(r"127\.0\.0\.1 - - " + ACCESS_TIME + r' "GET /a\?x=1 HTTP/1\.1" 200 16', lines[0])
+    assert lines[1].endswith('"POST /echo HTTP/1.1" 200 2')
+    # A streamed body's size is not known when the line is written.
+    assert lines[2].endswith('"GET /stream HTTP/1.1" 200 -')
+    # The client's bytes cannot forge a line: quotes are escaped.
+    assert lines[3].endswith('"GET /nope\\" HTTP/1.1" 200 17'), lines[3]
+
+
+def test_access_log_configurable_and_off(caplog):
+    from evloop.protocols.http_access import AccessLog
+
+    class Combined(App):
+        access_log = AccessLog(AccessLog.COMBINED)
+
+    class Quiet(App):
+        access_log = None
+
+    with caplog.at_level(logging.INFO, logger="evloop.access"):
+        HandlerHarness(Combined).feed(get("/", "Referer: http://x/\r\nUser-Agent: probe/1\r\n"))
+        HandlerHarness(Quiet).feed(get("/quiet"))
+        HandlerHarness(App).feed(b"GET / HTTP/1.1\r\n\r\n")  # no Host: refused, logged
+    lines = [record.getMessage() for record in caplog.records if record.name == "evloop.access"]
+    assert len(lines) == 2, lines
+    assert lines[0].endswith('"GET / HTTP/1.1" 200 12 "http://x/" "probe/1"')
+    # A request refused before its head was read is logged too, as "-".
+    assert lines[1].endswith('"-" 400 16 "-" "-"') or lines[1].endswith('"-" 400 16'), lines[1]

@@ -47,7 +47,7 @@ def site(tmp_path):
     os.symlink(www / "sub" / "page.txt", www / "link-in.txt")
 
     class Site(HTTPHandler):
-        routes = Router({"/static/": StaticFiles(str(www)), "/": StaticFiles(str(www))})
+        routes = Router({"/static/*": StaticFiles(str(www)), "/*": StaticFiles(str(www))})
 
     return Site
 
@@ -168,12 +168,72 @@ def test_if_modified_since_and_etag(site, tmp_path):
     assert request(site, "/static/style.css", f"If-Modified-Since: {earlier}\r\n")[0] == 200
     assert request(site, "/static/style.css", "If-Modified-Since: yesterday\r\n")[0] == 200
     assert request(site, "/static/style.css", f"If-None-Match: {etag}\r\n")[0] == 304
-    assert request(site, "/static/style.css", f'If-None-Match: "other", {etag[2:]}\r\n')[0] == 304
+    assert request(site, "/static/style.css", f'If-None-Match: "other", W/{etag}\r\n')[0] == 304
     # If-None-Match wins over If-Modified-Since (RFC 9110 section 13.1.3).
     assert (
         request(site, "/static/style.css", f'If-None-Match: "other"\r\nIf-Modified-Since: {later}\r\n')[0]
         == 200
     )
+
+
+def test_range_requests(site, tmp_path):
+    (tmp_path / "www" / "digits.txt").write_bytes(b"0123456789")
+    status, headers, body = request(site, "/static/digits.txt")
+    assert (status, headers["accept-ranges"], body) == (200, "bytes", b"0123456789")
+    etag, modified = headers["etag"], headers["last-modified"]
+    for spec, content_range, part in [
+        ("bytes=2-4", "bytes 2-4/10", b"234"),
+        ("bytes=7-", "bytes 7-9/10", b"789"),
+        ("bytes=-3", "bytes 7-9/10", b"789"),
+        ("bytes=8-100", "bytes 8-9/10", b"89"),
+        ("bytes=-100", "bytes 0-9/10", b"0123456789"),
+    ]:
+        status, headers, body = request(site, "/static/digits.txt", f"Range: {spec}\r\n")
+        assert (status, headers["content-range"], headers["content-length"], body) == (
+            206,
+            content_range,
+            str(len(part)),
+            part,
+        ), spec
+    # Past the end: 416 with the size (RFC 9110 section 15.5.17).
+    for spec in ("bytes=10-", "bytes=10-20", "bytes=-0"):
+        status, headers, _ = request(site, "/static/digits.txt", f"Range: {spec}\r\n")
+        assert (status, headers["content-range"]) == (416, "bytes */10"), spec
+    # Ignored: several ranges, another unit, bad syntax, a HEAD.
+    for extra in (
+        "Range: bytes=0-1,4-5\r\n",
+        "Range: items=0-1\r\n",
+        "Range: bytes=5-2\r\n",
+        "Range: bytes=x\r\n",
+    ):
+        assert request(site, "/static/digits.txt", extra)[0] == 200, extra
+    assert request(site, "/static/digits.txt", "Range: bytes=0-1\r\n", method="HEAD")[0] == 200
+    # If-Range: the same ETag or date keeps the range, another sends it all.
+    for validator, status in [
+        (etag, 206),
+        (modified, 206),
+        ('"stale"', 200),
+        (f"W/{etag}", 200),
+        ("junk", 200),
+    ]:
+        got = request(site, "/static/digits.txt", f"Range: bytes=0-1\r\nIf-Range: {validator}\r\n")
+        assert got[0] == status, validator
+        assert got[2] == (b"01" if status == 206 else b"0123456789")
+
+
+def test_range_over_a_real_socket(site, tmp_path, running_loop):
+    import http.client
+
+    payload = os.urandom(300_000)
+    (tmp_path / "www" / "big.bin").write_bytes(payload)
+    server = running_loop.serve(site)
+    client = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    client.request("GET", "/static/big.bin", headers={"Range": "bytes=100000-250000"})
+    reply = client.getresponse()
+    assert reply.status == 206 and reply.read() == payload[100000:250001]
+    client.request("GET", "/static/big.bin")
+    assert client.getresponse().read() == payload
+    client.close()
 
 
 def test_root_must_be_a_directory(tmp_path):
@@ -190,7 +250,7 @@ from evloop.protocols.http import HTTPHandler
 from evloop.protocols.static import StaticFiles
 
 class Files(HTTPHandler):
-    routes = {"/": StaticFiles(sys.argv[1])}
+    routes = {"/*": StaticFiles(sys.argv[1])}
 
 server = Server("127.0.0.1", 0)
 print(f"listening on {server.host}:{server.port}", flush=True)
