@@ -11,7 +11,12 @@ errors that concern one client skip that client.
 Each server counts its connections against ``Limits.max_connections`` (by
 default derived from the descriptor limit, see :mod:`evloop.limits`): over
 it a new client is accepted, sent the handler class's ``busy_reply`` and
-closed, so it learns at once instead of waiting in the backlog. With
+closed, so it learns at once instead of waiting in the backlog. A TCP
+server also caps the connections of each client IP address
+(``Limits.max_connections_per_peer``), so one client cannot hold every slot
+until the idle timeout: past it the client is refused in the same way.
+Refusals are logged through :mod:`evloop.logs`, a few lines per kind per
+window and then a count. With
 ``ssl=`` a context, each client first goes through a non-blocking TLS
 handshake (:mod:`evloop.tls`), then gets the same handler.
 """
@@ -19,11 +24,12 @@ handshake (:mod:`evloop.tls`), then gets the same handler.
 import errno
 import logging
 import socket
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .eventloop import EVENT_READ
 from .lifecycle import ServerLifecycle
 from .limits import DEFAULT_LIMITS, Limits, RateLimitedLog, default_max_connections
+from .logs import loop_warnings
 from .tls import TLSHandshake
 
 __all__ = ["Server"]
@@ -34,6 +40,17 @@ logger = logging.getLogger("evloop")
 _ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET}
 # accept() errors about this process or machine: pause, do not spin.
 _ACCEPT_PAUSE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class _PeerConnections:
+    """The connections of one client address: handlers or TLS handshakes,
+    some of which may have closed since the list was last pruned."""
+
+    __slots__ = ("live", "pruned_at")
+
+    def __init__(self) -> None:
+        self.live: List[Any] = []
+        self.pruned_at = -1  # the server's close count when last pruned
 
 
 class Server(ServerLifecycle):
@@ -50,7 +67,8 @@ class Server(ServerLifecycle):
     ``ssl`` is an ``ssl.SSLContext`` (see :func:`evloop.tls.make_server_context`)
     to serve TLS; ``limits`` a :class:`~evloop.limits.Limits` for this
     server's clients (default :data:`~evloop.limits.DEFAULT_LIMITS`).
-    :attr:`connections` counts the clients it holds now.
+    :attr:`connections` counts the clients it holds now, :meth:`peer_connections`
+    those of one client address.
 
     socketserver's ``serve_forever()``, ``shutdown()``, ``server_close()``
     and ``with`` come from :class:`~evloop.lifecycle.ServerLifecycle`.
@@ -113,6 +131,14 @@ class Server(ServerLifecycle):
         self.connections = 0
         self.max_connections = 0  # set when served: the descriptor limit is read then
         self.refused = 0
+        # Per client address, for Limits.max_connections_per_peer. The
+        # handlers do not say which connection closed (``_client_gone()``
+        # has no argument), so the lists are pruned of closed connections
+        # lazily: one address's list when it reaches the cap, and all of
+        # them once they hold twice the live connections (amortised O(1)).
+        self._peers: Dict[Any, _PeerConnections] = {}
+        self._peer_entries = 0
+        self._closes = 0  # connections closed (or handshakes handed over) so far
 
     # -- what the loop calls ------------------------------------------------
 
@@ -125,7 +151,6 @@ class Server(ServerLifecycle):
         # Conditions that repeat as fast as clients connect get one log
         # line per 10 seconds of loop time, not one per client.
         self._accept_log = RateLimitedLog(10.0, loop.time, logger)
-        self._refuse_log = RateLimitedLog(10.0, loop.time, logger)
         self._resume_accepting()
 
     def _resume_accepting(self) -> None:
@@ -165,21 +190,37 @@ class Server(ServerLifecycle):
             if self.connections >= self.max_connections:
                 self._refuse(client, address)
                 continue
+            cap = self.limits.max_connections_per_peer
+            if cap is not None and self._tcp and self._peer_full(address[0], cap):
+                self._refuse(client, address, cap)
+                continue
             self.connection_made(client, address)
 
-    def _refuse(self, client: socket.socket, address: Any) -> None:
-        """Over max_connections: tell the client (``busy_reply``) and close."""
+    def _refuse(self, client: socket.socket, address: Any, peer_cap: Optional[int] = None) -> None:
+        """Over max_connections (or, given ``peer_cap``, over the client
+        address's share): tell the client (``busy_reply``) and close."""
         from .handler import format_address
 
         self.refused += 1
-        self._refuse_log(
-            logging.WARNING,
-            "%s: refused %s: %d connections open, the limit (Limits.max_connections) is %d",
-            self,
-            format_address(address),
-            self.connections,
-            self.max_connections,
-        )
+        if peer_cap is None:
+            loop_warnings(self.loop).warn(
+                "max-connections",
+                "%s: refused %s: %d connections open, the limit (Limits.max_connections) is %d",
+                self,
+                format_address(address),
+                self.connections,
+                self.max_connections,
+            )
+        else:
+            loop_warnings(self.loop).warn(
+                "max-connections-per-peer",
+                "%s: refused %s: that address holds %d connections, "
+                "the limit (Limits.max_connections_per_peer) is %d",
+                self,
+                format_address(address),
+                peer_cap,
+                peer_cap,
+            )
         reply = getattr(self.handler_class, "busy_reply", None)
         try:
             client.setblocking(False)
@@ -194,6 +235,42 @@ class Server(ServerLifecycle):
         """A connection of this server closed (its handler or its handshake)."""
         if self.connections > 0:
             self.connections -= 1
+        self._closes += 1
+        if self._peer_entries > 2 * self.connections + 64:
+            self._prune_peers()
+
+    def peer_connections(self, host: Any) -> int:
+        """The connections (and TLS handshakes) client address ``host`` holds
+        now. Counted on TCP servers only: Unix sockets have no address."""
+        peer = self._peers.get(host)
+        if peer is None:
+            return 0
+        if peer.pruned_at != self._closes:  # something closed since: look again
+            live = [connection for connection in peer.live if not connection.closed]
+            self._peer_entries -= len(peer.live) - len(live)
+            peer.live = live
+            peer.pruned_at = self._closes
+            if not live:
+                del self._peers[host]
+        return len(peer.live)
+
+    def _peer_full(self, host: Any, cap: int) -> bool:
+        peer = self._peers.get(host)
+        # The list may hold closed connections, never miss a live one: below
+        # the cap it is below the cap; at it, count again.
+        return peer is not None and len(peer.live) >= cap and self.peer_connections(host) >= cap
+
+    def _track_peer(self, host: Any, connection: Any) -> None:
+        """Count ``connection`` (a handler or a TLS handshake) against ``host``."""
+        peer = self._peers.get(host)
+        if peer is None:
+            peer = self._peers[host] = _PeerConnections()
+        peer.live.append(connection)
+        self._peer_entries += 1
+
+    def _prune_peers(self) -> None:
+        for host in list(self._peers):
+            self.peer_connections(host)
 
     def _share_host(self, address: Tuple[Any, ...]) -> Tuple[Any, ...]:
         # accept() makes a new host string for every client; many clients
@@ -231,6 +308,8 @@ class Server(ServerLifecycle):
                 client.close()
                 self._client_gone()
                 return
+            if self._tcp:
+                self._track_peer(address[0], handshake)
             try:
                 handshake.start()
             except Exception as exc:
@@ -252,6 +331,10 @@ class Server(ServerLifecycle):
             client.close()
             self._client_gone()
             return
+        if self._tcp:
+            if self.ssl_context is not None:
+                self._closes += 1  # its handshake handed over: that entry is stale now
+            self._track_peer(address[0], handler)
         try:
             handler.start()
         except Exception as exc:
