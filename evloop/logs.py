@@ -70,9 +70,17 @@ class RateLimitedWarnings:
         #: Warnings held back so far, by kind (a running total, for tests and stats).
         self.suppressed_total: Dict[str, int] = {}
 
-    def warn(self, kind: str, message: str, *args: Any, level: int = logging.WARNING) -> bool:
-        """Log ``message % args`` at ``level`` unless ``burst`` lines of
-        ``kind`` went out in this window already. Returns whether it was logged."""
+    def warn(
+        self,
+        kind: str,
+        message: str,
+        *args: Any,
+        level: int = logging.WARNING,
+        log: Optional[logging.Logger] = None,
+    ) -> bool:
+        """Log ``message % args`` at ``level`` (to ``log``, default this
+        facility's logger) unless ``burst`` lines of ``kind`` went out in this
+        window already. Returns whether it was logged."""
         now = self.clock()
         window = self._windows.get(kind)
         if window is None or now >= window.end:
@@ -81,7 +89,7 @@ class RateLimitedWarnings:
             window = self._windows[kind] = _Window(now + self.interval)
         if window.written < self.burst:
             window.written += 1
-            self.log.log(level, message, *args)
+            (log or self.log).log(level, message, *args)
             return True
         window.suppressed += 1
         self.suppressed_total[kind] = self.suppressed_total.get(kind, 0) + 1

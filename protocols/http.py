@@ -44,6 +44,7 @@ from typing import Any, Iterable, List, Optional, cast
 import h11
 
 from evloop import ClientHandler, LocalProtocolError, RemoteProtocolError
+from evloop.logs import loop_warnings
 
 from .http_message import (
     HTTPError,
@@ -193,7 +194,13 @@ class HTTPHandler(ClientHandler):
             and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
         ):
             # RFC 9110 section 15.5.9: say why before closing.
-            logger.warning("%s: request not complete within %gs; 408", self.peer, seconds)
+            loop_warnings(self.loop).warn(
+                "http-request-timeout",
+                "%s: request not complete within %gs; 408",
+                self.peer,
+                seconds,
+                log=logger,
+            )
             self.send(self._error_reply(408))
             self.close_when_sent()
             return

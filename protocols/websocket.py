@@ -44,6 +44,7 @@ from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, T
 from wsproto.frame_protocol import CloseReason, FrameProtocol
 
 from evloop import RemoteProtocolError
+from evloop.logs import loop_warnings
 
 from .http import HTTPError, Request, SwitchProtocols, error_response
 
@@ -161,11 +162,13 @@ class WebSocketHandler:
         output = getattr(self.connection, "_output", None)
         if limit is None or output is None or output.buffered <= limit:
             return False
-        logger.warning(
+        loop_warnings(self.connection.loop).warn(
+            "websocket-send-backlog",
             "%s: %d bytes queued and not read (over %d); dropping the connection",
             self.peer,
             output.buffered,
             limit,
+            log=logger,
         )
         self.close_code, self.close_reason = ABNORMAL, "send backlog over the limit"
         self._failed = True
