@@ -58,6 +58,7 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # RFC 6455 section 7.4.1 codes used here.
 NORMAL = 1000
 GOING_AWAY = 1001
+INVALID_PAYLOAD = 1007
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 ABNORMAL = 1006
@@ -342,7 +343,13 @@ class WebSocketHandler:
             # wsproto reports a violation as a CloseConnection while the state
             # stays as it was: fail the connection with the code it names
             # (section 7.1.7; 1002 protocol error, 1007 bad payload).
-            self._fail(event.code, event.reason or "protocol error")
+            reason = event.reason or "protocol error"
+            if event.code == INVALID_PAYLOAD:
+                # wsproto's reason is the decoder's message, whose byte
+                # position depends on how the frame was cut into reads: the
+                # Close must not (found by fuzz/fuzz.py websocket).
+                reason = "invalid UTF-8"
+            self._fail(event.code, reason)
 
     def _finish_closing(self) -> None:
         self._failed = True
