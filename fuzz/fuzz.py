@@ -16,7 +16,6 @@ libFuzzer writes new interesting inputs into the first corpus directory it
 is given: give a scratch one first to keep the repository's seeds as they are.
 """
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ def fuzz_one(target: str, libfuzzer_args: List[str]) -> None:
         import evloop.protocols
         import evloop.protocols.http
         import evloop.protocols.websocket
+
         import evloop.testing  # noqa: F401
 
     one_input = checker(target)
