@@ -275,6 +275,11 @@ def serve_evloop(workload, port, started, selector=None, limits=None):
         handler = JsonEcho
     else:
         handler = LengthSepEcho if workload == "echo" else LengthSepBody
+    from evloop.limits import DEFAULT_LIMITS
+
+    # The load generator's thousands of connections come from 8 loopback
+    # addresses, and the peers measured have no per-address cap: off here.
+    limits = (limits or DEFAULT_LIMITS).replace(max_connections_per_peer=None)
     server = Server("127.0.0.1", port, limits=limits)
     started(server.address)
     signal.signal(signal.SIGTERM, signal.default_int_handler)

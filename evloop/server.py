@@ -308,7 +308,7 @@ class Server(ServerLifecycle):
                 client.close()
                 self._client_gone()
                 return
-            if self._tcp:
+            if self._tcp and self.limits.max_connections_per_peer is not None:
                 self._track_peer(address[0], handshake)
             try:
                 handshake.start()
@@ -331,7 +331,7 @@ class Server(ServerLifecycle):
             client.close()
             self._client_gone()
             return
-        if self._tcp:
+        if self._tcp and self.limits.max_connections_per_peer is not None:
             if self.ssl_context is not None:
                 self._closes += 1  # its handshake handed over: that entry is stale now
             self._track_peer(address[0], handler)

@@ -70,8 +70,8 @@ def fuzz_all(seconds: int) -> int:
             print(f"=== fuzzing {target} for {seconds}s", flush=True)
             result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             lines = result.stdout.splitlines()
-            stats = [line for line in lines if line.startswith(("stat::number_of_executed_units", "#"))]
-            print("\n".join(stats[-2:]), flush=True)
+            done = [line for line in lines if "DONE" in line or line.startswith("stat::number_of_executed")]
+            print("\n".join(done), flush=True)
             if result.returncode != 0:
                 failed.append(target)
                 print("\n".join(lines[-60:]), flush=True)
