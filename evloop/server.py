@@ -15,8 +15,8 @@ closed, so it learns at once instead of waiting in the backlog. A TCP
 server also caps the connections of each client IP address
 (``Limits.max_connections_per_peer``), so one client cannot hold every slot
 until the idle timeout: past it the client is refused in the same way.
-Refusals are logged through :mod:`evloop.logs`, a few lines per kind per
-window and then a count. With
+Refusals are logged through :mod:`evloop.logs`: one line per kind per
+10 s window, then a count of the rest. With
 ``ssl=`` a context, each client first goes through a non-blocking TLS
 handshake (:mod:`evloop.tls`), then gets the same handler.
 """
