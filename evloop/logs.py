@@ -77,10 +77,12 @@ class RateLimitedWarnings:
         *args: Any,
         level: int = logging.WARNING,
         log: Optional[logging.Logger] = None,
+        exc_info: Any = None,
     ) -> bool:
         """Log ``message % args`` at ``level`` (to ``log``, default this
-        facility's logger) unless ``burst`` lines of ``kind`` went out in this
-        window already. Returns whether it was logged."""
+        facility's logger; with ``exc_info`` as ``logging`` takes it) unless
+        ``burst`` lines of ``kind`` went out in this window already. Returns
+        whether it was logged."""
         now = self.clock()
         window = self._windows.get(kind)
         if window is None or now >= window.end:
@@ -89,7 +91,7 @@ class RateLimitedWarnings:
             window = self._windows[kind] = _Window(now + self.interval)
         if window.written < self.burst:
             window.written += 1
-            (log or self.log).log(level, message, *args)
+            (log or self.log).log(level, message, *args, exc_info=exc_info)
             return True
         window.suppressed += 1
         self.suppressed_total[kind] = self.suppressed_total.get(kind, 0) + 1

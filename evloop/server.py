@@ -344,7 +344,9 @@ class Server(ServerLifecycle):
         pass
 
     def handle_error(self, exc: BaseException) -> None:
-        logger.error("%s: accept failed; still listening", self, exc_info=exc)
+        loop_warnings(self.loop).warn(
+            "accept-error", "%s: accept failed; still listening", self, level=logging.ERROR, exc_info=exc
+        )
 
     # -- closing ------------------------------------------------------------
 

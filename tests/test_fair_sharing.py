@@ -215,3 +215,15 @@ def test_burst_and_interval_are_checked():
         RateLimitedWarnings(burst=0)
     with pytest.raises(ValueError):
         RateLimitedWarnings(interval=0)
+
+
+def test_a_traceback_can_be_rate_limited_too(caplog):
+    warnings = RateLimitedWarnings(logging.getLogger("evloop.test"), clock=FakeClock())
+    with caplog.at_level(logging.ERROR, logger="evloop.test"):
+        for _ in range(3):
+            try:
+                raise OSError("accept went wrong")
+            except OSError as exc:
+                warnings.warn("accept-error", "accept failed", level=logging.ERROR, exc_info=exc)
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info[1].args == ("accept went wrong",)
+    assert warnings.suppressed_total == {"accept-error": 2}
