@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzzing (atheris, libFuzzer) of evloop's framers and its
 HTTP and WebSocket glue. The invariant each target checks is in
 ``fuzz/targets.py``; the seeds are in ``fuzz/corpus/<target>/``.
@@ -16,6 +17,7 @@ libFuzzer writes new interesting inputs into the first corpus directory it
 is given: give a scratch one first to keep the repository's seeds as they are.
 """
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -30,6 +32,7 @@ from targets import TARGETS, check, checker  # noqa: E402
 #: Inputs longer than this are not tried: the bytewise feed makes each run
 #: O(n) framer calls, and the bugs worth finding show in a few hundred bytes.
 MAX_LEN = 2048
+TARGET_VARIABLE = "EVLOOP_FUZZ_TARGET"
 
 
 def fuzz_one(target: str, libfuzzer_args: List[str]) -> None:
@@ -45,6 +48,9 @@ def fuzz_one(target: str, libfuzzer_args: List[str]) -> None:
         import evloop.testing  # noqa: F401
 
     one_input = checker(target)
+    # libFuzzer's -merge and -fork run this script again with its own
+    # options only: the target name goes to them in the environment.
+    os.environ[TARGET_VARIABLE] = target
     args = [sys.argv[0], f"-max_len={MAX_LEN}", "-timeout=20", *libfuzzer_args]
     atheris.Setup(args, one_input)
     atheris.Fuzz()
@@ -101,6 +107,8 @@ def main(argv: List[str]) -> int:
         return fuzz_all(int(argv[1]) if len(argv) > 1 else 10)
     if argv[0] == "--replay":
         return replay(argv[1], argv[2:])
+    if argv[0].startswith("-") and TARGET_VARIABLE in os.environ:  # run again by libFuzzer
+        argv = [os.environ[TARGET_VARIABLE], *argv]
     target = argv[0]
     if target not in TARGETS:
         print(f"fuzz: no target {target!r}; the targets are {', '.join(TARGETS)}", file=sys.stderr)
