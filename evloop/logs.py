@@ -135,8 +135,16 @@ def loop_warnings(loop: Any) -> RateLimitedWarnings:
         _by_loop[loop] = warnings
         close_callbacks = getattr(loop, "_close_callbacks", None)
         if close_callbacks is not None:
-            close_callbacks.append(warnings.flush)
+            close_callbacks.append(lambda: _closed(loop))
     return warnings
+
+
+def _closed(loop: Any) -> None:
+    # The facility refers to its loop (its clock, its timers): dropped at the
+    # close, or the weak key would be held for good by its own value.
+    warnings = _by_loop.pop(loop, None)
+    if warnings is not None:
+        warnings.flush()
 
 
 def _timer_of(loop: Any) -> Callable[..., Any]:

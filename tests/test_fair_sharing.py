@@ -227,3 +227,18 @@ def test_a_traceback_can_be_rate_limited_too(caplog):
                 warnings.warn("accept-error", "accept failed", level=logging.ERROR, exc_info=exc)
     assert len(caplog.records) == 1 and caplog.records[0].exc_info[1].args == ("accept went wrong",)
     assert warnings.suppressed_total == {"accept-error": 2}
+
+
+def test_a_closed_loop_is_not_kept_alive_by_its_warnings():
+    import gc
+    import weakref
+
+    from evloop import EventLoop
+
+    loop = EventLoop()
+    loop_warnings(loop).warn("protocol-error", "once")
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None
