@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks import run  # noqa: E402
-from evloop import EventLoop, Server  # noqa: E402
+from evloop import EventLoop, Limits, Server  # noqa: E402
 
 __all__ = ["main"]
 
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
 
         handler = LengthSepEcho
     loop = EventLoop()
-    server = Server("127.0.0.1", 0)
+    # The connections come from 8 loopback addresses: no per-address cap.
+    server = Server("127.0.0.1", 0, limits=Limits(max_connections_per_peer=None))
     loop.add_server(server, handler)
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()

@@ -167,8 +167,11 @@ EVLOOP_BUILDS = {}
 
 def server_command(impl: str) -> list:
     if impl == "evloop" or impl in EVLOOP_BUILDS:
-        # As a user starts it; only the address is chosen, the rest is default.
+        # As a user starts it; only the address is chosen, the rest is
+        # default, but for the per-address cap: every load-generator
+        # connection comes from loopback, and the peers have no such cap.
         serve = ["serve", "evloop.protocols:LengthSepEcho", "--host", "127.0.0.1", "--port", "0"]
+        serve += ["--max-connections-per-peer", "0"]
         return [EVLOOP_BUILDS.get(impl, sys.executable), "-m", "evloop", *serve]
     return [sys.executable, PEERS, impl, "--port", "0"]
 

@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="connections held at once (default: from the descriptor limit)",
     )
     limits.add_argument(
+        "--max-connections-per-peer",
+        type=int,
+        metavar="N",
+        help="connections one client IP address holds at once; 0: no cap, behind a proxy (default: 256)",
+    )
+    limits.add_argument(
         "--max-request-size",
         type=int,
         metavar="BYTES",
@@ -203,6 +209,8 @@ def _limits(args: argparse.Namespace) -> Any:
     changes = {}
     if args.max_connections is not None:
         changes["max_connections"] = args.max_connections
+    if args.max_connections_per_peer is not None:
+        changes["max_connections_per_peer"] = args.max_connections_per_peer or None  # 0: no cap
     if args.max_request_size is not None:
         changes["max_request_size"] = args.max_request_size
     for name in ("idle_timeout", "request_timeout", "write_timeout", "handshake_timeout"):

@@ -40,6 +40,7 @@ from .addresses import format_address
 from .errors import RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE
 from .lifecycle import ServerLifecycle
+from .logs import loop_warnings
 from .server import bind_inet
 from .unix import PathLike, _SocketFile, bind_unix, remove_socket_file
 
@@ -99,7 +100,11 @@ class DatagramHandler:
         ``reply`` is sent back, else the traceback). The server goes on."""
         peer = format_address(address)
         if isinstance(exc, RemoteProtocolError):
-            logger.warning("%s: %s; datagram dropped", peer, exc.message)
+            # Senders' addresses cost nothing to forge: a flood of bad
+            # datagrams gets a few lines and a count, not a line each.
+            loop_warnings(self.loop).warn(
+                "datagram-protocol-error", "%s: %s; datagram dropped", peer, exc.message
+            )
             if exc.reply:
                 self.send(exc.reply, address)
         else:
@@ -204,8 +209,11 @@ class DatagramServer(ServerLifecycle):
                     continue
                 raise
             if size > limit:
-                logger.warning(
-                    "%s: datagram over the limit of %d bytes; dropped", format_address(address), limit
+                loop_warnings(self.loop).warn(
+                    "datagram-too-large",
+                    "%s: datagram over the limit of %d bytes; dropped",
+                    format_address(address),
+                    limit,
                 )
                 continue
             self.datagram_received(bytes(view[:size]), address)
@@ -267,8 +275,12 @@ class DatagramServer(ServerLifecycle):
         except OSError as exc:
             if exc.errno not in _PEER_ERRORS and exc.errno != errno.ENOBUFS:
                 raise
-            logger.warning(
-                "%s: reply of %d bytes not delivered: %s", format_address(address), len(data), exc.strerror
+            loop_warnings(self.loop).warn(
+                "datagram-reply-failed",
+                "%s: reply of %d bytes not delivered: %s",
+                format_address(address),
+                len(data),
+                exc.strerror,
             )
         return True
 

@@ -60,6 +60,9 @@ class Limits:
     - ``max_connections``: connections one server holds at once; the next
       is accepted, sent the handler's ``busy_reply`` and closed. None: from
       the process's descriptor limit (:func:`default_max_connections`).
+    - ``max_connections_per_peer``: connections one client IP address holds
+      at once on a TCP server; the next is refused like one over
+      ``max_connections``. None: no per-address cap (behind a proxy).
     - ``idle_timeout``: close a connection with nothing in flight after this.
     - ``request_timeout``: a request must be whole this long after its first byte.
     - ``write_timeout``: close a client that takes none of its pending output
@@ -73,6 +76,7 @@ class Limits:
     write_high_water: int = 1024 * 1024
     write_low_water: int = 256 * 1024
     max_connections: Optional[int] = None
+    max_connections_per_peer: Optional[int] = 256
     idle_timeout: Optional[float] = 300.0
     request_timeout: Optional[float] = 60.0
     write_timeout: Optional[float] = 60.0
@@ -82,7 +86,7 @@ class Limits:
     _shortest: Optional[float] = dataclasses.field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        for name in ("max_request_size", "max_connections"):
+        for name in ("max_request_size", "max_connections", "max_connections_per_peer"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, not {value!r}")

@@ -11,7 +11,12 @@ errors that concern one client skip that client.
 Each server counts its connections against ``Limits.max_connections`` (by
 default derived from the descriptor limit, see :mod:`evloop.limits`): over
 it a new client is accepted, sent the handler class's ``busy_reply`` and
-closed, so it learns at once instead of waiting in the backlog. With
+closed, so it learns at once instead of waiting in the backlog. A TCP
+server also caps the connections of each client IP address
+(``Limits.max_connections_per_peer``), so one client cannot hold every slot
+until the idle timeout: past it the client is refused in the same way.
+Refusals are logged through :mod:`evloop.logs`: one line per kind per
+10 s window, then a count of the rest. With
 ``ssl=`` a context, each client's connection first goes through a
 non-blocking TLS handshake (its HANDSHAKING state, :mod:`evloop.connection`);
 the handler's ``setup()`` runs once it is done.
@@ -26,6 +31,7 @@ from .addresses import format_address
 from .eventloop import EVENT_READ
 from .lifecycle import ServerLifecycle
 from .limits import DEFAULT_LIMITS, Limits, RateLimitedLog, default_max_connections
+from .logs import loop_warnings
 
 __all__ = ["Server"]
 
@@ -51,13 +57,15 @@ class Server(ServerLifecycle):
     ``ssl`` is an ``ssl.SSLContext`` (see :func:`evloop.tls.make_server_context`)
     to serve TLS; ``limits`` a :class:`~evloop.limits.Limits` for this
     server's clients (default :data:`~evloop.limits.DEFAULT_LIMITS`).
-    :attr:`connections` counts the clients it holds now.
+    :attr:`connections` counts the clients it holds now, :meth:`peer_connections`
+    those of one client address.
 
     socketserver's ``serve_forever()``, ``shutdown()``, ``server_close()``
     and ``with`` come from :class:`~evloop.lifecycle.ServerLifecycle`.
     """
 
     accepts_per_wakeup = 128
+    _peer_counts: Optional[Dict[Any, int]]
     accept_pause = 0.1  # seconds accepting rests after EMFILE and friends
 
     def __init__(
@@ -89,6 +97,8 @@ class Server(ServerLifecycle):
         self.closed = False
         self._listening = False
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        if self._tcp and self.limits.max_connections_per_peer is not None:
+            self._peer_counts = {}  # counted from accept to client_gone()
         self._hosts: Dict[Any, Any] = {}
         # Whether accepted sockets come with TCP_NODELAY from the listener
         # (Linux copies it): then each saves a setsockopt() call. None: not
@@ -114,6 +124,10 @@ class Server(ServerLifecycle):
         self.connections = 0
         self.max_connections = 0  # set when served: the descriptor limit is read then
         self.refused = 0
+        # Connections per client address, for Limits.max_connections_per_peer
+        # (a TCP server with the cap on; None otherwise): counted up at
+        # accept, down in client_gone().
+        self._peer_counts = None
 
     # -- what the loop calls ------------------------------------------------
 
@@ -126,7 +140,6 @@ class Server(ServerLifecycle):
         # Conditions that repeat as fast as clients connect get one log
         # line per 10 seconds of loop time, not one per client.
         self._accept_log = RateLimitedLog(10.0, loop.time, logger)
-        self._refuse_log = RateLimitedLog(10.0, loop.time, logger)
         self._resume_accepting()
 
     def _resume_accepting(self) -> None:
@@ -166,19 +179,35 @@ class Server(ServerLifecycle):
             if self.connections >= self.max_connections:
                 self._refuse(client, address)
                 continue
+            cap = self.limits.max_connections_per_peer
+            if cap is not None and self._tcp and self._peer_full(address[0], cap):
+                self._refuse(client, address, cap)
+                continue
             self.connection_made(client, address)
 
-    def _refuse(self, client: socket.socket, address: Any) -> None:
-        """Over max_connections: tell the client (``busy_reply``) and close."""
+    def _refuse(self, client: socket.socket, address: Any, peer_cap: Optional[int] = None) -> None:
+        """Over max_connections (or, given ``peer_cap``, over the client
+        address's share): tell the client (``busy_reply``) and close."""
         self.refused += 1
-        self._refuse_log(
-            logging.WARNING,
-            "%s: refused %s: %d connections open, the limit (Limits.max_connections) is %d",
-            self,
-            format_address(address),
-            self.connections,
-            self.max_connections,
-        )
+        if peer_cap is None:
+            loop_warnings(self.loop).warn(
+                "max-connections",
+                "%s: refused %s: %d connections open, the limit (Limits.max_connections) is %d",
+                self,
+                format_address(address),
+                self.connections,
+                self.max_connections,
+            )
+        else:
+            loop_warnings(self.loop).warn(
+                "max-connections-per-peer",
+                "%s: refused %s: that address holds %d connections, "
+                "the limit (Limits.max_connections_per_peer) is %d",
+                self,
+                format_address(address),
+                peer_cap,
+                peer_cap,
+            )
         reply = getattr(self.handler_class, "busy_reply", None)
         try:
             client.setblocking(False)
@@ -190,9 +219,28 @@ class Server(ServerLifecycle):
         client.close()
 
     def client_gone(self, handler: Any) -> None:
-        """A connection of this server closed (the connection calls this)."""
+        """A connection of this server closed (the connection calls this
+        with its handler; None for one that never got a handler)."""
         if self.connections > 0:
             self.connections -= 1
+        counts = self._peer_counts
+        if counts is not None and handler is not None:
+            host = handler.client_address[0]
+            left = counts.get(host, 0) - 1
+            if left > 0:
+                counts[host] = left
+            else:
+                counts.pop(host, None)
+
+    def peer_connections(self, host: Any) -> int:
+        """The connections (TLS handshakes included) client address ``host``
+        holds now. Counted on TCP servers with a per-peer cap only: Unix
+        sockets have no address."""
+        counts = self._peer_counts
+        return 0 if counts is None else int(counts.get(host, 0))
+
+    def _peer_full(self, host: Any, cap: int) -> bool:
+        return self.peer_connections(host) >= cap
 
     def _share_host(self, address: Tuple[Any, ...]) -> Tuple[Any, ...]:
         # accept() makes a new host string for every client; many clients
@@ -239,6 +287,9 @@ class Server(ServerLifecycle):
             self.client_gone(None)
             return
         connection = handler.connection
+        if self._peer_counts is not None:
+            host = address[0]
+            self._peer_counts[host] = self._peer_counts.get(host, 0) + 1
         try:
             if tls:
                 # The handler's setup() runs once the handshake is done.
@@ -252,7 +303,9 @@ class Server(ServerLifecycle):
         pass
 
     def handle_error(self, exc: BaseException) -> None:
-        logger.error("%s: accept failed; still listening", self, exc_info=exc)
+        loop_warnings(self.loop).warn(
+            "accept-error", "%s: accept failed; still listening", self, level=logging.ERROR, exc_info=exc
+        )
 
     # -- closing ------------------------------------------------------------
 

@@ -2,15 +2,15 @@
 
 Theory of operation. ``Server(..., ssl=context)`` (TCP or Unix stream) wraps
 each accepted socket with ``context.wrap_socket(server_side=True,
-do_handshake_on_connect=False)`` and parks it in a :class:`TLSHandshake`,
-which stands in the selector for the connection until the handshake is done:
-``do_handshake()`` is retried whenever the socket is ready for what OpenSSL
-last asked for (``SSLWantReadError``: readable; ``SSLWantWriteError``:
-writable), so one slow or silent client never blocks the loop. A timer ends
-the handshake after ``Limits.handshake_timeout`` seconds. Once the handshake
-is done the server makes the connection's handler exactly as for plain TCP,
-with the ``ssl.SSLSocket`` as its ``client_socket``; the handler does not know
-the difference.
+do_handshake_on_connect=False)``, and its connection starts in the
+HANDSHAKING state (:mod:`evloop.connection`): :func:`handshake_step` is
+retried whenever the socket is ready for what OpenSSL last asked for
+(``SSLWantReadError``: readable; ``SSLWantWriteError``: writable), so one
+slow or silent client never blocks the loop. A timer ends the handshake
+after ``Limits.handshake_timeout`` seconds. Once the handshake is done the
+connection is OPEN and the handler's ``setup()`` runs, exactly as for plain
+TCP, with the ``ssl.SSLSocket`` as its ``client_socket``; the handler does
+not know the difference.
 
 What the engine does differently for a TLS socket, all through this module:
 

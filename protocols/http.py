@@ -46,6 +46,7 @@ from concurrent.futures import Future
 from typing import Any, Iterable, List, Optional, cast
 
 from evloop import ClientHandler, LocalProtocolError, RemoteProtocolError
+from evloop.logs import loop_warnings
 
 from .http_access import AccessLog
 from .http_message import (
@@ -220,7 +221,13 @@ class HTTPHandler(ClientHandler):
     def handle_timeout(self, kind: str, seconds: float) -> None:
         if kind == "request" and self.upgraded is None and not self._responding:
             # RFC 9110 section 15.5.9: say why before closing.
-            logger.warning("%s: request not complete within %gs; 408", self.peer, seconds)
+            loop_warnings(self.loop).warn(
+                "http-request-timeout",
+                "%s: request not complete within %gs; 408",
+                self.peer,
+                seconds,
+                log=logger,
+            )
             self.send(self._error_reply(408))
             self._close_after_output()
             return

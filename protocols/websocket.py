@@ -44,6 +44,7 @@ from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, T
 from wsproto.frame_protocol import CloseReason, FrameProtocol
 
 from evloop import RemoteProtocolError
+from evloop.logs import loop_warnings
 
 from .http import HTTPError, Request, SwitchProtocols, error_response
 
@@ -57,6 +58,7 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # RFC 6455 section 7.4.1 codes used here.
 NORMAL = 1000
 GOING_AWAY = 1001
+INVALID_PAYLOAD = 1007
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 ABNORMAL = 1006
@@ -158,11 +160,13 @@ class WebSocketHandler:
         queued = self.connection.buffered_output  # O(1): the engine keeps the count
         if limit is None or queued <= limit:
             return False
-        logger.warning(
+        loop_warnings(self.connection.loop).warn(
+            "websocket-send-backlog",
             "%s: %d bytes queued and not read (over %d); dropping the connection",
             self.peer,
             queued,
             limit,
+            log=logger,
         )
         self.close_code, self.close_reason = ABNORMAL, "send backlog over the limit"
         self._failed = True
@@ -336,7 +340,13 @@ class WebSocketHandler:
             # wsproto reports a violation as a CloseConnection while the state
             # stays as it was: fail the connection with the code it names
             # (section 7.1.7; 1002 protocol error, 1007 bad payload).
-            self._fail(event.code, event.reason or "protocol error")
+            reason = event.reason or "protocol error"
+            if event.code == INVALID_PAYLOAD:
+                # wsproto's reason is the decoder's message, whose byte
+                # position depends on how the frame was cut into reads: the
+                # Close must not (found by fuzz/fuzz.py websocket).
+                reason = "invalid UTF-8"
+            self._fail(event.code, reason)
 
     def _finish_closing(self) -> None:
         self._failed = True

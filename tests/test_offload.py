@@ -81,10 +81,11 @@ class Offloaded(LengthSepEcho):
         return self.offload(upper_frame, self.request)
 
 
-def harness_with_manual_pool(handler_class, **options):
+def harness_with_manual_pool(handler_class, concurrency=64, **options):
+    """A harness whose pool is a ManualExecutor taking ``concurrency`` calls at once."""
     harness = HandlerHarness(handler_class, **options)
     executor = ManualExecutor()
-    set_offload_executor(harness.loop, executor)
+    set_offload_executor(harness.loop, executor, concurrency=concurrency)
     return harness, executor
 
 
@@ -408,3 +409,105 @@ def test_logging_is_quiet_for_a_good_run(caplog):
     pool.run(0)
     assert harness.advance(0) == frame(b"X")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- fairness: connections take turns for the pool ------------------------------
+
+
+class FakeConnection:
+    """What the pool needs of a handler: its loop, its share, reading switches."""
+
+    max_offloaded = 16
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.closed = False
+        self.reading = True
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+
+def test_connections_take_turns_so_a_backlog_cannot_hold_back_a_first_call():
+    from evloop.offload import offload_call
+    from evloop.testing import FakeClock, ManualLoop
+
+    loop = ManualLoop(FakeClock())
+    executor = ManualExecutor()
+    set_offload_executor(loop, executor, concurrency=2)
+    greedy, honest, third = (FakeConnection(loop) for _ in range(3))
+    for n in range(16):
+        offload_call(greedy, str, (f"a{n}",))
+    offload_call(honest, str, ("b0",))
+    offload_call(third, str, ("c0",))
+    offload_call(third, str, ("c1",))
+    started = 0
+    while started < len(executor.calls):  # finish calls in the order they started
+        executor.run(started)
+        started += 1
+        loop.run_once(0)
+    order = [args[0] for _, _, args, _ in executor.calls]
+    # Round-robin once the two workers are busy: a2 (greedy's turn), then the
+    # first calls of the others, and only then the rest of greedy's backlog.
+    # First come, first served would have been a0 ... a15, b0, c0, c1.
+    assert order[:7] == ["a0", "a1", "a2", "b0", "c0", "a3", "c1"]
+    assert order[7:] == [f"a{n}" for n in range(4, 16)]
+    assert greedy.reading and honest.reading and third.reading
+    loop.close()
+
+
+def test_over_real_sockets_a_first_call_starts_ahead_of_other_backlogs(running_loop):
+    """8 clients pipeline 16 slow calls each into a pool of 2 threads; one
+    more client sends one request. Its call is the 11th the pool starts (the
+    2 running, then one from each of the 8 clients ahead of it in the
+    round), not the 129th, after all 128 queued before it. The pool's own
+    order of starting calls is recorded (the executor's submit), so the test
+    is about order, not timing."""
+    order = []
+
+    class RecordingPool(ThreadPoolExecutor):
+        def submit(self, fn, *args, **kwargs):
+            order.append(args[0])
+            return super().submit(fn, *args, **kwargs)
+
+    pool = RecordingPool(2)
+    running_loop.call(lambda: set_offload_executor(running_loop.loop, pool, concurrency=2))
+    gate = threading.Event()
+    submitted = queue.Queue()
+
+    def slow(body):
+        assert gate.wait(WAIT), "the test never opened the gate"
+        return frame(body)
+
+    class Slow(LengthSepEcho):
+        def make_response(self):
+            future = self.offload(slow, self.request)
+            submitted.put(self.request)  # after the call is in the pool's hands
+            return future
+
+    server = running_loop.serve(Slow)
+    greedy = [connect(server) for _ in range(8)]
+    try:
+        for n, sock in enumerate(greedy):
+            sock.sendall(b"".join(frame(b"g%d-%02d" % (n, i)) for i in range(16)))
+        for _ in range(8 * 16):
+            submitted.get(timeout=WAIT)
+        assert len(order) == 2  # the two threads are busy; 126 calls wait their turn
+        with connect(server) as honest:
+            honest.sendall(frame(b"honest"))
+            assert submitted.get(timeout=WAIT) == b"honest"
+            gate.set()
+            assert recv_exactly(honest, len(frame(b"honest"))) == frame(b"honest")
+            for n, sock in enumerate(greedy):  # and every reply in request order
+                expected = b"".join(frame(b"g%d-%02d" % (n, i)) for i in range(16))
+                assert recv_exactly(sock, len(expected)) == expected
+    finally:
+        gate.set()
+        for sock in greedy:
+            sock.close()
+    assert len(order) == 8 * 16 + 1
+    print(f"\nthe ninth client's one call started {order.index(b'honest') + 1}th of {len(order)}")
+    assert order.index(b"honest") == 2 + 8, order[:12]

@@ -24,6 +24,7 @@ def main(argv=None):
     parser.add_argument("--nofile", type=int, help="soft RLIMIT_NOFILE to run under")
     parser.add_argument("--selector", default=None)
     parser.add_argument("--max-connections", type=int)
+    parser.add_argument("--max-connections-per-peer", type=int, help="0: no per-address cap")
     parser.add_argument("--request-timeout", type=float)
     parser.add_argument("--idle-timeout", type=float)
     parser.add_argument("--backlog", type=int, default=1024)
@@ -36,6 +37,8 @@ def main(argv=None):
     changes = {}
     if args.max_connections:
         changes["max_connections"] = args.max_connections
+    if args.max_connections_per_peer is not None:
+        changes["max_connections_per_peer"] = args.max_connections_per_peer or None
     if args.request_timeout:
         changes["request_timeout"] = args.request_timeout
     if args.idle_timeout:
