@@ -53,6 +53,7 @@ from typing import Any, List, Optional
 
 from .addresses import format_address, is_disconnect
 from .closing import ConnectionClosing
+from .logs import loop_warnings
 from .output import EMPTY, WANT_WRITE, OutputQueue
 from .states import (
     BACKLOGGED,
@@ -435,7 +436,7 @@ class Connection(ConnectionClosing):
 
     def _step_handshake(self) -> None:
         peer = self.handler.peer
-        wanted = handshake_step(self.sock, peer)
+        wanted = handshake_step(self.sock, peer, loop_warnings(self.loop).warn)
         if wanted is None:  # failed; handshake_step said why
             self.close()
         elif wanted:
@@ -446,8 +447,11 @@ class Connection(ConnectionClosing):
 
     def _handshake_expired(self, seconds: float) -> None:
         if self.flags & STATE_MASK == HANDSHAKING:
-            logger.warning(
-                "%s: TLS handshake timeout (%gs) fired; closing the connection", self.handler.peer, seconds
+            loop_warnings(self.loop).warn(
+                "tls-handshake-timeout",
+                "%s: TLS handshake timeout (%gs) fired; closing the connection",
+                self.handler.peer,
+                seconds,
             )
             self.close()
 

@@ -38,6 +38,7 @@ from .addresses import format_address, is_disconnect
 from .connection import Connection
 from .errors import LocalProtocolError, RemoteProtocolError
 from .limits import DEFAULT_MAX_REQUEST_SIZE, Limits, limits_of
+from .logs import loop_warnings
 from .states import BACKLOGGED, CLOSED, CLOSING, DIRTY, OPEN, STATE_MASK
 
 __all__ = ["ClientHandler", "format_address"]
@@ -257,7 +258,10 @@ class ClientHandler:
         out; a vanished peer, a debug line and a close; anything else, the
         traceback with the peer's address, and a close."""
         if isinstance(exc, RemoteProtocolError):
-            logger.warning("%s: %s; closing the connection", self.peer, exc.message)
+            # Rate-limited: one line per 10 s, then how many were held back.
+            loop_warnings(self.loop).warn(
+                "protocol-error", "%s: %s; closing the connection", self.peer, exc.message
+            )
             if exc.reply:
                 self.send(exc.reply)
             self.close_when_sent(linger=True)

@@ -190,12 +190,13 @@ def read_pending(sock: Any, data: bytes, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def handshake_step(sock: Any, peer: str) -> Optional[int]:
+def handshake_step(sock: Any, peer: str, warn: Any = None) -> Optional[int]:
     """Take one step of a non-blocking server handshake on ``sock``.
     Returns 0 when it is done, the selector event to wait for
     (``EVENT_READ``/``EVENT_WRITE``) when OpenSSL needs the socket again,
-    or None when it failed (logged here, naming ``peer``: a debug line for
-    a client that just left, a warning for anything else)."""
+    or None when it failed, logged here naming ``peer``: a debug line for a
+    client that just left, else a warning through ``warn(kind, message,
+    *args)`` (a rate-limited facility, :mod:`evloop.logs`) or the logger."""
     try:
         sock.do_handshake()
     except SSLWantReadError:
@@ -207,6 +208,10 @@ def handshake_step(sock: Any, peer: str) -> Optional[int]:
         return None
     except (_SSLError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        logger.warning("%s: TLS handshake failed (%s); closing the connection", peer, reason)
+        message = "%s: TLS handshake failed (%s); closing the connection"
+        if warn is not None:
+            warn("tls-handshake-failed", message, peer, reason)
+        else:
+            logger.warning(message, peer, reason)
         return None
     return 0

@@ -84,8 +84,8 @@ def test_connections_that_come_and_go_do_not_count(running_loop):
             assert recv_all(sock) == b""  # the server has closed its side
     with connect(server) as a, connect(server) as b:
         assert echoed(a) and echoed(b)
-    # The bookkeeping stays bounded however many came and went.
-    assert running_loop.call(lambda: server._peer_entries) <= 2 * 2 + 64
+        # Counted exactly: the 40 that came and went left nothing behind.
+        assert running_loop.call(server.peer_connections, "127.0.0.1") == 2
 
 
 def test_no_cap_means_none(running_loop):
