@@ -26,11 +26,11 @@ for the answer. Keepalive: every ``ping_interval`` seconds a Ping goes out;
 no Pong within ``ping_timeout`` closes the connection (closed() gets 1006).
 Both use loop timers.
 
-Bounded work. A message's size counts ``fragment_overhead`` bytes per frame
-on top of its payload, so a message in many tiny fragments (each one costs
-wsproto as much CPU as kilobytes of payload) meets ``max_message_size`` and
-its 1009 after a bounded number of frames, and the list of parts stays
-short. At most ``events_per_pass`` wsproto events are handled per loop pass:
+Bounded work. Each frame of a message counts at least ``min_frame_cost``
+bytes against ``max_message_size``, however small its payload: a frame costs
+wsproto as much CPU as kilobytes of payload in one frame, so a message in
+tiny fragments meets its 1009 after a bounded number of frames (256 at the
+defaults), and the list of parts stays short. At most ``events_per_pass`` wsproto events are handled per loop pass:
 past that, reading pauses and the rest is handled on the next pass
 (``loop.call_soon``), so one busy connection cannot hold the loop.
 
@@ -95,8 +95,8 @@ class WebSocketHandler:
     ``max_message_size`` (bytes; 1009 beyond), ``ping_interval`` and
     ``ping_timeout`` (seconds; None turns keepalive off), ``close_timeout``,
     ``max_backlog`` (bytes queued for a client that does not read; past it
-    the connection is dropped before more is queued), ``fragment_overhead``
-    (bytes each frame of a message counts against ``max_message_size``),
+    the connection is dropped before more is queued), ``min_frame_cost``
+    (the least each frame of a message counts against ``max_message_size``),
     ``events_per_pass`` (wsproto events handled per loop pass),
     ``compression`` (negotiate permessage-deflate when offered) and
     ``compress_min_size`` (smaller messages are sent uncompressed).
@@ -113,10 +113,12 @@ class WebSocketHandler:
     ping_timeout: Optional[float] = 20.0
     close_timeout = 5.0
     max_backlog: Optional[int] = 16 * 1024 * 1024
-    # A frame costs wsproto about 9 us, what copying some 6 KB costs in one
-    # frame: counted at 1 KiB, a 1 MiB limit stops a message after 1024
-    # frames. (At most max_message_size / 64, so any limit allows 64 frames.)
-    fragment_overhead = 1024
+    # A frame costs wsproto about 9 us, what some 2 KB of payload cost in
+    # one frame, end to end: counted as at least 4 KiB, a message in tiny
+    # frames costs at most about twice its budget in CPU, and a 1 MiB limit
+    # stops one after 256 frames. Larger frames count their size. (The cost
+    # is capped at max_message_size / 64, so any limit allows 64 frames.)
+    min_frame_cost = 4096
     events_per_pass = 128
     compression = True
     compress_min_size = 64
@@ -140,7 +142,8 @@ class WebSocketHandler:
         self._size = 0
         self._draining = False  # events are left over for the next pass
         # A small limit still lets a message have 64 frames.
-        self._frame_cost = min(self.fragment_overhead, self.max_message_size // 64)
+        self._frame_cost = min(self.min_frame_cost, self.max_message_size // 64)
+        self._frame_size = 0  # payload bytes of the frame being received
         self._unchecked = 0  # bytes sent since the backlog was last looked at
         self._ended = False  # closed() has run
         self._failed = False  # no more input is looked at
@@ -383,13 +386,18 @@ class WebSocketHandler:
     def _message_part(self, event: "Message[Any]") -> None:
         data = event.data
         if isinstance(data, str):
-            self._size += len(data) if data.isascii() else len(data.encode("utf-8"))
+            size = len(data) if data.isascii() else len(data.encode("utf-8"))
         else:
-            self._size += len(data)
-        if event.frame_finished and not event.message_finished:
-            # Each further frame costs as much as fragment_overhead bytes
-            # (counted once, however many reads the frame came in).
-            self._size += self._frame_cost
+            size = len(data)
+        self._size += size
+        self._frame_size += size
+        if event.frame_finished:
+            if not event.message_finished and self._frame_size < self._frame_cost:
+                # A frame counts at least _frame_cost bytes, however many
+                # reads it came in (the last one is not charged: nothing
+                # follows it, and a message that fits is not refused).
+                self._size += self._frame_cost - self._frame_size
+            self._frame_size = 0
         if self._size > self.max_message_size:
             # RFC 6455 section 7.4.1: 1009, a message too big to process.
             self._fail(MESSAGE_TOO_BIG, f"message over {self.max_message_size} bytes")
