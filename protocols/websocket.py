@@ -30,9 +30,10 @@ Bounded work. Each frame of a message counts at least ``min_frame_cost``
 bytes against ``max_message_size``, however small its payload: a frame costs
 wsproto as much CPU as kilobytes of payload in one frame, so a message in
 tiny fragments meets its 1009 after a bounded number of frames (256 at the
-defaults), and the list of parts stays short. At most ``events_per_pass`` wsproto events are handled per loop pass:
-past that, reading pauses and the rest is handled on the next pass
-(``loop.call_soon``), so one busy connection cannot hold the loop.
+defaults), and the list of parts stays short. At most ``events_per_pass``
+wsproto events are handled per loop pass: past that, reading pauses and the
+rest is handled on the next pass (``loop.call_soon``), so one busy
+connection cannot hold the loop.
 
 permessage-deflate (RFC 7692) is negotiated when the client offers it
 (:mod:`evloop.protocols.ws_deflate`); its inflater never makes more than

@@ -66,9 +66,7 @@ def _window_bits(value: Optional[str]) -> Optional[int]:
     return bits if 8 <= bits <= 15 else None
 
 
-def negotiate(
-    values: List[str], max_size: int, min_size: int = 64
-) -> Optional[Tuple[str, "BoundedDeflate"]]:
+def negotiate(values: List[str], max_size: int, min_size: int = 64) -> Optional[Tuple[str, "BoundedDeflate"]]:
     """Accept the first valid permessage-deflate offer among ``values``:
     returns the ``Sec-WebSocket-Extensions`` response value and the
     extension, or None (no offer, or none acceptable: section 5 lets the
@@ -133,10 +131,9 @@ class BoundedDeflate(Extension):
         self.server_bits = server_bits if server_bits is not None and server_bits >= 9 else None
         self.server_no_context_takeover = server_no_context_takeover
         self.client_no_context_takeover = client_no_context_takeover
-        self._inflater: Optional["zlib._Decompress"] = None
-        self._deflater: Optional["zlib._Compress"] = None
+        self._inflater: Optional[zlib._Decompress] = None
+        self._deflater: Optional[zlib._Compress] = None
         self._compressed = False  # the message being received is
-        self._in_message = False
         self._frame_is_data = False
         self._inflated = 0  # bytes this message has inflated to so far
 
@@ -151,6 +148,8 @@ class BoundedDeflate(Extension):
     def frame_inbound_header(
         self, proto: Union[FrameDecoder, FrameProtocol], opcode: Opcode, rsv: RsvBits, payload_length: int
     ) -> Union[CloseReason, RsvBits]:
+        # wsproto calls this again for the same frame when its mask key had
+        # not arrived yet: what it sets must not change on a second call.
         if opcode.iscontrol():
             # Section 6.1: control frames are never compressed; RSV1 there is
             # a protocol error.
@@ -164,7 +163,6 @@ class BoundedDeflate(Extension):
         else:
             self._compressed = rsv.rsv1
             self._inflated = 0
-        self._in_message = True
         return RsvBits(True, False, False)
 
     def frame_inbound_payload_data(
@@ -194,7 +192,8 @@ class BoundedDeflate(Extension):
         if inflater is None:
             inflater = self._inflater = zlib.decompressobj(-15)
         if inflater.eof:
-            # Section 7.2.3.? : after a BFINAL block nothing more may follow.
+            # Section 7.2.3.4: a block with BFINAL set ends the stream; only
+            # the tail we append may follow it.
             return CloseReason.INVALID_FRAME_PAYLOAD_DATA if data != _TAIL else b""
         room = self.max_size - self._inflated
         try:
