@@ -104,6 +104,7 @@ class WebSocketHandler:
 
     Attributes: ``request`` (the upgrade :class:`~evloop.protocols.http.Request`),
     ``connection`` (its HTTP handler), ``loop``, ``peer``, ``subprotocol``,
+    ``deflate`` (the negotiated permessage-deflate, or None),
     ``close_code`` and ``close_reason`` (once closing).
     """
 
