@@ -3,6 +3,7 @@ ways through an in-memory connection, the bounded inflater, and the echo
 example against the ``websockets`` client library with compression on and
 off."""
 
+import gc
 import struct
 import tracemalloc
 import zlib
@@ -230,6 +231,35 @@ def test_a_bomb_costs_no_more_memory_than_the_limit():
         tracemalloc.stop()
     assert struct.unpack("!H", frames[-1][2][:2])[0] == 1009
     assert peak < 8 * MIB, peak
+
+
+def held_per_connection(compressed, count=10):
+    """Bytes each of ``count`` open connections holds (tracemalloc sees
+    zlib's allocations) after one message each way."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        harnesses = []
+        for _ in range(count):
+            if compressed:
+                harness, _ = deflate_harness()
+                harness.feed(client_frame(0x2, Deflater().message(b"hello there " * 50), rsv=4))
+            else:
+                harness, _ = deflate_harness("x-no-such-extension")
+                harness.feed(client_frame(0x2, b"hello there " * 50))
+            harnesses.append(harness)
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return held / count
+
+
+def test_a_compressed_connection_holds_under_128_kib_more():
+    # The deflater's 12-bit window and memLevel 5 (38 KiB) and the inflater
+    # (42 KiB); zlib's default deflater alone would be 262 KiB.
+    extra = held_per_connection(True) - held_per_connection(False)
+    assert extra < 128 * 1024, extra
 
 
 def test_compression_off_on_the_class_answers_without_the_extension():
