@@ -6,9 +6,10 @@ permessage-deflate offer whose parameters are valid (section 7.1) and returns
 the response value and a :class:`BoundedDeflate`, a wsproto ``Extension``
 that wsproto's frame parser calls for every data frame.
 
-Inflating is where a peer can make us work: 1 KiB of deflate can stand for
-1 GiB. wsproto's own ``PerMessageDeflate`` inflates each received chunk
-whole, so the message size limit is checked only after the memory is taken.
+Inflating is where a peer can make us work: deflate packs up to about
+1,000 times, so 1 MB on the wire can stand for 1 GiB. wsproto's own
+``PerMessageDeflate`` inflates each received chunk whole, so the message
+size limit is checked only after the memory is taken.
 Here every call to ``decompress`` passes ``max_length``: the bytes the
 message may still grow by, plus one. Getting that one byte more means the
 message is over ``max_size``, and the frame is refused with 1009 (RFC 6455
@@ -47,8 +48,9 @@ Offer = Dict[str, Optional[str]]
 def parse_offers(values: List[str]) -> List[Tuple[str, Offer]]:
     """The extension offers in ``Sec-WebSocket-Extensions`` header values
     (RFC 6455 section 9.1 grammar; quoted values unquoted), in order:
-    ``[(name, {param: value or None})]``. A parameter given twice makes the
-    whole offer ``None``-valued under the key ``""`` so it is declined."""
+    ``[(name, {param: value or None})]``. A repeated or empty parameter
+    name adds the key ``""``, which makes :func:`negotiate` decline the
+    offer (section 7.1)."""
     offers: List[Tuple[str, Offer]] = []
     for value in values:
         for item in value.split(","):
