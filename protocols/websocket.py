@@ -26,14 +26,28 @@ for the answer. Keepalive: every ``ping_interval`` seconds a Ping goes out;
 no Pong within ``ping_timeout`` closes the connection (closed() gets 1006).
 Both use loop timers.
 
+Bounded work. Each frame of a message counts at least ``min_frame_cost``
+bytes against ``max_message_size``, however small its payload: a frame costs
+wsproto as much CPU as kilobytes of payload in one frame, so a message in
+tiny fragments meets its 1009 after a bounded number of frames (256 at the
+defaults), and the list of parts stays short. At most ``events_per_pass``
+wsproto events are handled per loop pass: past that, reading pauses and the
+rest is handled on the next pass (``loop.call_soon``), so one busy
+connection cannot hold the loop.
+
+permessage-deflate (RFC 7692) is negotiated when the client offers it
+(:mod:`evloop.protocols.ws_deflate`); its inflater never makes more than
+``max_message_size`` bytes of one message.
+
 Sending: :meth:`send` frames one message; :func:`broadcast` frames a message
 once and queues the same bytes on many sockets (server frames are unmasked,
-so they are identical).
+and a broadcast is sent uncompressed, so they are identical).
 """
 
 import base64
 import binascii
 import hashlib
+import itertools
 import logging
 import os
 from typing import Any, Iterable, List, Optional, Sequence, Union
@@ -47,6 +61,7 @@ from evloop import RemoteProtocolError
 from evloop.logs import loop_warnings
 
 from .http import HTTPError, Request, SwitchProtocols, error_response
+from .ws_deflate import BoundedDeflate, negotiate
 
 __all__ = ["CloseReason", "EchoWebSocket", "WebSocketHandler", "accept_key", "broadcast"]
 
@@ -83,10 +98,15 @@ class WebSocketHandler:
     ``max_message_size`` (bytes; 1009 beyond), ``ping_interval`` and
     ``ping_timeout`` (seconds; None turns keepalive off), ``close_timeout``,
     ``max_backlog`` (bytes queued for a client that does not read; past it
-    the connection is dropped before more is queued).
+    the connection is dropped before more is queued), ``min_frame_cost``
+    (the least each frame of a message counts against ``max_message_size``),
+    ``events_per_pass`` (wsproto events handled per loop pass),
+    ``compression`` (negotiate permessage-deflate when offered) and
+    ``compress_min_size`` (smaller messages are sent uncompressed).
 
     Attributes: ``request`` (the upgrade :class:`~evloop.protocols.http.Request`),
     ``connection`` (its HTTP handler), ``loop``, ``peer``, ``subprotocol``,
+    ``deflate`` (the negotiated permessage-deflate, or None),
     ``close_code`` and ``close_reason`` (once closing).
     """
 
@@ -97,17 +117,37 @@ class WebSocketHandler:
     ping_timeout: Optional[float] = 20.0
     close_timeout = 5.0
     max_backlog: Optional[int] = 16 * 1024 * 1024
+    # A frame costs wsproto about 9 us, what some 2 KB of payload cost in
+    # one frame, end to end: counted as at least 4 KiB, a message in tiny
+    # frames costs at most about twice its budget in CPU, and a 1 MiB limit
+    # stops one after 256 frames. Larger frames count their size. (The cost
+    # is capped at max_message_size / 64, so any limit allows 64 frames.)
+    min_frame_cost = 4096
+    events_per_pass = 128
+    compression = True
+    compress_min_size = 64
 
-    def __init__(self, connection: Any, request: Request, subprotocol: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        request: Request,
+        subprotocol: Optional[str] = None,
+        deflate: Optional[BoundedDeflate] = None,
+    ) -> None:
         self.connection = connection
         self.request = request
         self.loop = connection.loop
         self.subprotocol = subprotocol
+        self.deflate = deflate
         self.close_code: Optional[int] = None
         self.close_reason = ""
-        self._ws = WSConnection(ConnectionType.SERVER)
+        self._ws = WSConnection(ConnectionType.SERVER, extensions=[deflate] if deflate else None)
         self._parts: List[Any] = []
         self._size = 0
+        self._draining = False  # events are left over for the next pass
+        # A small limit still lets a message have 64 frames.
+        self._frame_cost = min(self.min_frame_cost, self.max_message_size // 64)
+        self._frame_size = 0  # payload bytes of the frame being received
         self._ended = False  # closed() has run
         self._failed = False  # no more input is looked at
         self._ping_payload: Optional[bytes] = None
@@ -149,7 +189,8 @@ class WebSocketHandler:
         event: Message[Any] = (
             TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=bytes(message))
         )
-        self.connection.send(self._ws.send(event))
+        frame = self._ws.send(event)
+        self.connection.send(frame)
         return True
 
     def _backlog_too_long(self) -> bool:
@@ -254,8 +295,17 @@ class WebSocketHandler:
         ]
         if subprotocol is not None:
             headers.append(("Sec-WebSocket-Protocol", subprotocol))
+        deflate = None
+        offers = request.header("sec-websocket-extensions")
+        if cls.compression and offers:
+            # RFC 7692 section 5: accept the first permessage-deflate offer
+            # we can honour; otherwise answer with no extension at all.
+            accepted = negotiate([offers], cls.max_message_size, cls.compress_min_size)
+            if accepted is not None:
+                headers.append(("Sec-WebSocket-Extensions", accepted[0]))
+                deflate = accepted[1]
 
-        return SwitchProtocols(headers, lambda connection: cls(connection, request, subprotocol))
+        return SwitchProtocols(headers, lambda connection: cls(connection, request, subprotocol, deflate))
 
     # -- what the HTTP handler calls -------------------------------------------
 
@@ -266,13 +316,19 @@ class WebSocketHandler:
             self.data_received(trailing)
 
     def data_received(self, data: bytes) -> None:
-        if self._failed:
+        if self._failed or self._ws.state is ConnectionState.CLOSED:
             return
+        self._ws.receive_data(data)
+        self._handle_events()
+
+    def _handle_events(self) -> None:
+        """Handle at most ``events_per_pass`` events; if that many came, more
+        may wait in wsproto's buffer: stop reading (TCP holds the rest) and
+        come back on the next pass, after the other connections' turns."""
         ws = self._ws
-        if ws.state is ConnectionState.CLOSED:
-            return
-        ws.receive_data(data)
-        for event in ws.events():
+        handled = 0
+        for event in itertools.islice(ws.events(), self.events_per_pass):
+            handled += 1
             if isinstance(event, Message):
                 self._message_part(event)
             elif isinstance(event, Ping):
@@ -285,6 +341,24 @@ class WebSocketHandler:
                 self._close_received(event)
             if self._failed or self.connection.closed:
                 return
+        more = handled >= self.events_per_pass
+        if more and not self._draining:
+            self.connection.pause_reading()
+        elif not more and self._draining:
+            self.connection.resume_reading()
+        self._draining = more
+        if more:
+            self.loop.call_soon(self._next_pass)
+
+    def _next_pass(self) -> None:
+        # Outside an I/O callback the engine does not sort our exceptions:
+        # hand them to the connection's handler, as a read would.
+        if self._failed or self.connection.closed or self._ws.state is ConnectionState.CLOSED:
+            return
+        try:
+            self._handle_events()
+        except Exception as exc:
+            self.connection.handle_error(exc)
 
     def eof_received(self) -> None:
         # The TCP stream ended; without a Close frame that is 1006 (RFC 6455
@@ -308,9 +382,18 @@ class WebSocketHandler:
     def _message_part(self, event: "Message[Any]") -> None:
         data = event.data
         if isinstance(data, str):
-            self._size += len(data) if data.isascii() else len(data.encode("utf-8"))
+            size = len(data) if data.isascii() else len(data.encode("utf-8"))
         else:
-            self._size += len(data)
+            size = len(data)
+        self._size += size
+        self._frame_size += size
+        if event.frame_finished:
+            if not event.message_finished and self._frame_size < self._frame_cost:
+                # A frame counts at least _frame_cost bytes, however many
+                # reads it came in (the last one is not charged: nothing
+                # follows it, and a message that fits is not refused).
+                self._size += self._frame_cost - self._frame_size
+            self._frame_size = 0
         if self._size > self.max_message_size:
             # RFC 6455 section 7.4.1: 1009, a message too big to process.
             self._fail(MESSAGE_TOO_BIG, f"message over {self.max_message_size} bytes")
@@ -339,9 +422,12 @@ class WebSocketHandler:
         else:
             # wsproto reports a violation as a CloseConnection while the state
             # stays as it was: fail the connection with the code it names
-            # (section 7.1.7; 1002 protocol error, 1007 bad payload).
+            # (section 7.1.7; 1002 protocol error, 1007 bad payload, 1009
+            # from the inflater: RFC 7692 with a bound, see ws_deflate).
             reason = event.reason or "protocol error"
-            if event.code == INVALID_PAYLOAD:
+            if event.code == MESSAGE_TOO_BIG:
+                reason = f"compressed message inflates past {self.max_message_size} bytes"
+            elif event.code == INVALID_PAYLOAD:
                 # wsproto's reason is the decoder's message, whose byte
                 # position depends on how the frame was cut into reads: the
                 # Close must not (found by fuzz/fuzz.py websocket).

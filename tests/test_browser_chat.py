@@ -190,6 +190,9 @@ def test_two_browser_pages_chat_through_the_server(chromium):
         bob = chromium.open_page(url)
         assert chromium.evaluate(alice, WAIT_CONNECTED) == "connected"
         assert chromium.evaluate(bob, WAIT_CONNECTED) == "connected"
+        # Chromium offers permessage-deflate and the server takes it: what
+        # the pages send below arrives compressed.
+        assert chromium.evaluate(alice, "socket.extensions") == "permessage-deflate"
         # Both were in the room when bob joined: alice saw the count go up.
         assert chromium.evaluate(alice, WAIT_FOR_LINE % json.dumps("2 online")) == "found"
 
