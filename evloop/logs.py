@@ -131,25 +131,35 @@ def loop_warnings(loop: Any) -> RateLimitedWarnings:
     loop time, summaries written by the loop's timers, and at its close."""
     warnings = _by_loop.get(loop)
     if warnings is None:
-        warnings = RateLimitedWarnings(clock=loop.time, call_later=_timer_of(loop))
+        # The facility reaches its loop through a weak reference: a strong
+        # one from the value would keep the weak key, the loop and its
+        # descriptors, alive for good when a loop is dropped unclosed.
+        loop_ref = weakref.ref(loop)
+        start = loop.time()
+
+        def clock() -> float:
+            alive = loop_ref()
+            return float(alive.time()) if alive is not None else start
+
+        warnings = RateLimitedWarnings(clock=clock, call_later=_timer_of(loop_ref))
         _by_loop[loop] = warnings
         add_close_callback = getattr(loop, "add_close_callback", None)
         if add_close_callback is not None:
-            add_close_callback(lambda: _closed(loop))
+            add_close_callback(lambda: _closed(loop_ref))
     return warnings
 
 
-def _closed(loop: Any) -> None:
-    # The facility refers to its loop (its clock, its timers): dropped at the
-    # close, or the weak key would be held for good by its own value.
-    warnings = _by_loop.pop(loop, None)
+def _closed(loop_ref: Any) -> None:
+    loop = loop_ref()
+    warnings = _by_loop.pop(loop, None) if loop is not None else None
     if warnings is not None:
         warnings.flush()
 
 
-def _timer_of(loop: Any) -> Callable[..., Any]:
+def _timer_of(loop_ref: Any) -> Callable[..., Any]:
     def call_later(delay: float, callback: Callable[..., Any], *args: Any) -> None:
-        if not loop.is_closed():
+        loop = loop_ref()
+        if loop is not None and not loop.is_closed():
             loop.call_later(delay, callback, *args)
 
     return call_later

@@ -168,7 +168,9 @@ def test_one_byte_fragments_cost_at_most_5x_one_frame():
         many = statistics.median(send_and_wait(server, fragmented, refused=True) for _ in range(3))
         print(f"one frame: {one / 1e6:.2f} ms; {MESSAGE} one-byte fragments: {many / 1e6:.2f} ms")
         assert many <= CPU_RATIO * one, (one, many)
-        assert server.count("WebSocket 1009") >= 3
+        # Each refused client read its 1009 (send_and_wait checks); the log
+        # has the first refusal, the rest counted by the rate limit.
+        assert server.count("WebSocket 1009") == 1
 
 
 def compressed_bomb(gib=1):
