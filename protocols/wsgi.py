@@ -384,15 +384,19 @@ class WSGIHandler(ClientHandler):
             if type(taken) is not list:
                 yield taken  # a Future: the engine waits for the worker
                 continue
-            framed, finished = self._frame(cast(list, taken))
+            framed, state = self._frame(cast(list, taken))
             yield framed
-            if finished:
+            if state is END:
                 break
+            if state is FAILED:
+                # What came before the failure is out; the response cannot end well.
+                raise _ResponseFailed()
         # Pulled again only once all of it was sent: the next request may go.
         self.loop.call_soon(self._response_finished)
 
     def _frame(self, items: list) -> Any:
-        """h11's framing of channel items; and whether the response ended."""
+        """h11's framing of channel items, and END or FAILED if the
+        response ended (None if more is to come)."""
         conn = self.conn
         out = []
         for item in items:
@@ -404,14 +408,14 @@ class WSGIHandler(ClientHandler):
                 out.append(self._frame_head(item, items))
             elif item is END:
                 out.append(conn.send(h11.EndOfMessage()))
-                return out, True
+                return out, END
             elif kind is SendFile:
                 placeholder = cast(bytes, _Passthrough(item.length))
                 pieces = conn.send_with_data_passthrough(h11.Data(data=placeholder)) or []
                 out.extend(item.file if type(piece) is _Passthrough else piece for piece in pieces)
             elif item is FAILED:
-                raise _ResponseFailed()
-        return out, False
+                return out, FAILED
+        return out, None
 
     def _frame_head(self, head: Head, items: list) -> bytes:
         status = head.status
