@@ -534,7 +534,7 @@ def serve_wsgi(
     host: str = "localhost",
     port: int = 8000,
     *,
-    threads: Optional[int] = None,
+    threads: Optional[int] = 8,
     websocket: Optional[Dict[str, Any]] = None,
     workers: int = 1,
     ssl: Any = None,
@@ -544,7 +544,8 @@ def serve_wsgi(
     """Serve ``application`` on ``host``:``port`` until Ctrl-C or SIGTERM
     (a graceful stop), with ``threads`` worker threads per process and
     ``workers`` processes sharing the port (SO_REUSEPORT; not with TLS).
-    ``websocket`` and ``options`` are :func:`wsgi_handler`'s."""
+    ``websocket`` and ``options`` are :func:`wsgi_handler`'s. Logs
+    ``listening on HOST:PORT`` once bound (port 0 picks a free one)."""
     handler_class = wsgi_handler(
         application, websocket=websocket, threads=threads, multiprocess=workers > 1, **options
     )
@@ -553,10 +554,12 @@ def serve_wsgi(
 
         if ssl is not None:
             raise ValueError("workers > 1 serves plain TCP; it does not combine with TLS")
-        WorkerProcesses(handler_class, host, port, workers=workers, limits=limits).run()
+        processes = WorkerProcesses(handler_class, host, port, workers=workers, limits=limits)
+        processes.run(lambda ready: logger.info("listening on %s:%d", ready.host, ready.port))
         return
     from evloop import Server
     from evloop.serve import loop
 
-    loop(Server(host, port, ssl=ssl, limits=limits), handler_class)
-
+    server = Server(host, port, ssl=ssl, limits=limits)
+    logger.info("listening on %s:%d", server.host, server.port)
+    loop(server, handler_class)

@@ -4,8 +4,10 @@ the ``websockets`` client library. The applications are wrapped in
 ``wsgiref.validate.validator`` as well."""
 
 import http.client
+import json
 import logging
 import sys
+import threading
 import types
 import uuid
 from wsgiref.validate import validator
@@ -14,12 +16,24 @@ import pytest
 
 from evloop.protocols.wsgi import wsgi_handler
 from tests.conftest import RunningLoop
+from tests.examples import running_example
+from tests.test_cli import cli_server, run_cli
 
 pytest.importorskip("h11")
 pytest.importorskip("wsproto")
 ws_client = pytest.importorskip("websockets.sync.client")
 
 from evloop.protocols.websocket import WebSocketHandler  # noqa: E402
+
+
+STREAM_GATE = threading.Event()
+
+
+def lines():
+    yield b"line 0\n"
+    STREAM_GATE.wait(10)
+    for i in range(1, 100):
+        yield b"line %d\n" % i
 
 
 class Upper(WebSocketHandler):
@@ -58,10 +72,14 @@ def exercise(server, error_logger, caplog):
     response = connection.getresponse()
     assert (response.status, response.read()) == (200, b"Hello, evloop!")
 
+    # The first line arrives while the view's generator still waits for us.
     connection.request("GET", "/stream")
     response = connection.getresponse()
     assert response.getheader("Transfer-Encoding") == "chunked"
-    assert response.read() == b"".join(b"line %d\n" % i for i in range(100))
+    assert response.read(7) == b"line 0\n"
+    STREAM_GATE.set()
+    assert response.read() == b"".join(b"line %d\n" % i for i in range(1, 100))
+    STREAM_GATE.clear()
 
     upload = bytes(range(256)) * 4096  # 1 MiB, every byte value
     body, content_type = multipart({"title": "a file"}, {"file": ("data.bin", upload)})
@@ -106,7 +124,7 @@ def make_flask_app():
 
     @app.route("/stream")
     def stream():
-        return flask.Response(b"line %d\n" % i for i in range(100))
+        return flask.Response(lines())
 
     @app.route("/upload", methods=["POST"])
     def upload():
@@ -157,7 +175,7 @@ def make_django_app():
         return HttpResponse(f"Hello, {request.GET['name']}!")
 
     def stream(request):
-        return StreamingHttpResponse(b"line %d\n" % i for i in range(100))
+        return StreamingHttpResponse(lines())
 
     @csrf_exempt
     def upload(request):
@@ -183,3 +201,65 @@ def test_django_application(running, caplog):
     app = make_django_app()
     server = running.serve(wsgi_handler(validator(app), websocket={"/ws": Upper}, threads=4))
     exercise(server, "django.request", caplog)
+
+
+# -- the example and the command line -------------------------------------------
+
+
+def check_flask_example(host, port):
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    connection.request("GET", "/")
+    assert connection.getresponse().read() == b"Hello from Flask on evloop!\n"
+    connection.request("GET", "/count?upto=3")
+    assert connection.getresponse().read() == b"1\n2\n3\n"
+    body, content_type = multipart({"who": "me"}, {"a": ("a.txt", b"12345")})
+    connection.request("POST", "/upload", body=body, headers={"Content-Type": content_type})
+    assert json.loads(connection.getresponse().read()) == {"files": {"a": 5}, "fields": {"who": "me"}}
+    with ws_client.connect(f"ws://{host}:{port}/echo", open_timeout=10) as websocket:
+        websocket.send("ping?")
+        assert websocket.recv(timeout=10) == "ping?"
+
+
+def test_the_example_serves_flask_and_a_websocket():
+    pytest.importorskip("flask")
+    with running_example("wsgi_app.py", "--host", "127.0.0.1", "--threads", "2") as (host, port, _):
+        check_flask_example(host, port)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_wsgi_from_the_command_line(workers):
+    pytest.importorskip("flask")
+    with cli_server(
+        "--wsgi",
+        "examples/wsgi_app.py:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--threads",
+        "2",
+        "--workers",
+        workers,
+        "--websocket",
+        "/echo=evloop.protocols.websocket:EchoWebSocket",
+    ) as (process, host, port):
+        check_flask_example(host, port)
+        process.terminate()  # SIGTERM: a graceful stop
+        assert process.wait(20) == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--wsgi", "no_such_module:app"], "evloop: error: module not found: no_such_module"),
+        (["--wsgi", "examples/wsgi_app.py:app", "x:Y"], "evloop: error: give MODULE:HANDLER or --wsgi"),
+        (["--wsgi", "examples/wsgi_app.py:app", "--websocket", "echo"], "evloop: error: expected --websocket"),
+        (["--wsgi", "examples/wsgi_app.py:app", "--threads", "0"], "evloop: error: --threads must be"),
+        ([], "evloop: error: give MODULE:HANDLER, or --wsgi MODULE:APP"),
+    ],
+)
+def test_wsgi_command_line_mistakes_are_one_clear_line(args, message):
+    pytest.importorskip("flask")
+    result = run_cli("serve", *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message)
