@@ -274,10 +274,11 @@ def _wsgi_handler(args: argparse.Namespace) -> Any:
             raise CommandError(f"expected --websocket PATH=MODULE:CLASS, got {route!r}")
         routes[path] = load_handler(spec)
     try:
-        from .protocols.wsgi import wsgi_handler
+        # By name: evloop.protocols is installed from protocols/ (see pyproject.toml).
+        wsgi = importlib.import_module("evloop.protocols.wsgi")
     except ImportError as exc:
         raise CommandError(f"--wsgi needs h11 (pip install 'evloop-server[http]'): {exc}") from None
-    return wsgi_handler(
+    return wsgi.wsgi_handler(
         application, websocket=routes, threads=args.threads or 8, multiprocess=args.workers > 1
     )
 

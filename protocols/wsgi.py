@@ -41,7 +41,7 @@ out, a closed connection.
 
 import logging
 import weakref
-from typing import Any, Dict, Optional, cast
+from typing import Any, Dict, List, Optional, cast
 
 import h11
 
@@ -59,7 +59,7 @@ logger = logging.getLogger("evloop.wsgi")
 _sized_pools: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 
 
-class _ResponseFailed(Exception):
+class _ResponseFailedError(Exception):
     """The application failed after its head was sent (already logged)."""
 
 
@@ -208,7 +208,7 @@ class WSGIHandler(ClientHandler):
         return super().shutdown_gracefully()
 
     def handle_error(self, exc: BaseException) -> None:
-        if isinstance(exc, _ResponseFailed):
+        if isinstance(exc, _ResponseFailedError):
             self.close()  # the worker logged the traceback
             return
         super().handle_error(exc)
@@ -384,17 +384,17 @@ class WSGIHandler(ClientHandler):
             if type(taken) is not list:
                 yield taken  # a Future: the engine waits for the worker
                 continue
-            framed, state = self._frame(cast(list, taken))
+            framed, state = self._frame(taken)
             yield framed
             if state is END:
                 break
             if state is FAILED:
                 # What came before the failure is out; the response cannot end well.
-                raise _ResponseFailed()
+                raise _ResponseFailedError()
         # Pulled again only once all of it was sent: the next request may go.
         self.loop.call_soon(self._response_finished)
 
-    def _frame(self, items: list) -> Any:
+    def _frame(self, items: List[Any]) -> Any:
         """h11's framing of channel items, and END or FAILED if the
         response ended (None if more is to come)."""
         conn = self.conn
@@ -412,12 +412,12 @@ class WSGIHandler(ClientHandler):
             elif kind is SendFile:
                 placeholder = cast(bytes, _Passthrough(item.length))
                 pieces = conn.send_with_data_passthrough(h11.Data(data=placeholder)) or []
-                out.extend(item.file if type(piece) is _Passthrough else piece for piece in pieces)
+                out.extend(item.file if isinstance(piece, _Passthrough) else piece for piece in pieces)
             elif item is FAILED:
                 return out, FAILED
         return out, None
 
-    def _frame_head(self, head: Head, items: list) -> bytes:
+    def _frame_head(self, head: Head, items: List[Any]) -> bytes:
         status = head.status
         headers = head.headers
         names = {name.lower() for name, _ in headers}
@@ -439,7 +439,8 @@ class WSGIHandler(ClientHandler):
             size = sum(len(item) for item in items if type(item) is bytes)
             extra.append((b"Content-Length", b"%d" % size))
         try:
-            return cast(bytes, self.conn.send(h11.Response(status_code=status, headers=extra + headers, reason=head.reason)))
+            response = h11.Response(status_code=status, headers=extra + headers, reason=head.reason)
+            return self.conn.send(response)
         except h11.LocalProtocolError as exc:
             raise LocalProtocolError(f"the WSGI application's response cannot be sent: {exc}") from exc
 
@@ -504,7 +505,7 @@ class WSGIHandler(ClientHandler):
         try:
             conn = self.conn
             reply = conn.send(h11.Response(status_code=status, reason=reason_phrase(status), headers=headers))
-            return cast(bytes, reply + conn.send(h11.Data(data=text)) + conn.send(h11.EndOfMessage()))
+            return reply + conn.send(h11.Data(data=text)) + conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             return None
 

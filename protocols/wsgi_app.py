@@ -27,7 +27,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
-from .wsgi_io import END, ErrorStream, FileWrapper, InputStream, ResponseAborted, ResponseChannel
+from .wsgi_io import END, ErrorStream, FileWrapper, InputStream, ResponseAbortedError, ResponseChannel
 
 __all__ = ["FAILED", "Exchange", "Head", "SendFile", "build_environ", "fixed_environ", "run_application"]
 
@@ -217,7 +217,7 @@ def run_application(exchange: Exchange) -> None:
             if not responder.head_sent:
                 responder.send_head()
             exchange.channel.put(END)
-    except ResponseAborted:
+    except ResponseAbortedError:
         pass
     except Exception:
         _failed(exchange, responder)
@@ -273,7 +273,7 @@ def _failed(exchange: Exchange, responder: _Responder) -> None:
         if not responder.head_only:
             channel.put(_ERROR_BODY, len(_ERROR_BODY))
         channel.put(END)
-    except ResponseAborted:
+    except ResponseAbortedError:
         pass
 
 

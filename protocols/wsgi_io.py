@@ -19,7 +19,7 @@ cross between two threads twice, each time through a bounded buffer:
 
 Either side may give up: :meth:`InputStream.fail` makes reads raise (the
 client went away mid-body); :meth:`ResponseChannel.close` makes the
-worker's next put raise :class:`ResponseAborted` (the connection closed).
+worker's next put raise :class:`ResponseAbortedError` (the connection closed).
 
 Also here: :class:`ErrorStream` (``wsgi.errors``, lines to ``logging``) and
 :class:`FileWrapper` (``wsgi.file_wrapper``, PEP 3333 "Optional
@@ -37,13 +37,13 @@ __all__ = [
     "ErrorStream",
     "FileWrapper",
     "InputStream",
-    "ResponseAborted",
+    "ResponseAbortedError",
     "ResponseChannel",
     "empty_input",
 ]
 
 
-class ResponseAborted(Exception):
+class ResponseAbortedError(Exception):
     """The connection closed while the application was still answering."""
 
 
@@ -264,13 +264,13 @@ class ResponseChannel:
 
     def put(self, item: Any, size: int = 0) -> None:
         """Hand ``item`` to the loop, waiting while the loop is more than
-        ``limit`` bytes behind. Raises :class:`ResponseAborted` once the
+        ``limit`` bytes behind. Raises :class:`ResponseAbortedError` once the
         loop side has closed."""
         with self._lock:
             while self._size > self.limit and not self._closed:
                 self._space.wait()
             if self._closed:
-                raise ResponseAborted("the connection closed")
+                raise ResponseAbortedError("the connection closed")
             self._items.append(item)
             self._size += size
             waiter, self._waiter = self._waiter, None

@@ -17,8 +17,8 @@ import time
 from wsgiref.validate import validator
 
 import pytest
-
 from evloop.protocols.wsgi import wsgi_handler
+
 from tests.conftest import RunningLoop, connect, recv_all
 
 pytest.importorskip("h11")
@@ -202,7 +202,9 @@ def test_head_sends_no_body(running):
 
     server = serve(running, app)
     with connect(server) as sock:
-        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        sock.sendall(
+            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         reply = recv_all(sock)
     first, _, rest = reply.partition(b"\r\n\r\n")
     assert b"Content-Length: 11" in first
@@ -510,4 +512,3 @@ def test_client_gone_mid_stream_closes_the_result(running):
 def test_wsgi_handler_refuses_unknown_options():
     with pytest.raises(TypeError, match="thread"):
         wsgi_handler(environ_app, thread=4)
-

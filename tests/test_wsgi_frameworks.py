@@ -13,8 +13,8 @@ import uuid
 from wsgiref.validate import validator
 
 import pytest
-
 from evloop.protocols.wsgi import wsgi_handler
+
 from tests.conftest import RunningLoop
 from tests.examples import running_example
 from tests.test_cli import cli_server, run_cli
@@ -24,7 +24,6 @@ pytest.importorskip("wsproto")
 ws_client = pytest.importorskip("websockets.sync.client")
 
 from evloop.protocols.websocket import WebSocketHandler  # noqa: E402
-
 
 STREAM_GATE = threading.Event()
 
@@ -53,7 +52,9 @@ def multipart(fields, files):
     boundary = uuid.uuid4().hex
     parts = []
     for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        )
     for name, (filename, data) in files.items():
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
@@ -253,7 +254,10 @@ def test_serve_wsgi_from_the_command_line(workers):
     [
         (["--wsgi", "no_such_module:app"], "evloop: error: module not found: no_such_module"),
         (["--wsgi", "examples/wsgi_app.py:app", "x:Y"], "evloop: error: give MODULE:HANDLER or --wsgi"),
-        (["--wsgi", "examples/wsgi_app.py:app", "--websocket", "echo"], "evloop: error: expected --websocket"),
+        (
+            ["--wsgi", "examples/wsgi_app.py:app", "--websocket", "echo"],
+            "evloop: error: expected --websocket",
+        ),
         (["--wsgi", "examples/wsgi_app.py:app", "--threads", "0"], "evloop: error: --threads must be"),
         ([], "evloop: error: give MODULE:HANDLER, or --wsgi MODULE:APP"),
     ],
