@@ -46,10 +46,11 @@ from typing import Any, Dict, List, Optional, cast
 import h11
 
 from evloop import ClientHandler, LocalProtocolError, RemoteProtocolError
+from evloop.offload import offload_executor, set_offload_executor
 
 from .http_message import HTTPError, Request, SwitchProtocols, error_response, http_date, reason_phrase
 from .wsgi_app import FAILED, Exchange, Head, SendFile, fixed_environ, run_application
-from .wsgi_io import END, ErrorStream, FileWrapper, InputStream, ResponseChannel, empty_input
+from .wsgi_io import EMPTY_INPUT, END, ErrorStream, FileWrapper, InputStream, ResponseChannel
 
 __all__ = ["FileWrapper", "WSGIHandler", "serve_wsgi", "wsgi_handler"]
 
@@ -101,6 +102,7 @@ class WSGIHandler(ClientHandler):
     max_head_size = 16 * 1024
     max_body_size = 1024 * 1024 * 1024
     input_buffer_size = 256 * 1024
+    max_pipelined = 64 * 1024
     output_buffer_size = 256 * 1024
     script_name = ""
     multiprocess = False
@@ -109,6 +111,7 @@ class WSGIHandler(ClientHandler):
     __slots__ = (
         "_body_size",
         "_exchange",
+        "_executor",
         "_fixed",
         "_input_full",
         "_paused",
@@ -127,6 +130,7 @@ class WSGIHandler(ClientHandler):
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
         self.upgraded: Any = None
         self._exchange: Optional[Exchange] = None
+        self._executor: Any = None
         self._fixed: Optional[Dict[str, Any]] = None
         self._body_size = 0
         self._unparsed = 0
@@ -142,15 +146,15 @@ class WSGIHandler(ClientHandler):
     # -- what the engine calls ----------------------------------------------
 
     def setup(self) -> None:
+        loop = self.loop
         threads = self.threads
-        if threads and _sized_pools.get(self.loop) != threads:
-            from evloop.offload import set_offload_executor
-
-            _sized_pools[self.loop] = threads
+        if threads and _sized_pools.get(loop) != threads:
+            _sized_pools[loop] = threads
             try:
-                set_offload_executor(self.loop, max_workers=threads)
+                set_offload_executor(loop, max_workers=threads)
             except RuntimeError as exc:
                 logger.warning("cannot size the offload pool to %d threads: %s", threads, exc)
+        self._executor = offload_executor(loop)
 
     def finish(self) -> None:
         exchange = self._exchange
@@ -168,15 +172,24 @@ class WSGIHandler(ClientHandler):
             return
         self._unparsed += len(data)
         self.conn.receive_data(data)
+        if self._request_done and not self._response_done:
+            # Pipelined requests wait in h11's buffer, unparsed, up to a bound.
+            self._update_reading()
+            return
         self._process()
 
-    def eof_received(self) -> None:
+    def eof_received(self) -> Optional[bool]:
         if self.upgraded is not None:
             self.upgraded.eof_received()
-            return
+            return None
         # h11 raises "peer unexpectedly closed" if this cuts a request short.
         self.conn.receive_data(b"")
+        if self._request_done and not self._response_done:
+            # Stay open for the answer and for requests pipelined before the
+            # end: h11 reports the end (and we close) once they are served.
+            return True
         self._process()
+        return None
 
     def pending_input(self) -> int:
         """Bytes of an incomplete request (the engine's request timeout runs
@@ -264,7 +277,7 @@ class WSGIHandler(ClientHandler):
         if self.conn.they_are_waiting_for_100_continue:
             # RFC 9110 section 10.1.1: the client waits for this to send the body.
             self.send(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-        body = InputStream(self.input_buffer_size, self._input_drained_soon) if has_body else empty_input()
+        body = InputStream(self.input_buffer_size, self._input_drained_soon) if has_body else EMPTY_INPUT
         exchange = self._exchange = Exchange(
             type(self).application,  # from the class: a plain function stays unbound
             self._fixed or self._make_fixed(),
@@ -275,7 +288,10 @@ class WSGIHandler(ClientHandler):
             ResponseChannel(self.output_buffer_size),
         )
         self._whole_body = event.method != b"HEAD"
-        self.offload(run_application, exchange)
+        # The loop's offload pool, without offload()'s per-connection queue:
+        # a connection has one call at a time here, and its done-callback
+        # would wake the loop once more per request for nothing.
+        self._executor.submit(run_application, exchange)
         self.send(self._response_stream(exchange))
 
     def _body_received(self, data: bytes) -> None:
@@ -291,6 +307,7 @@ class WSGIHandler(ClientHandler):
 
     def _request_complete(self) -> None:
         self._request_done = True
+        self._unparsed = 0
         self.loop.requests += 1
         if self._upgrade_to is not None:
             self._upgrade()
@@ -300,8 +317,6 @@ class WSGIHandler(ClientHandler):
             exchange.input.finish()
         if self._response_done:
             self._next_cycle()
-        else:
-            self._update_reading()
 
     def _input_drained_soon(self) -> None:
         # In the application's thread: hop back onto the loop.
@@ -314,9 +329,13 @@ class WSGIHandler(ClientHandler):
 
     def _update_reading(self) -> None:
         """Read while a request is coming in and its reader keeps up; pause
-        while the application is behind, or while a whole request waits
-        for its response (the next ones stay in the socket)."""
-        pause = self._input_full or (self._request_done and not self._response_done)
+        while the application is behind, or while more than
+        ``max_pipelined`` bytes of the next requests wait for a response in
+        flight (the rest stay in the socket, and TCP pushes back). Not
+        pausing for a few pipelined bytes saves two system calls a request."""
+        pause = self._input_full or (
+            self._request_done and not self._response_done and self._unparsed > self.max_pipelined
+        )
         if pause != self._paused:
             self._paused = pause
             if pause:

@@ -39,7 +39,7 @@ __all__ = [
     "InputStream",
     "ResponseAbortedError",
     "ResponseChannel",
-    "empty_input",
+    "EMPTY_INPUT",
 ]
 
 
@@ -180,16 +180,10 @@ class InputStream:
         return data
 
 
-class _EmptyInput(InputStream):
-    """``wsgi.input`` of a request without a body: always at its end."""
-
-    def __init__(self) -> None:
-        super().__init__(0)
-        self._ended = True
-
-
-def empty_input() -> InputStream:
-    return _EmptyInput()
+#: ``wsgi.input`` of every request without a body: always at its end, so
+#: nothing ever changes in it and threads may share it.
+EMPTY_INPUT = InputStream(0)
+EMPTY_INPUT.finish()
 
 
 class ErrorStream:
@@ -255,7 +249,8 @@ class ResponseChannel:
 
     def __init__(self, limit: int) -> None:
         self._lock = threading.Lock()
-        self._space = threading.Condition(self._lock)
+        # Made by the worker the first time it must wait: most responses never do.
+        self._space: Optional[threading.Condition] = None
         self._items: List[Any] = []
         self._size = 0
         self._waiter: Optional[Future[None]] = None
@@ -268,6 +263,8 @@ class ResponseChannel:
         loop side has closed."""
         with self._lock:
             while self._size > self.limit and not self._closed:
+                if self._space is None:
+                    self._space = threading.Condition(self._lock)
                 self._space.wait()
             if self._closed:
                 raise ResponseAbortedError("the connection closed")
@@ -284,7 +281,7 @@ class ResponseChannel:
             items = self._items
             if items:
                 self._items = []
-                if self._size > self.limit:
+                if self._space is not None:
                     self._space.notify()
                 self._size = 0
                 return items
@@ -297,5 +294,6 @@ class ResponseChannel:
         with self._lock:
             self._closed = True
             items, self._items = self._items, []
-            self._space.notify_all()
+            if self._space is not None:
+                self._space.notify_all()
         return items

@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import logging
+import io
 import os
 import socket
 import sys
@@ -150,6 +151,28 @@ def test_keep_alive_and_pipelining_answer_in_order(running):
         reader = sock.makefile("rb")
         bodies = [read_response(reader)[2] for _ in paths]
     assert bodies == [path.encode() for path in paths]
+
+
+def test_pipelined_requests_then_end_of_stream_are_all_answered(running):
+    release = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/0":
+            release.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["PATH_INFO"].encode()]
+
+    # Past max_pipelined, reading pauses until the answers catch up.
+    server = serve(running, app, max_pipelined=1024)
+    with connect(server) as sock:
+        count = 200
+        sock.sendall(b"".join(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(count)))
+        sock.shutdown(socket.SHUT_WR)  # the client says it is done sending
+        release.set()
+        reply = recv_all(sock)
+    replies = io.BytesIO(reply)
+    assert [read_response(replies)[2] for _ in range(count)] == [b"/%d" % i for i in range(count)]
+    assert replies.read() == b""
 
 
 def test_whole_body_gets_content_length_a_stream_is_chunked(running):
@@ -333,6 +356,7 @@ def test_bad_request_gets_400_and_the_server_goes_on(running):
 
 def test_write_callable_and_close_is_always_called(running):
     closed = []
+    both_closed = threading.Event()
 
     class Result:
         def __init__(self, pieces, fail=False):
@@ -345,6 +369,8 @@ def test_write_callable_and_close_is_always_called(running):
 
         def close(self):
             closed.append(self.pieces)
+            if len(closed) == 2:
+                both_closed.set()
 
     def app(environ, start_response):
         write = start_response("200 OK", [("Content-Type", "text/plain")])
@@ -361,6 +387,7 @@ def test_write_callable_and_close_is_always_called(running):
         sock.sendall(b"GET /fail HTTP/1.1\r\nHost: x\r\n\r\n")
         reply = recv_all(sock)  # the head was out: the connection is cut
     assert b"partial" in reply and not reply.endswith(b"0\r\n\r\n")
+    assert both_closed.wait(10)  # in the worker, maybe just after the connection was cut
     assert closed == [[b"then iterated"], [b"partial"]]
 
 
