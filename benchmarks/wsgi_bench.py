@@ -58,7 +58,12 @@ def server_commands(threads: int, port: int) -> Dict[str, List[str]]:
     }  # fmt: skip
 
 
-INSTALLED = {"evloop": "flask", "waitress": "waitress", "gunicorn sync": "gunicorn", "gunicorn gthread": "gunicorn"}
+INSTALLED = {
+    "evloop": "flask",
+    "waitress": "waitress",
+    "gunicorn sync": "gunicorn",
+    "gunicorn gthread": "gunicorn",
+}
 
 
 def is_installed(module: str) -> bool:
@@ -167,7 +172,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--threads", type=int, default=4, help="application threads of every threaded server")
-    parser.add_argument("--servers", default=",".join(INSTALLED), help="comma-separated, of: " + ", ".join(INSTALLED))
+    parser.add_argument(
+        "--servers", default=",".join(INSTALLED), help="comma-separated, of: " + ", ".join(INSTALLED)
+    )
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated, of: " + ", ".join(PATHS))
     args = parser.parse_args(argv)
     args.paths = args.paths.split(",")
@@ -179,7 +186,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if name not in INSTALLED:
             parser.error(f"unknown server {name!r}")
         if not is_installed(INSTALLED[name]):
-            print(f"skipping {name}: {INSTALLED[name]} is not installed (pip install '.[bench]')", file=sys.stderr)
+            print(
+                f"skipping {name}: {INSTALLED[name]} is not installed (pip install '.[bench]')",
+                file=sys.stderr,
+            )
             continue
         port = free_port()
         all_results[name] = measure(name, server_commands(args.threads, port)[name], args, port)

@@ -33,13 +33,13 @@ from concurrent.futures import Future
 from typing import Any, Callable, Deque, Iterator, List, Optional, Union
 
 __all__ = [
+    "EMPTY_INPUT",
     "END",
     "ErrorStream",
     "FileWrapper",
     "InputStream",
     "ResponseAbortedError",
     "ResponseChannel",
-    "EMPTY_INPUT",
 ]
 
 

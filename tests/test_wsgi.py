@@ -7,9 +7,9 @@ how it calls start_response, write and close.
 
 import hashlib
 import http.client
+import io
 import json
 import logging
-import io
 import os
 import socket
 import sys
