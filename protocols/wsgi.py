@@ -45,11 +45,12 @@ from typing import Any, Dict, List, Optional, cast
 
 import h11
 
-from evloop import ClientHandler, LocalProtocolError, RemoteProtocolError
+from evloop import ClientHandler, RemoteProtocolError
 from evloop.offload import offload_executor, set_offload_executor
 
 from .http_message import HTTPError, Request, SwitchProtocols, error_response, http_date, reason_phrase
 from .wsgi_app import FAILED, Exchange, Head, SendFile, fixed_environ, run_application
+from .wsgi_framing import FramingError, ResponseFramer
 from .wsgi_io import EMPTY_INPUT, END, ErrorStream, FileWrapper, InputStream, ResponseChannel
 
 __all__ = ["FileWrapper", "WSGIHandler", "serve_wsgi", "wsgi_handler"]
@@ -62,18 +63,6 @@ _sized_pools: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary(
 
 class _ResponseFailedError(Exception):
     """The application failed after its head was sent (already logged)."""
-
-
-class _Passthrough:
-    """Stands for a file's bytes in h11's passthrough; only its length counts."""
-
-    __slots__ = ("length",)
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
 
 
 class WSGIHandler(ClientHandler):
@@ -120,7 +109,8 @@ class WSGIHandler(ClientHandler):
         "_unparsed",
         "_upgrade_event",
         "_upgrade_to",
-        "_whole_body",
+        "_framer",
+        "_server_name",
         "conn",
         "upgraded",
     )
@@ -138,8 +128,8 @@ class WSGIHandler(ClientHandler):
         self._response_done = True
         self._input_full = False
         self._paused = False
-        # Set per response on the loop: HEAD and bodiless statuses drop the body.
-        self._whole_body = True
+        self._framer = ResponseFramer(True, False, True, b"")
+        self._server_name = self.server_name.encode("ascii")
         self._upgrade_to: Any = None
         self._upgrade_event: Any = None
 
@@ -287,7 +277,12 @@ class WSGIHandler(ClientHandler):
             body,
             ResponseChannel(self.output_buffer_size),
         )
-        self._whole_body = event.method != b"HEAD"
+        self._framer = ResponseFramer(
+            event.http_version == b"1.1",
+            event.method == b"HEAD",
+            b"close" not in get_comma_header_value(event.headers, b"connection"),
+            self._server_name,
+        )
         # The loop's offload pool, without offload()'s per-connection queue:
         # a connection has one call at a time here, and its done-callback
         # would wake the loop once more per request for nothing.
@@ -353,7 +348,7 @@ class WSGIHandler(ClientHandler):
             # dropped (bounded by max_body_size), so the connection goes on.
             exchange.input.fail(OSError("the response was sent before the body was read"))
             self._input_full = False
-        if self.conn.our_state is h11.MUST_CLOSE:
+        if not self._framer.keep_alive:
             self.close_when_sent()
         elif self._request_done:
             self._next_cycle()
@@ -362,14 +357,25 @@ class WSGIHandler(ClientHandler):
             self._process_guarded()
 
     def _next_cycle(self) -> None:
-        conn = self.conn
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-            self._exchange = None
-            self._update_reading()
-            self._process_guarded()
-        elif conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+        """Request and response are both done: on to the next request, or
+        close. Responses are framed here, not by h11, so h11 does not know
+        this one ended: a fresh h11 connection takes over the bytes that
+        followed the request (``trailing_data``), which costs less than
+        h11's own serialisation would have."""
+        old = self.conn
+        if not self._framer.keep_alive or old.their_state is not h11.DONE:
             self.close_when_sent()
+            return
+        trailing, closed = old.trailing_data
+        conn = self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
+        if trailing:
+            conn.receive_data(trailing)
+        if closed:
+            conn.receive_data(b"")
+        self._exchange = None
+        self._unparsed = len(trailing)
+        self._update_reading()
+        self._process_guarded()
 
     def _process_guarded(self) -> None:
         # Outside an I/O callback the engine does not sort our exceptions:
@@ -414,54 +420,32 @@ class WSGIHandler(ClientHandler):
         self.loop.call_soon(self._response_finished)
 
     def _frame(self, items: List[Any]) -> Any:
-        """h11's framing of channel items, and END or FAILED if the
-        response ended (None if more is to come)."""
-        conn = self.conn
-        out = []
-        for item in items:
-            kind = type(item)
-            if kind is bytes:
-                if self._whole_body:
-                    out.append(conn.send(h11.Data(data=item)))
-            elif kind is Head:
-                out.append(self._frame_head(item, items))
-            elif item is END:
-                out.append(conn.send(h11.EndOfMessage()))
-                return out, END
-            elif kind is SendFile:
-                placeholder = cast(bytes, _Passthrough(item.length))
-                pieces = conn.send_with_data_passthrough(h11.Data(data=placeholder)) or []
-                out.extend(item.file if isinstance(piece, _Passthrough) else piece for piece in pieces)
-            elif item is FAILED:
-                return out, FAILED
-        return out, None
-
-    def _frame_head(self, head: Head, items: List[Any]) -> bytes:
-        status = head.status
-        headers = head.headers
-        names = {name.lower() for name, _ in headers}
-        # RFC 9110 sections 6.4.1 and 9.3.2: 1xx, 204, 304 and HEAD have no body.
-        if status < 200 or status in (204, 304):
-            self._whole_body = False
-        extra = []
-        if b"date" not in names:
-            extra.append((b"Date", http_date().encode("ascii")))
-        if b"server" not in names:
-            extra.append((b"Server", self.server_name.encode("ascii")))
-        if (
-            self._whole_body
-            and items[-1] is END
-            and b"content-length" not in names
-            and b"transfer-encoding" not in names
-        ):
-            # The whole body is here: say its length rather than chunk it.
-            size = sum(len(item) for item in items if type(item) is bytes)
-            extra.append((b"Content-Length", b"%d" % size))
+        """The wire bytes (and files) for channel items, and END or FAILED
+        if the response ended (None if more is to come)."""
+        framer = self._framer
+        out: List[Any] = []
         try:
-            response = h11.Response(status_code=status, headers=extra + headers, reason=head.reason)
-            return self.conn.send(response)
-        except h11.LocalProtocolError as exc:
-            raise LocalProtocolError(f"the WSGI application's response cannot be sent: {exc}") from exc
+            for item in items:
+                kind = type(item)
+                if kind is bytes:
+                    out.append(framer.data(item))
+                elif kind is Head:
+                    whole = None
+                    if items[-1] is END:  # the whole body is here: say its length
+                        whole = sum(len(piece) for piece in items if type(piece) is bytes)
+                    out.append(framer.head(item.status, item.reason, item.headers, whole))
+                elif item is END:
+                    out.append(framer.end())
+                    return out, END
+                elif kind is SendFile:
+                    framer.file_length(item.length)
+                    out.append(item.file)
+                elif item is FAILED:
+                    return out, FAILED
+        except FramingError as exc:
+            logger.error("%s: %s; closing the connection", self.peer, exc)
+            return out, FAILED
+        return out, None
 
     # -- WebSocket routes -------------------------------------------------------
 
@@ -477,6 +461,7 @@ class WSGIHandler(ClientHandler):
             body = str(answer.body).encode("utf-8")
             headers = [("Content-Type", "text/plain; charset=utf-8"), *answer.headers]
             head = Head(answer.status, reason_phrase(answer.status).encode(), _encode(headers))
+            self._framer = ResponseFramer(event.http_version == b"1.1", False, True, self._server_name)
             framed, _ = self._frame([head, body, END])
             self.send(framed)
             self._response_done = True
@@ -502,11 +487,10 @@ class WSGIHandler(ClientHandler):
         """The peer broke HTTP: answer ``status`` if no response is under way,
         and let the engine log, send it and close."""
         exchange = self._exchange
-        busy = exchange is not None and not self._response_done
-        if busy:
-            assert exchange is not None
+        if exchange is not None:
             exchange.input.fail(OSError(f"bad request body: {detail}"))
-        reply = None if busy else self._error_reply(status)
+        # A response of this cycle is out or on its way: no second one.
+        reply = None if exchange is not None else self._error_reply(status)
         raise RemoteProtocolError(f"HTTP {status}: {detail}", reply=reply)
 
     def _error_reply(self, status: int) -> Optional[bytes]:
@@ -527,6 +511,11 @@ class WSGIHandler(ClientHandler):
             return reply + conn.send(h11.Data(data=text)) + conn.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
             return None
+
+
+def get_comma_header_value(headers: Any, name: bytes) -> bytes:
+    """The lower-cased values of header ``name`` joined with commas."""
+    return b",".join(value.lower() for key, value in headers if key == name)
 
 
 def _encode(headers: Any) -> Any:

@@ -22,6 +22,7 @@ re-raises once the head is out.
 
 import logging
 import os
+import re
 import stat
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -38,6 +39,8 @@ errors_logger = logging.getLogger("evloop.wsgi.errors")
 FAILED = object()
 
 _ERROR_BODY = b"500 Internal Server Error\n"
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\r\n\0]")
 
 
 class Head:
@@ -194,8 +197,15 @@ def _make_head(status: str, headers: List[Tuple[str, str]]) -> Head:
     for name, value in headers:
         if type(name) is not str or type(value) is not str:
             raise TypeError(f"WSGI headers are (str, str) pairs, not ({name!r}, {value!r})")
+        # RFC 9110 section 5.1 and 5.5: a token, and no CR, LF or NUL in the
+        # value, or the application could split the response in two.
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise ValueError(f"invalid response header {name!r}: {value!r}")
         encoded.append((name.encode("latin-1"), value.encode("latin-1")))
-    return Head(int(status[:3]), status[4:].encode("latin-1"), encoded)
+    reason = status[4:]
+    if _BAD_VALUE.search(reason):
+        raise ValueError(f"invalid status {status!r}")
+    return Head(int(status[:3]), reason.encode("latin-1"), encoded)
 
 
 def run_application(exchange: Exchange) -> None:
