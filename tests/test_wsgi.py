@@ -539,3 +539,63 @@ def test_client_gone_mid_stream_closes_the_result(running):
 def test_wsgi_handler_refuses_unknown_options():
     with pytest.raises(TypeError, match="thread"):
         wsgi_handler(environ_app, thread=4)
+
+
+# -- response framing, without a socket ------------------------------------------
+
+
+def framer(version_11=True, head=False, keep_alive=True):
+    from evloop.protocols.wsgi_framing import ResponseFramer
+
+    return ResponseFramer(version_11, head, keep_alive, b"test")
+
+
+def test_framing_follows_rfc_9112():
+    from evloop.protocols.wsgi_framing import FramingError
+
+    chunked = framer()
+    head = chunked.head(200, b"OK", [(b"Content-Type", b"text/plain")], None)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nDate: ")
+    assert head.endswith(b"Server: test\r\nTransfer-Encoding: chunked\r\n\r\n") and chunked.keep_alive
+    assert chunked.data(b"abc") + chunked.data(b"") + chunked.end() == b"3\r\nabc\r\n0\r\n\r\n"
+
+    whole = framer()
+    assert b"Content-Length: 5\r\n" in whole.head(200, b"OK", [], 5)
+    assert whole.data(b"hello") + whole.end() == b"hello"
+
+    declared = framer()
+    declared.head(200, b"OK", [(b"Content-Length", b"4")], None)
+    with pytest.raises(FramingError, match="more than"):
+        declared.data(b"hello")
+    short = framer()
+    short.head(200, b"OK", [(b"Content-Length", b"4")], None)
+    short.data(b"hi")
+    with pytest.raises(FramingError, match="short"):
+        short.end()
+
+    for status, is_head in ((204, False), (304, False), (200, True)):
+        bodiless = framer(head=is_head)
+        text = bodiless.head(status, b"X", [(b"Content-Length", b"9")], None)
+        assert b"chunked" not in text and bodiless.data(b"ignored") == b"" and bodiless.end() == b""
+
+    old = framer(version_11=False)
+    assert old.head(200, b"OK", [], None).endswith(b"Connection: close\r\n\r\n") and not old.keep_alive
+    assert old.data(b"raw") == b"raw"
+
+    closing = framer()
+    closing.head(200, b"OK", [(b"Connection", b"close")], 0)
+    assert not closing.keep_alive
+    dropped = framer()
+    assert b"gzip" not in dropped.head(200, b"OK", [(b"Transfer-Encoding", b"gzip")], None)
+
+
+def test_a_header_that_would_split_the_response_is_a_500(running):
+    def app(environ, start_response):
+        start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: stolen=1")])
+        return [b"never"]
+
+    server = serve(running, app, validate=False)
+    connection = client(server)
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    assert response.status == 500 and response.getheader("Set-Cookie") is None
