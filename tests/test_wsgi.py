@@ -599,3 +599,34 @@ def test_a_header_that_would_split_the_response_is_a_500(running):
     connection.request("GET", "/")
     response = connection.getresponse()
     assert response.status == 500 and response.getheader("Set-Cookie") is None
+
+
+def test_a_graceful_stop_lets_the_response_in_flight_finish(running):
+    started = threading.Event()
+    go_on = threading.Event()
+
+    def app(environ, start_response):
+        started.set()
+        go_on.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"finished"]
+
+    server = serve(running, app)
+    with connect(server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert started.wait(10)
+        running.loop.stop(graceful=True, timeout=10)
+        # The shutdown has begun once the listener is gone.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((server.host, server.port), timeout=1).close()
+            except OSError:
+                break
+        else:
+            raise AssertionError("the server kept accepting")
+        go_on.set()
+        reply = recv_all(sock)
+    assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"finished")
+    running.thread.join(10)
+    assert not running.thread.is_alive()
