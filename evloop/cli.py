@@ -28,6 +28,7 @@ example:
 
 MODULE:HANDLER names a handler class: a module on the path (protocols,
 myapp.handlers) or a file (examples/echo_lengthsep.py), then the class.
+A WSGI application (Flask, Django) instead: --wsgi myapp:app --threads 8.
 """
 
 
@@ -64,6 +65,21 @@ def load_handler(spec: str) -> Any:
         raise CommandError(f"module {module_name!r} has no attribute {attribute!r}") from None
 
 
+def _add_wsgi_arguments(serve: argparse.ArgumentParser) -> None:
+    wsgi = serve.add_argument_group("a WSGI application (PEP 3333), e.g. Flask or Django")
+    wsgi.add_argument("--wsgi", metavar="MODULE:APP", help="serve this WSGI application instead of a handler")
+    wsgi.add_argument(
+        "--threads", type=int, metavar="N", help="threads the application runs in, per process (default: 8)"
+    )
+    wsgi.add_argument(
+        "--websocket",
+        action="append",
+        default=[],
+        metavar="PATH=MODULE:CLASS",
+        help="answer PATH with this WebSocketHandler, before the application (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evloop",
@@ -82,18 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "handler", metavar="MODULE:HANDLER", nargs="?", help="the handler class to serve (or --wsgi)"
     )
-    wsgi = serve.add_argument_group("a WSGI application (PEP 3333), e.g. Flask or Django")
-    wsgi.add_argument("--wsgi", metavar="MODULE:APP", help="serve this WSGI application instead of a handler")
-    wsgi.add_argument(
-        "--threads", type=int, metavar="N", help="threads the application runs in, per process (default: 8)"
-    )
-    wsgi.add_argument(
-        "--websocket",
-        action="append",
-        default=[],
-        metavar="PATH=MODULE:CLASS",
-        help="answer PATH with this WebSocketHandler, before the application (repeatable)",
-    )
+    _add_wsgi_arguments(serve)
     where = serve.add_argument_group("where to listen")
     where.add_argument(
         "--host",
