@@ -220,6 +220,11 @@ def run_application(exchange: Exchange) -> None:
         result = exchange.app(build_environ(exchange), responder.start_response)
         if type(result) is FileWrapper:
             handed_over = _maybe_send_file(responder, result)
+        elif type(result) in (list, tuple) and not responder.head_sent and responder.head is not None:
+            # PEP 3333 lets a server use the length of a list: the whole
+            # response goes over at once, and gets a Content-Length.
+            _send_whole(responder, result)
+            return
         if not handed_over:
             for piece in result:
                 if piece:
@@ -234,6 +239,17 @@ def run_application(exchange: Exchange) -> None:
     finally:
         if not handed_over:
             _close_result(exchange, result)
+
+
+def _send_whole(responder: _Responder, pieces: Any) -> None:
+    head = responder.head
+    assert head is not None
+    for piece in pieces:
+        if not isinstance(piece, (bytes, bytearray)):
+            raise TypeError(f"a WSGI body is bytes, not {type(piece).__name__}")
+    body = [bytes(piece) for piece in pieces if piece] if not responder.head_only else []
+    responder.head_sent = True
+    responder.channel.put_all([head, *body, END], sum(len(piece) for piece in body))
 
 
 def _maybe_send_file(responder: _Responder, wrapper: FileWrapper) -> bool:

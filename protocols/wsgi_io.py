@@ -261,6 +261,11 @@ class ResponseChannel:
         """Hand ``item`` to the loop, waiting while the loop is more than
         ``limit`` bytes behind. Raises :class:`ResponseAbortedError` once the
         loop side has closed."""
+        self.put_all([item], size)
+
+    def put_all(self, items: List[Any], size: int) -> None:
+        """Hand several items over at once (one wake-up of the loop, and it
+        sees them together: a whole small response)."""
         with self._lock:
             while self._size > self.limit and not self._closed:
                 if self._space is None:
@@ -268,7 +273,7 @@ class ResponseChannel:
                 self._space.wait()
             if self._closed:
                 raise ResponseAbortedError("the connection closed")
-            self._items.append(item)
+            self._items.extend(items)
             self._size += size
             waiter, self._waiter = self._waiter, None
         if waiter is not None:
