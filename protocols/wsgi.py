@@ -46,19 +46,21 @@ from typing import Any, Dict, List, Optional, cast
 import h11
 
 from evloop import ClientHandler, RemoteProtocolError
-from evloop.offload import offload_executor, set_offload_executor
+from evloop.offload import DEFAULT_MAX_WORKERS, offload_executor, set_offload_executor
 
 from .http_message import HTTPError, Request, SwitchProtocols, error_response, http_date, reason_phrase
 from .wsgi_app import FAILED, Exchange, Head, SendFile, fixed_environ, run_application
 from .wsgi_framing import FramingError, ResponseFramer
-from .wsgi_io import EMPTY_INPUT, END, ErrorStream, FileWrapper, InputStream, ResponseChannel
+from .wsgi_io import EMPTY_INPUT, END, ErrorStream, FileWrapper, InputStream, ResponseChannel, TaskDispatcher
 
 __all__ = ["FileWrapper", "WSGIHandler", "serve_wsgi", "wsgi_handler"]
 
 logger = logging.getLogger("evloop.wsgi")
 
-# Loops whose offload pool a WSGIHandler class has sized already.
+# Loops whose offload pool a WSGIHandler class has sized already, and the
+# dispatcher that feeds each loop's pool.
 _sized_pools: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+_dispatchers: "weakref.WeakKeyDictionary[Any, TaskDispatcher]" = weakref.WeakKeyDictionary()
 
 
 class _ResponseFailedError(Exception):
@@ -144,7 +146,12 @@ class WSGIHandler(ClientHandler):
                 set_offload_executor(loop, max_workers=threads)
             except RuntimeError as exc:
                 logger.warning("cannot size the offload pool to %d threads: %s", threads, exc)
-        self._executor = offload_executor(loop)
+        executor = offload_executor(loop)
+        dispatcher = _dispatchers.get(loop)
+        if dispatcher is None or dispatcher.executor is not executor:  # new, or the pool was replaced
+            limit = threads or DEFAULT_MAX_WORKERS
+            dispatcher = _dispatchers[loop] = TaskDispatcher(executor, limit)
+        self._executor = dispatcher
 
     def finish(self) -> None:
         exchange = self._exchange
@@ -283,9 +290,10 @@ class WSGIHandler(ClientHandler):
             b"close" not in get_comma_header_value(event.headers, b"connection"),
             self._server_name,
         )
-        # The loop's offload pool, without offload()'s per-connection queue:
-        # a connection has one call at a time here, and its done-callback
-        # would wake the loop once more per request for nothing.
+        # The loop's offload pool, through a dispatcher rather than
+        # offload(): a connection has one call at a time here, offload()'s
+        # done-callback would wake the loop once more per request, and the
+        # dispatcher spares most of the thread wake-ups (see TaskDispatcher).
         self._executor.submit(run_application, exchange)
         self.send(self._response_stream(exchange))
 

@@ -631,3 +631,34 @@ def test_a_graceful_stop_lets_the_response_in_flight_finish(running):
     assert (status, body) == (200, b"finished")
     running.thread.join(10)
     assert not running.thread.is_alive()
+
+
+def test_dispatcher_gives_blocked_calls_more_threads_up_to_its_limit():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evloop.protocols.wsgi_io import TaskDispatcher
+
+    executor = ThreadPoolExecutor(8)
+    dispatcher = TaskDispatcher(executor, 3)
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    done = []
+
+    def blocking(number):
+        started.release()
+        release.wait(10)
+        done.append(number)
+
+    for number in range(5):
+        dispatcher.submit(blocking, number)
+    # Three run at once (the limit), each in its own thread; two wait.
+    for _ in range(3):
+        assert started.acquire(timeout=10)
+    assert not started.acquire(timeout=0.2)
+    release.set()
+    for _ in range(2):
+        assert started.acquire(timeout=10)
+    executor.shutdown(wait=True)
+    assert sorted(done) == [0, 1, 2, 3, 4]
+    with pytest.raises(RuntimeError):
+        dispatcher.submit(blocking, 5)
