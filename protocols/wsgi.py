@@ -3,27 +3,29 @@
 Theory of operation. One :class:`WSGIHandler` serves one connection. h11
 parses what the loop reads; each request head starts one call of
 :func:`~.wsgi_app.run_application` in the loop's offload pool (``threads``
-sets its size), which calls the application, iterates its result and
-closes it, all in that worker thread: the loop never waits for
-application code. The body streams to the application through
+sets its size; a :class:`~.wsgi_io.TaskDispatcher` feeds it), which calls
+the application, iterates its result and closes it, all in that worker
+thread: the loop never waits for application code. The body streams to the application through
 ``wsgi.input`` (:class:`~.wsgi_io.InputStream`) while the application
 already runs; when the application falls behind, reading the socket
 pauses. The response comes back through a bounded
 :class:`~.wsgi_io.ResponseChannel`: a generator in the engine's output
-queue takes what the worker produced, frames it with h11 and yields it,
+queue takes what the worker produced, frames it and yields it,
 and waits (on a Future the worker completes) when there is nothing yet.
 The engine pulls that generator only when the socket has taken what came
 before, so the client's pace bounds the memory a response uses.
 
-Framing. A response whose whole body is ready when its head is framed
-gets a Content-Length; otherwise HTTP/1.1 gets chunked encoding and
-HTTP/1.0 a close-delimited body (h11 decides). HEAD, 1xx, 204 and 304
-send no body (RFC 9110 sections 9.3.2, 6.4.1). A ``wsgi.file_wrapper``
-around a regular file goes out with ``os.sendfile``.
+Framing (:mod:`~.wsgi_framing`, by hand: cheaper than h11's serialiser).
+A response whose whole body is ready when its head is framed gets a
+Content-Length; otherwise HTTP/1.1 gets chunked encoding and HTTP/1.0 a
+close-delimited body. HEAD, 1xx, 204 and 304 send no body (RFC 9110
+sections 9.3.2, 6.4.1). A ``wsgi.file_wrapper`` around a regular file
+goes out with ``os.sendfile``.
 
-Order. One request is served at a time per connection: once a request is
-whole, reading pauses until its response is out, so pipelined requests
-wait in the socket and are answered in order (RFC 9112 section 9.3.2).
+Order. One request is served at a time per connection: the requests
+pipelined behind it wait unparsed in h11's buffer, and past
+``max_pipelined`` bytes in the socket (reading pauses), so they are
+answered in order (RFC 9112 section 9.3.2).
 
 WebSocket. Paths in ``websocket`` (path to a
 :class:`~evloop.protocols.websocket.WebSocketHandler` subclass) are

@@ -11,7 +11,7 @@ What the application produces goes into the :class:`~.wsgi_io.ResponseChannel`
 in order: a :class:`Head` once the first non-empty body piece (or the end)
 is ready, as PEP 3333 wants headers sent no earlier; then the pieces; a
 :class:`SendFile` for ``wsgi.file_wrapper`` around a regular file; then
-:data:`~.wsgi_io.END`. The loop frames them with h11.
+:data:`~.wsgi_io.END`. The loop frames them (:mod:`~.wsgi_framing`).
 
 Errors. An exception before the head is out becomes a 500 with the
 traceback logged; after it, :data:`FAILED` tells the loop to close the
