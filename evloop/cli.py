@@ -28,6 +28,7 @@ example:
 
 MODULE:HANDLER names a handler class: a module on the path (protocols,
 myapp.handlers) or a file (examples/echo_lengthsep.py), then the class.
+A WSGI application (Flask, Django) instead: --wsgi myapp:app --threads 8.
 """
 
 
@@ -64,6 +65,21 @@ def load_handler(spec: str) -> Any:
         raise CommandError(f"module {module_name!r} has no attribute {attribute!r}") from None
 
 
+def _add_wsgi_arguments(serve: argparse.ArgumentParser) -> None:
+    wsgi = serve.add_argument_group("a WSGI application (PEP 3333), e.g. Flask or Django")
+    wsgi.add_argument("--wsgi", metavar="MODULE:APP", help="serve this WSGI application instead of a handler")
+    wsgi.add_argument(
+        "--threads", type=int, metavar="N", help="threads the application runs in, per process (default: 8)"
+    )
+    wsgi.add_argument(
+        "--websocket",
+        action="append",
+        default=[],
+        metavar="PATH=MODULE:CLASS",
+        help="answer PATH with this WebSocketHandler, before the application (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evloop",
@@ -79,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("handler", metavar="MODULE:HANDLER", help="the handler class to serve")
+    serve.add_argument(
+        "handler", metavar="MODULE:HANDLER", nargs="?", help="the handler class to serve (or --wsgi)"
+    )
+    _add_wsgi_arguments(serve)
     where = serve.add_argument_group("where to listen")
     where.add_argument(
         "--host",
@@ -280,12 +299,39 @@ def _serve_workers(args: argparse.Namespace, handler_class: Any, ssl_context: An
     return 0
 
 
+def _wsgi_handler(args: argparse.Namespace) -> Any:
+    """The handler class serving ``--wsgi MODULE:APP`` (evloop.protocols.wsgi)."""
+    if args.handler:
+        raise CommandError("give MODULE:HANDLER or --wsgi MODULE:APP, not both")
+    if args.threads is not None and args.threads < 1:
+        raise CommandError("--threads must be at least 1")
+    application = load_handler(args.wsgi)
+    if not callable(application):
+        raise CommandError(f"{args.wsgi} is not a WSGI application (not callable)")
+    routes = {}
+    for route in args.websocket:
+        path, _, spec = route.partition("=")
+        if not path.startswith("/") or not spec:
+            raise CommandError(f"expected --websocket PATH=MODULE:CLASS, got {route!r}")
+        routes[path] = load_handler(spec)
+    try:
+        # By name: evloop.protocols is installed from protocols/ (see pyproject.toml).
+        wsgi = importlib.import_module("evloop.protocols.wsgi")
+    except ImportError as exc:
+        raise CommandError(f"--wsgi needs h11 (pip install 'evloop-server[http]'): {exc}") from None
+    return wsgi.wsgi_handler(
+        application, websocket=routes, threads=args.threads or 8, multiprocess=args.workers > 1
+    )
+
+
 def serve(args: argparse.Namespace) -> int:
     from .eventloop import EventLoop
     from .multiplexer import make_selector
     from .shutdown import handle_signals
 
-    handler_class = load_handler(args.handler)
+    if not args.handler and not args.wsgi:
+        raise CommandError("give MODULE:HANDLER, or --wsgi MODULE:APP")
+    handler_class = _wsgi_handler(args) if args.wsgi else load_handler(args.handler)
     if not isinstance(handler_class, type):
         raise CommandError(f"{args.handler} is not a class")
     if args.workers < 1:

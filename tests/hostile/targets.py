@@ -165,6 +165,17 @@ def http_handler():
     return Hello
 
 
+def wsgi_handler():
+    from evloop.protocols.wsgi import wsgi_handler as make
+
+    def hello(environ, start_response):
+        environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    return make(hello, threads=2)
+
+
 def websocket_handler():
     return load_example("websocket_echo").make_handler(1024 * 1024)
 
@@ -197,6 +208,7 @@ def server_cases():
             persistent=False,
         ),
         ServerCase("recipe", load_example("socketserver_style").UpperLines, b"hi\n", b"HI\n"),
+        ServerCase("wsgi", wsgi_handler(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 "),
     ]
     return cases
 

@@ -1,0 +1,584 @@
+"""Host a WSGI application (PEP 3333) on the loop, WebSocket beside it.
+
+Theory of operation. One :class:`WSGIHandler` serves one connection. h11
+parses what the loop reads; each request head starts one call of
+:func:`~.wsgi_app.run_application` in the loop's offload pool (``threads``
+sets its size; a :class:`~.wsgi_io.TaskDispatcher` feeds it), which calls
+the application, iterates its result and closes it, all in that worker
+thread: the loop never waits for application code. The body streams to the application through
+``wsgi.input`` (:class:`~.wsgi_io.InputStream`) while the application
+already runs; when the application falls behind, reading the socket
+pauses. The response comes back through a bounded
+:class:`~.wsgi_io.ResponseChannel`: a generator in the engine's output
+queue takes what the worker produced, frames it and yields it,
+and waits (on a Future the worker completes) when there is nothing yet.
+The engine pulls that generator only when the socket has taken what came
+before, so the client's pace bounds the memory a response uses.
+
+Framing (:mod:`~.wsgi_framing`, by hand: cheaper than h11's serialiser).
+A response whose whole body is ready when its head is framed gets a
+Content-Length; otherwise HTTP/1.1 gets chunked encoding and HTTP/1.0 a
+close-delimited body. HEAD, 1xx, 204 and 304 send no body (RFC 9110
+sections 9.3.2, 6.4.1). A ``wsgi.file_wrapper`` around a regular file
+goes out with ``os.sendfile``.
+
+Order. One request is served at a time per connection: the requests
+pipelined behind it wait unparsed in h11's buffer, and past
+``max_pipelined`` bytes in the socket (reading pauses), so they are
+answered in order (RFC 9112 section 9.3.2).
+
+WebSocket. Paths in ``websocket`` (path to a
+:class:`~evloop.protocols.websocket.WebSocketHandler` subclass) are
+answered on the loop: the handshake is checked and, after the 101, the
+connection belongs to an instance of that class (ws4py's
+``WebSocketWSGIApplication`` role); every other path goes to the
+application.
+
+Errors. A malformed request gets 400 (431 for a head over
+``max_head_size``, 413 for a body over ``max_body_size``) and that
+connection closes, with a warning naming the peer. An exception from the
+application becomes a 500 with the traceback logged, or, once its head is
+out, a closed connection.
+"""
+
+import logging
+import weakref
+from typing import Any, Dict, List, Optional, cast
+
+import h11
+
+from evloop import ClientHandler, RemoteProtocolError
+from evloop.offload import DEFAULT_MAX_WORKERS, offload_executor, set_offload_executor
+
+from .http_message import HTTPError, Request, SwitchProtocols, error_response, http_date, reason_phrase
+from .wsgi_app import FAILED, Exchange, Head, SendFile, fixed_environ, run_application
+from .wsgi_framing import FramingError, ResponseFramer
+from .wsgi_io import EMPTY_INPUT, END, ErrorStream, FileWrapper, InputStream, ResponseChannel, TaskDispatcher
+
+__all__ = ["FileWrapper", "WSGIHandler", "serve_wsgi", "wsgi_handler"]
+
+logger = logging.getLogger("evloop.wsgi")
+
+# Loops whose offload pool a WSGIHandler class has sized already, and the
+# dispatcher that feeds each loop's pool.
+_sized_pools: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+_dispatchers: "weakref.WeakKeyDictionary[Any, TaskDispatcher]" = weakref.WeakKeyDictionary()
+
+
+class _ResponseFailedError(Exception):
+    """The application failed after its head was sent (already logged)."""
+
+
+class WSGIHandler(ClientHandler):
+    """Serves a WSGI application on one connection. Make a subclass with
+    :func:`wsgi_handler` or set the class attributes:
+
+    - ``application``: the WSGI callable;
+    - ``websocket``: ``{path: WebSocketHandler subclass}`` answered before
+      the application (exact paths, the query string ignored);
+    - ``threads``: size of the loop's offload pool the application runs in
+      (None: leave the pool as it is, by default ``min(32, cpus + 4)``);
+    - ``max_head_size`` (16 KiB, 431 beyond) and ``max_body_size``
+      (1 GiB, 413 beyond): bytes of a request's head and body;
+    - ``input_buffer_size``: body bytes held for an application that has not
+      read them yet (reading the socket pauses beyond it);
+    - ``output_buffer_size``: response bytes the application may run ahead
+      of the client (its thread waits beyond it);
+    - ``script_name``: the mount point, SCRIPT_NAME; ``multiprocess``:
+      ``wsgi.multiprocess``.
+    """
+
+    close_when_done = False
+    application: Any = None
+    websocket: Dict[str, Any] = {}
+    threads: Optional[int] = None
+    max_head_size = 16 * 1024
+    max_body_size = 1024 * 1024 * 1024
+    input_buffer_size = 256 * 1024
+    max_pipelined = 64 * 1024
+    output_buffer_size = 256 * 1024
+    script_name = ""
+    multiprocess = False
+    server_name = "evloop"
+
+    __slots__ = (
+        "_body_size",
+        "_exchange",
+        "_executor",
+        "_fixed",
+        "_input_full",
+        "_paused",
+        "_request_done",
+        "_response_done",
+        "_unparsed",
+        "_upgrade_event",
+        "_upgrade_to",
+        "_framer",
+        "_server_name",
+        "conn",
+        "upgraded",
+    )
+
+    def __init__(self, server: Any, client_socket: Any, client_address: Any) -> None:
+        super().__init__(server, client_socket, client_address)
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
+        self.upgraded: Any = None
+        self._exchange: Optional[Exchange] = None
+        self._executor: Any = None
+        self._fixed: Optional[Dict[str, Any]] = None
+        self._body_size = 0
+        self._unparsed = 0
+        self._request_done = True
+        self._response_done = True
+        self._input_full = False
+        self._paused = False
+        self._framer = ResponseFramer(True, False, True, b"")
+        self._server_name = self.server_name.encode("ascii")
+        self._upgrade_to: Any = None
+        self._upgrade_event: Any = None
+
+    # -- what the engine calls ----------------------------------------------
+
+    def setup(self) -> None:
+        loop = self.loop
+        threads = self.threads
+        if threads and _sized_pools.get(loop) != threads:
+            _sized_pools[loop] = threads
+            try:
+                set_offload_executor(loop, max_workers=threads)
+            except RuntimeError as exc:
+                logger.warning("cannot size the offload pool to %d threads: %s", threads, exc)
+        executor = offload_executor(loop)
+        dispatcher = _dispatchers.get(loop)
+        if dispatcher is None or dispatcher.executor is not executor:  # new, or the pool was replaced
+            limit = threads or DEFAULT_MAX_WORKERS
+            dispatcher = _dispatchers[loop] = TaskDispatcher(executor, limit)
+        self._executor = dispatcher
+
+    def finish(self) -> None:
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.input.fail(ConnectionResetError("the client closed the connection"))
+            for item in exchange.channel.close():
+                if type(item) is SendFile:
+                    item.file.close()
+        if self.upgraded is not None:
+            self.upgraded.connection_lost()
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded is not None:
+            self.upgraded.data_received(data)
+            return
+        self._unparsed += len(data)
+        self.conn.receive_data(data)
+        if self._request_done and not self._response_done:
+            # Pipelined requests wait in h11's buffer, unparsed, up to a bound.
+            self._update_reading()
+            return
+        self._process()
+
+    def eof_received(self) -> Optional[bool]:
+        if self.upgraded is not None:
+            self.upgraded.eof_received()
+            return None
+        # h11 raises "peer unexpectedly closed" if this cuts a request short.
+        self.conn.receive_data(b"")
+        if self._request_done and not self._response_done:
+            # Stay open for the answer and for requests pipelined before the
+            # end: h11 reports the end (and we close) once they are served.
+            return True
+        self._process()
+        return None
+
+    def pending_input(self) -> int:
+        """Bytes of an incomplete request (the engine's request timeout runs
+        while this is not 0); 0 while the application answers a whole one."""
+        if self.upgraded is not None:
+            return 0
+        if not self._request_done:
+            return 1 + self._body_size
+        if not self._response_done:
+            return 0
+        return self._unparsed
+
+    def handle_timeout(self, kind: str, seconds: float) -> None:
+        if self.upgraded is not None and kind == "idle":
+            self.upgraded.idle_timed_out(seconds)
+            return
+        if kind == "request" and self._response_done and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            # RFC 9110 section 15.5.9: say why before closing.
+            logger.warning("%s: request not complete within %gs; 408", self.peer, seconds)
+            self.send(self._error_reply(408))
+            self.close_when_sent()
+            return
+        super().handle_timeout(kind, seconds)
+
+    def shutdown_gracefully(self) -> bool:
+        if self.upgraded is not None and not self.closed:
+            self.upgraded.going_away("server shutting down")
+            return False
+        return super().shutdown_gracefully()
+
+    def handle_error(self, exc: BaseException) -> None:
+        if isinstance(exc, _ResponseFailedError):
+            self.close()  # the worker logged the traceback
+            return
+        super().handle_error(exc)
+
+    # -- the request cycle ----------------------------------------------------
+
+    def _process(self) -> None:
+        """Turn h11's events into calls of the application until h11 needs
+        more bytes, the application must catch up, or a response is due."""
+        conn = self.conn
+        while self.upgraded is None and not self.closed and not self._input_full:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._refuse(exc.error_status_hint, str(exc))
+                return
+            kind = type(event)
+            if kind is h11.Data:
+                self._body_received(cast(h11.Data, event).data)
+            elif kind is h11.Request:
+                self._begin(cast(h11.Request, event))
+            elif kind is h11.EndOfMessage:
+                self._request_complete()
+            elif kind is h11.ConnectionClosed:
+                self.close_when_sent()
+                return
+            else:  # NEED_DATA, or PAUSED until this response is out
+                return
+
+    def _begin(self, event: h11.Request) -> None:
+        self._unparsed = 0
+        self._body_size = 0
+        self._request_done = self._response_done = False
+        # h11 bounds a head still incomplete; one that came whole is measured here.
+        size = len(event.target) + 16 + sum(len(name) + len(value) + 4 for name, value in event.headers)
+        if size > self.max_head_size:
+            self._refuse(431, f"request head of about {size} bytes over {self.max_head_size}")
+        path = event.target.partition(b"?")[0].decode("latin-1")
+        if self.websocket and path in self.websocket:
+            self._upgrade_to, self._upgrade_event = self.websocket[path], event
+            return
+        length = None
+        has_body = False
+        for name, value in event.headers:
+            if name == b"content-length":
+                length = int(value)  # h11 checked it is digits
+                has_body = length > 0
+            elif name == b"transfer-encoding":
+                has_body = True
+        if length is not None and length > self.max_body_size:
+            # RFC 9110 section 15.5.14: refuse before reading any of it.
+            self._refuse(413, f"Content-Length {length} over {self.max_body_size} bytes")
+        if self.conn.they_are_waiting_for_100_continue:
+            # RFC 9110 section 10.1.1: the client waits for this to send the body.
+            self.send(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        body = InputStream(self.input_buffer_size, self._input_drained_soon) if has_body else EMPTY_INPUT
+        exchange = self._exchange = Exchange(
+            type(self).application,  # from the class: a plain function stays unbound
+            self._fixed or self._make_fixed(),
+            self.script_name,
+            self.peer,
+            event,
+            body,
+            ResponseChannel(self.output_buffer_size),
+        )
+        self._framer = ResponseFramer(
+            event.http_version == b"1.1",
+            event.method == b"HEAD",
+            b"close" not in get_comma_header_value(event.headers, b"connection"),
+            self._server_name,
+        )
+        # The loop's offload pool, through a dispatcher rather than
+        # offload(): a connection has one call at a time here, offload()'s
+        # done-callback would wake the loop once more per request, and the
+        # dispatcher spares most of the thread wake-ups (see TaskDispatcher).
+        self._executor.submit(run_application, exchange)
+        self.send(self._response_stream(exchange))
+
+    def _body_received(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if self._body_size > self.max_body_size:
+            self._refuse(413, f"request body over {self.max_body_size} bytes")
+        exchange = self._exchange
+        if exchange is None or self._response_done:
+            return  # a body nobody reads any more: skipped on the way to the next request
+        if exchange.input.feed(data):
+            self._input_full = True
+            self._update_reading()
+
+    def _request_complete(self) -> None:
+        self._request_done = True
+        self._unparsed = 0
+        self.loop.requests += 1
+        if self._upgrade_to is not None:
+            self._upgrade()
+            return
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.input.finish()
+        if self._response_done:
+            self._next_cycle()
+
+    def _input_drained_soon(self) -> None:
+        # In the application's thread: hop back onto the loop.
+        self.loop.call_soon_threadsafe(self._input_drained)
+
+    def _input_drained(self) -> None:
+        self._input_full = False
+        self._update_reading()
+        self._process_guarded()
+
+    def _update_reading(self) -> None:
+        """Read while a request is coming in and its reader keeps up; pause
+        while the application is behind, or while more than
+        ``max_pipelined`` bytes of the next requests wait for a response in
+        flight (the rest stay in the socket, and TCP pushes back). Not
+        pausing for a few pipelined bytes saves two system calls a request."""
+        pause = self._input_full or (
+            self._request_done and not self._response_done and self._unparsed > self.max_pipelined
+        )
+        if pause != self._paused:
+            self._paused = pause
+            if pause:
+                self.pause_reading()
+            else:
+                self.resume_reading()
+
+    def _response_finished(self) -> None:
+        if self.closed:
+            return
+        self._response_done = True
+        exchange = self._exchange
+        if exchange is not None and not self._request_done:
+            # Answered before the body was read: the rest is read and
+            # dropped (bounded by max_body_size), so the connection goes on.
+            exchange.input.fail(OSError("the response was sent before the body was read"))
+            self._input_full = False
+        if not self._framer.keep_alive:
+            self.close_when_sent()
+        elif self._request_done:
+            self._next_cycle()
+        else:
+            self._update_reading()
+            self._process_guarded()
+
+    def _next_cycle(self) -> None:
+        """Request and response are both done: on to the next request, or
+        close. Responses are framed here, not by h11, so h11 does not know
+        this one ended: a fresh h11 connection takes over the bytes that
+        followed the request (``trailing_data``), which costs less than
+        h11's own serialisation would have."""
+        old = self.conn
+        if not self._framer.keep_alive or old.their_state is not h11.DONE:
+            self.close_when_sent()
+            return
+        trailing, closed = old.trailing_data
+        conn = self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
+        if trailing:
+            conn.receive_data(trailing)
+        if closed:
+            conn.receive_data(b"")
+        self._exchange = None
+        self._unparsed = len(trailing)
+        self._update_reading()
+        self._process_guarded()
+
+    def _process_guarded(self) -> None:
+        # Outside an I/O callback the engine does not sort our exceptions:
+        # do what it would, so a bad pipelined request still gets its 400.
+        if self.closed:
+            return
+        try:
+            self._process()
+        except Exception as exc:
+            self.handle_error(exc)
+
+    def _make_fixed(self) -> Dict[str, Any]:
+        server = self.server
+        scheme = "https" if getattr(server, "ssl_context", None) is not None else "http"
+        try:
+            name, port = str(server.host), str(server.port)
+        except (AttributeError, OSError):
+            name, port = "localhost", ""
+        errors = ErrorStream(logging.getLogger("evloop.wsgi.errors"), self.peer + ": ")
+        self._fixed = fixed_environ(name, port, self.client_address, scheme, self.multiprocess, errors)
+        return self._fixed
+
+    # -- the response -----------------------------------------------------------
+
+    def _response_stream(self, exchange: Exchange) -> Any:
+        """What the engine sends for ``exchange``: the application's output
+        framed as it comes, a Future to wait on while there is none."""
+        channel = exchange.channel
+        while True:
+            taken = channel.take()
+            if type(taken) is not list:
+                yield taken  # a Future: the engine waits for the worker
+                continue
+            framed, state = self._frame(taken)
+            yield framed
+            if state is END:
+                break
+            if state is FAILED:
+                # What came before the failure is out; the response cannot end well.
+                raise _ResponseFailedError()
+        # Pulled again only once all of it was sent: the next request may go.
+        self.loop.call_soon(self._response_finished)
+
+    def _frame(self, items: List[Any]) -> Any:
+        """The wire bytes (and files) for channel items, and END or FAILED
+        if the response ended (None if more is to come)."""
+        framer = self._framer
+        out: List[Any] = []
+        try:
+            for item in items:
+                kind = type(item)
+                if kind is bytes:
+                    out.append(framer.data(item))
+                elif kind is Head:
+                    whole = None
+                    if items[-1] is END:  # the whole body is here: say its length
+                        whole = sum(len(piece) for piece in items if type(piece) is bytes)
+                    out.append(framer.head(item.status, item.reason, item.headers, whole))
+                elif item is END:
+                    out.append(framer.end())
+                    return out, END
+                elif kind is SendFile:
+                    framer.file_length(item.length)
+                    out.append(item.file)
+                elif item is FAILED:
+                    return out, FAILED
+        except FramingError as exc:
+            logger.error("%s: %s; closing the connection", self.peer, exc)
+            return out, FAILED
+        return out, None
+
+    # -- WebSocket routes -------------------------------------------------------
+
+    def _upgrade(self) -> None:
+        handler_class, event = self._upgrade_to, self._upgrade_event
+        self._upgrade_to = self._upgrade_event = None
+        request = Request.from_h11(event, self)
+        try:
+            answer = handler_class.accept_upgrade(request)
+        except HTTPError as exc:
+            answer = error_response(exc.status, exc.message, exc.headers)
+        if not isinstance(answer, SwitchProtocols):
+            body = str(answer.body).encode("utf-8")
+            headers = [("Content-Type", "text/plain; charset=utf-8"), *answer.headers]
+            head = Head(answer.status, reason_phrase(answer.status).encode(), _encode(headers))
+            self._framer = ResponseFramer(event.http_version == b"1.1", False, True, self._server_name)
+            framed, _ = self._frame([head, body, END])
+            self.send(framed)
+            self._response_done = True
+            self._next_cycle()
+            return
+        conn = self.conn
+        self.send(
+            conn.send(
+                h11.InformationalResponse(
+                    status_code=101, headers=answer.headers, reason=b"Switching Protocols"
+                )
+            )
+        )
+        trailing, _ = conn.trailing_data
+        self._response_done = True
+        self._update_reading()
+        upgraded = self.upgraded = answer.make_protocol(self)
+        upgraded.switched(bytes(trailing))
+
+    # -- errors -------------------------------------------------------------------
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """The peer broke HTTP: answer ``status`` if no response is under way,
+        and let the engine log, send it and close."""
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.input.fail(OSError(f"bad request body: {detail}"))
+        # A response of this cycle is out or on its way: no second one.
+        reply = None if exchange is not None else self._error_reply(status)
+        raise RemoteProtocolError(f"HTTP {status}: {detail}", reply=reply)
+
+    def _error_reply(self, status: int) -> Optional[bytes]:
+        """A closing error response, if one can still start; else None."""
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return None
+        text = f"{status} {reason_phrase(status)}\n".encode()
+        headers = [
+            ("Date", http_date()),
+            ("Server", self.server_name),
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(text))),
+            ("Connection", "close"),
+        ]
+        try:
+            conn = self.conn
+            reply = conn.send(h11.Response(status_code=status, reason=reason_phrase(status), headers=headers))
+            return reply + conn.send(h11.Data(data=text)) + conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            return None
+
+
+def get_comma_header_value(headers: Any, name: bytes) -> bytes:
+    """The lower-cased values of header ``name`` joined with commas."""
+    return b",".join(value.lower() for key, value in headers if key == name)
+
+
+def _encode(headers: Any) -> Any:
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+def wsgi_handler(application: Any, *, websocket: Optional[Dict[str, Any]] = None, **options: Any) -> Any:
+    """A :class:`WSGIHandler` subclass serving ``application``, for
+    ``loop()``, ``EventLoop.add_server()`` or ``WorkerProcesses``.
+    ``websocket`` maps paths to WebSocketHandler subclasses; ``options``
+    set the other class attributes (``threads=8``, ``max_body_size=...``).
+    Raises TypeError for an option that is not one."""
+    for name in options:
+        if name.startswith("_") or not hasattr(WSGIHandler, name) or callable(getattr(WSGIHandler, name)):
+            raise TypeError(f"wsgi_handler() got an unknown option {name!r}")
+    attributes: Dict[str, Any] = {"application": staticmethod(application), "__slots__": ()}
+    attributes["websocket"] = dict(websocket or {})
+    attributes.update(options)
+    name = getattr(application, "__name__", type(application).__name__)
+    return type(f"WSGI_{name}", (WSGIHandler,), attributes)
+
+
+def serve_wsgi(
+    application: Any,
+    host: str = "localhost",
+    port: int = 8000,
+    *,
+    threads: Optional[int] = 8,
+    websocket: Optional[Dict[str, Any]] = None,
+    workers: int = 1,
+    ssl: Any = None,
+    limits: Any = None,
+    **options: Any,
+) -> None:
+    """Serve ``application`` on ``host``:``port`` until Ctrl-C or SIGTERM
+    (a graceful stop), with ``threads`` worker threads per process and
+    ``workers`` processes sharing the port (SO_REUSEPORT; not with TLS).
+    ``websocket`` and ``options`` are :func:`wsgi_handler`'s. Logs
+    ``listening on HOST:PORT`` once bound (port 0 picks a free one)."""
+    handler_class = wsgi_handler(
+        application, websocket=websocket, threads=threads, multiprocess=workers > 1, **options
+    )
+    if workers > 1:
+        from evloop.workers import WorkerProcesses
+
+        if ssl is not None:
+            raise ValueError("workers > 1 serves plain TCP; it does not combine with TLS")
+        processes = WorkerProcesses(handler_class, host, port, workers=workers, limits=limits)
+        processes.run(lambda ready: logger.info("listening on %s:%d", ready.host, ready.port))
+        return
+    from evloop import Server
+    from evloop.serve import loop
+
+    server = Server(host, port, ssl=ssl, limits=limits)
+    logger.info("listening on %s:%d", server.host, server.port)
+    loop(server, handler_class)

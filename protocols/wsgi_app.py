@@ -1,0 +1,345 @@
+"""The worker-thread side of the WSGI server: one application call.
+
+Theory of operation. For each request the loop makes an :class:`Exchange`
+(the parsed head, the ``wsgi.input`` stream and a response channel) and
+runs :func:`run_application` with it in the offload pool. That one call
+builds the ``environ`` (PEP 3333 "environ Variables"), calls the
+application, iterates its result and closes it, so a small response costs
+the loop a single hand-off and a generator that sleeps sleeps in the worker.
+
+What the application produces goes into the :class:`~.wsgi_io.ResponseChannel`
+in order: a :class:`Head` once the first non-empty body piece (or the end)
+is ready, as PEP 3333 wants headers sent no earlier; then the pieces; a
+:class:`SendFile` for ``wsgi.file_wrapper`` around a regular file; then
+:data:`~.wsgi_io.END`. The loop frames them (:mod:`~.wsgi_framing`).
+
+Errors. An exception before the head is out becomes a 500 with the
+traceback logged; after it, :data:`FAILED` tells the loop to close the
+connection (the response cannot be completed honestly). ``start_response``
+follows PEP 3333 on ``exc_info``: it replaces the head not yet sent and
+re-raises once the head is out.
+"""
+
+import logging
+import os
+import re
+import stat
+import sys
+from typing import Any, Callable, Dict, List, Optional, Tuple
+from urllib.parse import unquote_to_bytes
+
+from .wsgi_io import END, ErrorStream, FileWrapper, InputStream, ResponseAbortedError, ResponseChannel
+
+__all__ = ["FAILED", "Exchange", "Head", "SendFile", "build_environ", "fixed_environ", "run_application"]
+
+logger = logging.getLogger("evloop.wsgi")
+errors_logger = logging.getLogger("evloop.wsgi.errors")
+
+#: Put on the channel when the application failed after its head was sent.
+FAILED = object()
+
+_ERROR_BODY = b"500 Internal Server Error\n"
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\r\n\0]")
+
+
+class Head:
+    """A response's status line and headers, as ``start_response`` got them
+    (names and values encoded as latin-1)."""
+
+    __slots__ = ("headers", "reason", "status")
+
+    def __init__(self, status: int, reason: bytes, headers: List[Tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+class SendFile:
+    """A regular file to send as the body, ``length`` bytes from where it is."""
+
+    __slots__ = ("file", "length")
+
+    def __init__(self, file: Any, length: int) -> None:
+        self.file = file
+        self.length = length
+
+
+class Exchange:
+    """One request and its response, shared by the loop and a worker.
+
+    ``fixed`` holds the environ entries that are the same for every request
+    on the connection; ``method``, ``target``, ``headers`` and
+    ``http_version`` are h11's bytes."""
+
+    __slots__ = (
+        "app",
+        "channel",
+        "fixed",
+        "headers",
+        "http_version",
+        "input",
+        "method",
+        "peer",
+        "script_name",
+        "target",
+    )
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        fixed: Dict[str, Any],
+        script_name: str,
+        peer: str,
+        event: Any,
+        body: InputStream,
+        channel: ResponseChannel,
+    ) -> None:
+        self.app = app
+        self.fixed = fixed
+        self.script_name = script_name
+        self.peer = peer
+        self.method: bytes = event.method
+        self.target: bytes = event.target
+        self.headers: List[Tuple[bytes, bytes]] = event.headers
+        self.http_version: bytes = event.http_version
+        self.input = body
+        self.channel = channel
+
+
+def build_environ(exchange: Exchange) -> Dict[str, Any]:
+    """The PEP 3333 environ for ``exchange``'s request."""
+    target = exchange.target
+    if target[:1] != b"/" and b"://" in target[:10]:
+        # Absolute form (RFC 9112 section 3.2.2): the path starts after the authority.
+        slash = target.find(b"/", target.find(b"://") + 3)
+        target = target[slash:] if slash >= 0 else b"/"
+    path, _, query = target.partition(b"?")
+    # PEP 3333: PATH_INFO is decoded bytes, as latin-1 ("bytes-as-unicode").
+    path_info = unquote_to_bytes(path).decode("latin-1")
+    script_name = exchange.script_name
+    if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
+        path_info = path_info[len(script_name) :]
+    environ = dict(exchange.fixed)
+    environ["REQUEST_METHOD"] = exchange.method.decode("ascii")
+    environ["SCRIPT_NAME"] = script_name
+    environ["PATH_INFO"] = path_info
+    environ["QUERY_STRING"] = query.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/" + exchange.http_version.decode("ascii")
+    environ["wsgi.input"] = exchange.input
+    for raw_name, raw_value in exchange.headers:
+        name = raw_name.decode("latin-1")
+        if "_" in name:
+            # "X_User" and "X-User" would both be HTTP_X_USER: a proxy that
+            # checked one could be fooled by the other (nginx drops them too).
+            continue
+        value = raw_value.decode("latin-1")
+        if name == "content-type":
+            key = "CONTENT_TYPE"
+        elif name == "content-length":
+            key = "CONTENT_LENGTH"
+        else:
+            key = "HTTP_" + name.upper().replace("-", "_")
+        if key in environ:
+            # RFC 9110 section 5.3: repeated fields join with commas.
+            value = environ[key] + ", " + value
+        environ[key] = value
+    return environ
+
+
+class _Responder:
+    """``start_response`` and ``write`` for one request (PEP 3333)."""
+
+    __slots__ = ("channel", "head", "head_sent", "head_only")
+
+    def __init__(self, channel: ResponseChannel, head_only: bool) -> None:
+        self.channel = channel
+        self.head: Optional[Head] = None
+        self.head_sent = False
+        self.head_only = head_only
+
+    def start_response(self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info is not None:
+            try:
+                if self.head_sent:
+                    # PEP 3333: too late to change the head; the error goes on up.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.head is not None:
+            raise AssertionError("start_response() called a second time without exc_info")
+        self.head = _make_head(status, headers)
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy ``write()`` callable: ``data`` goes out before it returns
+        (as far as the bounded channel goes)."""
+        if self.head is None:
+            raise AssertionError("write() before start_response()")
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"a WSGI body is bytes, not {type(data).__name__}")
+        if not self.head_sent:
+            self.send_head()
+        if data and not self.head_only:
+            self.channel.put(bytes(data), len(data))
+
+    def send_head(self) -> None:
+        if self.head is None:
+            raise AssertionError("the application did not call start_response()")
+        self.head_sent = True
+        self.channel.put(self.head)
+
+
+def _make_head(status: str, headers: List[Tuple[str, str]]) -> Head:
+    if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+        raise ValueError(f"a WSGI status is a str like '200 OK', not {status!r}")
+    encoded = []
+    for name, value in headers:
+        if type(name) is not str or type(value) is not str:
+            raise TypeError(f"WSGI headers are (str, str) pairs, not ({name!r}, {value!r})")
+        # RFC 9110 section 5.1 and 5.5: a token, and no CR, LF or NUL in the
+        # value, or the application could split the response in two.
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise ValueError(f"invalid response header {name!r}: {value!r}")
+        encoded.append((name.encode("latin-1"), value.encode("latin-1")))
+    reason = status[4:]
+    if _BAD_VALUE.search(reason):
+        raise ValueError(f"invalid status {status!r}")
+    return Head(int(status[:3]), reason.encode("latin-1"), encoded)
+
+
+def run_application(exchange: Exchange) -> None:
+    """Call the application for ``exchange`` and hand its response to the
+    loop; runs in a worker thread. Returns when the response is all in the
+    channel (or the connection closed); never raises."""
+    head_only = exchange.method == b"HEAD"
+    responder = _Responder(exchange.channel, head_only)
+    result: Any = None
+    handed_over = False
+    try:
+        result = exchange.app(build_environ(exchange), responder.start_response)
+        if type(result) is FileWrapper:
+            handed_over = _maybe_send_file(responder, result)
+        elif type(result) in (list, tuple) and not responder.head_sent and responder.head is not None:
+            # PEP 3333 lets a server use the length of a list: the whole
+            # response goes over at once, and gets a Content-Length.
+            _send_whole(responder, result)
+            return
+        if not handed_over:
+            for piece in result:
+                if piece:
+                    responder.write(piece)
+            if not responder.head_sent:
+                responder.send_head()
+            exchange.channel.put(END)
+    except ResponseAbortedError:
+        pass
+    except Exception:
+        _failed(exchange, responder)
+    finally:
+        if not handed_over:
+            _close_result(exchange, result)
+
+
+def _send_whole(responder: _Responder, pieces: Any) -> None:
+    head = responder.head
+    assert head is not None
+    for piece in pieces:
+        if not isinstance(piece, (bytes, bytearray)):
+            raise TypeError(f"a WSGI body is bytes, not {type(piece).__name__}")
+    body = [bytes(piece) for piece in pieces if piece] if not responder.head_only else []
+    responder.head_sent = True
+    responder.channel.put_all([head, *body, END], sum(len(piece) for piece in body))
+
+
+def _maybe_send_file(responder: _Responder, wrapper: FileWrapper) -> bool:
+    """Hand a regular file over to be sent with ``os.sendfile``; False
+    (iterate it instead) for anything else."""
+    file = wrapper.filelike
+    head = responder.head
+    if head is None or responder.head_only:
+        return False
+    try:
+        info = os.fstat(file.fileno())
+        position = file.tell()
+    except (AttributeError, OSError, ValueError):
+        return False
+    if not stat.S_ISREG(info.st_mode):
+        return False
+    length = max(0, info.st_size - position)
+    declared = [value for name, value in head.headers if name.lower() == b"content-length"]
+    if declared and declared[0] != b"%d" % length:
+        return False  # the application sends part of the file: let it iterate
+    if not declared:
+        head.headers.append((b"Content-Length", b"%d" % length))
+    responder.send_head()
+    responder.channel.put(SendFile(file, length))
+    responder.channel.put(END)
+    return True
+
+
+def _failed(exchange: Exchange, responder: _Responder) -> None:
+    logger.error(
+        "%s: error in the WSGI application answering %s %r",
+        exchange.peer,
+        exchange.method.decode("ascii", "replace"),
+        exchange.target.decode("latin-1"),
+        exc_info=sys.exc_info(),
+    )
+    channel = exchange.channel
+    try:
+        if responder.head_sent:
+            channel.put(FAILED)
+            return
+        headers = [
+            (b"Content-Type", b"text/plain; charset=utf-8"),
+            (b"Content-Length", b"%d" % len(_ERROR_BODY)),
+        ]
+        channel.put(Head(500, b"Internal Server Error", headers))
+        if not responder.head_only:
+            channel.put(_ERROR_BODY, len(_ERROR_BODY))
+        channel.put(END)
+    except ResponseAbortedError:
+        pass
+
+
+def _close_result(exchange: Exchange, result: Any) -> None:
+    # PEP 3333: the server calls close() whatever happened.
+    close = getattr(result, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception:
+        logger.exception("%s: error closing the WSGI application's result", exchange.peer)
+
+
+def fixed_environ(
+    server_name: str,
+    server_port: str,
+    remote: Any,
+    url_scheme: str,
+    multiprocess: bool,
+    errors: ErrorStream,
+) -> Dict[str, Any]:
+    """The environ entries shared by every request of one connection."""
+    if isinstance(remote, tuple) and len(remote) >= 2:
+        remote_addr, remote_port = str(remote[0]), str(remote[1])
+    else:
+        remote_addr, remote_port = str(remote or ""), ""
+    return {
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "REMOTE_ADDR": remote_addr,
+        "REMOTE_PORT": remote_port,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": url_scheme,
+        "wsgi.errors": errors,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+        "wsgi.file_wrapper": FileWrapper,
+        # Reading wsgi.input to its end is safe: it ends with the body
+        # (gunicorn, mod_wsgi and werkzeug know this key).
+        "wsgi.input_terminated": True,
+    }
