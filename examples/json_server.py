@@ -76,7 +76,12 @@ def main(argv=None):
     handler_class = MyServer
     if args.max_size is not None:
         handler_class = type("MyServer", (MyServer,), {"max_size": args.max_size})
-    server = Server(args.host, args.port)
+    try:
+        server = Server(args.host, args.port)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, handler_class)
 

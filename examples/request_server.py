@@ -39,7 +39,12 @@ def main(argv=None):
     handler = TimeServer
     if args.threads:
         handler = type("ThreadedTimeServer", (TimeServer,), {"executor": ThreadPoolExecutor(args.threads)})
-    server = Server(host, port)
+    try:
+        server = Server(host, port)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, handler)
 

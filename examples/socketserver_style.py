@@ -70,8 +70,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    tcp, udp = bind_tcp_and_udp(args.host, args.port)
-    with EventLoop() as loop, tcp, udp, UnixServer(args.unix) as unix:
+    try:
+        tcp, udp = bind_tcp_and_udp(args.host, args.port)
+        unix = UnixServer(args.unix)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        where = f"{args.host}:{args.port} or {args.unix}"
+        parser.exit(2, f"{parser.prog}: error: cannot listen on {where}: {exc.strerror or exc}\n")
+    with EventLoop() as loop, tcp, udp, unix:
         loop.add_server(tcp, UpperLines)
         loop.add_server(udp, UpperDatagram)
         loop.add_server(unix, UpperLines)

@@ -4,7 +4,7 @@ once.
 
     python examples/echo_lengthsep.py --persistent --port 8000
     python examples/tcp_proxy.py --port 9000 --target localhost:8000
-    printf '5\\nhello' | nc localhost 9000        # prints: 5 hello (via the proxy)
+    printf '5\\nhello' | nc -q1 localhost 9000    # prints: 5 hello (via the proxy)
 
 Both halves are the same ``Relay`` handler: what one side reads, the other
 sends. A half-close is passed on (the client's end of stream becomes the
@@ -86,7 +86,12 @@ def main(argv=None):
     parser.add_argument("--connect-timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = Server(args.host, args.port)
+    try:
+        server = Server(args.host, args.port)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     server.target = args.target
     server.connect_timeout = args.connect_timeout
     print(f"listening on {server.host}:{server.port}", flush=True)

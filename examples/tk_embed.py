@@ -1,7 +1,7 @@
 """Embedding evloop in a tkinter program: one thread, Tk's main loop in charge.
 
     python examples/tk_embed.py --port 8000
-    printf '5\\nhello' | nc localhost 8000     # the window counts the request
+    printf '5\\nhello' | nc -q1 localhost 8000  # the window counts the request
 
 Tk owns the main loop; every few milliseconds it lets evloop do one
 non-blocking pass with ``run_once(0)``. Handlers and widgets live on the same
@@ -54,9 +54,17 @@ def main(argv=None):
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    root = tkinter.Tk()
+    try:
+        root = tkinter.Tk()
+    except tkinter.TclError as exc:  # no display: say so in one line
+        parser.exit(2, f"{parser.prog}: error: cannot open a window: {exc}\n")
+    try:
+        server = Server(args.host, args.port)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     event_loop = EventLoop()
-    server = Server(args.host, args.port)
     event_loop.add_server(server, CountingEcho)
     CountingEcho.window = Window(root, event_loop, server)
     print(f"listening on {server.host}:{server.port}", flush=True)

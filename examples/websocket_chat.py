@@ -13,9 +13,17 @@ go out as ``{"kind": "presence", "online": N}``.
 import argparse
 import json
 import logging
+import sys
 
-from evloop.protocols.http import HTTPHandler, Response
-from evloop.protocols.websocket import WebSocketHandler
+try:
+    from evloop.protocols.http import HTTPHandler, Response
+    from evloop.protocols.websocket import WebSocketHandler
+except ModuleNotFoundError as missing:  # h11 and wsproto come with the websocket extra
+    print(
+        f"websocket_chat.py: error: {missing.name} is missing: pip install 'evloop-server[websocket]'",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from evloop import Server, loop
 
@@ -119,7 +127,12 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = Server(args.host, args.port)
+    try:
+        server = Server(args.host, args.port)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, ChatServer)
 

@@ -11,9 +11,17 @@ with 426 Upgrade Required.
 
 import argparse
 import logging
+import sys
 
-from evloop.protocols.http import HTTPHandler
-from evloop.protocols.websocket import EchoWebSocket
+try:
+    from evloop.protocols.http import HTTPHandler
+    from evloop.protocols.websocket import EchoWebSocket
+except ModuleNotFoundError as missing:  # h11 and wsproto come with the websocket extra
+    print(
+        f"websocket_echo.py: error: {missing.name} is missing: pip install 'evloop-server[websocket]'",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from evloop import Server, loop
 
@@ -37,7 +45,12 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = Server(args.host, args.port)
+    try:
+        server = Server(args.host, args.port)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, make_handler(args.max_size))
 

@@ -41,7 +41,12 @@ import stat
 from concurrent.futures import Future
 from typing import Any, Iterable, List, Optional, cast
 
-import h11
+try:
+    import h11
+except ModuleNotFoundError as exc:  # h11 is the http extra, not a core dependency
+    raise ModuleNotFoundError(
+        f"evloop.protocols.http needs {exc.name}: pip install 'evloop-server[http]'", name=exc.name
+    ) from exc
 
 from evloop import ClientHandler, LocalProtocolError, RemoteProtocolError
 
