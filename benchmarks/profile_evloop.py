@@ -115,6 +115,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def _child_setup():
+    # stop() ends the profiled server with SIGINT; a background job (`&`,
+    # nohup) starts with SIGINT ignored, which the child would inherit.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    pin = run._pinned(run.SERVER_CPUS)
+    if pin is not None:
+        pin()
+
+
 def _start(command):
     class Profiled(run.ServerProcess):
         def __init__(self):  # the same process handling, another command line
@@ -126,7 +135,7 @@ def _start(command):
                 command,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
-                preexec_fn=run._pinned(run.SERVER_CPUS),
+                preexec_fn=_child_setup,
                 cwd=run.ROOT,
             )
             self.pid = self.process.pid
