@@ -39,6 +39,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Union
 
 from .multiplexer import make_selector
 from .shutdown import begin_graceful_shutdown
+from .stats import LoopStats, loop_stats
 from .timers import Handle, TimerHandle, TimerQueue
 
 __all__ = ["EVENT_READ", "EVENT_WRITE", "EventLoop"]
@@ -149,6 +150,10 @@ class EventLoop:
     @property
     def selector(self) -> selectors.BaseSelector:
         return self._selector
+
+    def stats(self) -> LoopStats:
+        """A snapshot of this loop's counters (:func:`evloop.stats.loop_stats`)."""
+        return loop_stats(self)
 
     @property
     def servers(self) -> List[Any]:
