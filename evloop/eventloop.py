@@ -275,6 +275,15 @@ class EventLoop:
             self._stopping = False
             self._running_thread = None
 
+    def next_wait(self) -> Optional[float]:
+        """How long the next pass may wait for I/O: 0.0 if callbacks are ready,
+        the seconds until the next timer, or None if nothing is due. For a
+        program that drives the loop from its own (examples/asyncio_bridge.py)."""
+        if self._ready or self._dirty or self._stopping:
+            return 0.0
+        deadline = self._timers.next_deadline()
+        return None if deadline is None else max(0.0, deadline - self.time())
+
     def stop(self, graceful: bool = False, timeout: Optional[float] = None) -> None:
         """Make :meth:`run` return after the current pass. Safe from any
         thread and from a signal handler; wakes a sleeping loop at once.

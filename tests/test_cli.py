@@ -90,6 +90,7 @@ BAD_INVOCATIONS = {
             "cannot listen on 127.0.0.1:{busy}",
         )
         for script, extra in [
+            ("asyncio_bridge.py", []),
             ("echo_lengthsep.py", []),
             ("json_server.py", []),
             ("miniredis.py", []),

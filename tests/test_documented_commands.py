@@ -42,6 +42,18 @@ COMMANDS = [
         "5\nhello",
     ),
     (
+        "examples/asyncio_bridge.py",
+        ["asyncio_bridge.py"],
+        "printf '0.5 slow\\n0 fast\\n' | nc -q1 localhost 8000",
+        "SLOW\nFAST",
+    ),
+    (
+        "examples/asyncio_bridge.py",
+        ["asyncio_bridge.py"],
+        "printf 'timer 0.2\\n' | nc -q1 localhost 8000",
+        "tick",
+    ),
+    (
         "examples/request_server.py",
         ["request_server.py"],
         "printf 'hello\\r\\n' | nc localhost 8000",
