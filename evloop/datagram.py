@@ -34,7 +34,7 @@ import errno
 import logging
 import os
 import socket
-from typing import Any, Deque, Optional, Tuple
+from typing import Any, Callable, Deque, Optional, Tuple, TypeVar
 
 from .errors import RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE
@@ -42,6 +42,8 @@ from .handler import format_address
 from .lifecycle import ServerLifecycle
 from .server import bind_inet
 from .unix import PathLike, _SocketFile, bind_unix, remove_socket_file
+
+T = TypeVar("T")
 
 __all__ = ["DatagramHandler", "DatagramServer", "UnixDatagramServer"]
 
@@ -110,7 +112,7 @@ class DatagramHandler:
         ``address``, for more than one reply or an unsolicited one."""
         self.server.sendto(reply, address)
 
-    def offload(self, func: Any, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[Any]":
+    def offload(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
         """Run ``func(*args, **kwargs)`` in the loop's worker pool (the one
         ``ClientHandler.offload`` uses) and return a Future for its result:
         return that from :meth:`handle_datagram` and the reply is sent when

@@ -35,7 +35,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Set, TypeVar, Union
 
 from .multiplexer import make_selector
 from .shutdown import begin_graceful_shutdown
@@ -43,6 +43,15 @@ from .stats import LoopStats, loop_stats
 from .timers import Handle, TimerHandle, TimerQueue
 
 __all__ = ["EVENT_READ", "EVENT_WRITE", "EventLoop"]
+
+
+class _Servable(Protocol):
+    """What add_server needs of a server (Server, UnixServer, DatagramServer)."""
+
+    def _start_serving(self, loop: Any, handler_class: Any) -> None: ...
+
+
+S = TypeVar("S", bound=_Servable)  # add_server gives back the server it was given
 
 logger = logging.getLogger("evloop")
 
@@ -190,7 +199,7 @@ class EventLoop:
 
     # -- servers ------------------------------------------------------------
 
-    def add_server(self, server: Any, handler_class: Any) -> Any:
+    def add_server(self, server: S, handler_class: type) -> S:
         """Serve ``server`` on this loop, one ``handler_class`` per client.
         Returns ``server``."""
         self._check_open()

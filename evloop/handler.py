@@ -26,13 +26,19 @@ closes the connection once the first response has been sent.
 import errno
 import logging
 import socket
-from typing import Any, List, Optional, Union
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar, Union
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE, RECV_BUFFER_SIZE
 from .limits import DEFAULT_MAX_REQUEST_SIZE, arm_timeouts, limits_of, note_read, note_write_stall
 from .output import EMPTY, WANT_WRITE, OutputQueue
 from .tls import WOULD_BLOCK, is_tls, read_pending, send_close_notify
+
+if TYPE_CHECKING:
+    from .limits import Limits
+
+T = TypeVar("T")
 
 __all__ = ["ClientHandler", "format_address"]
 
@@ -136,7 +142,7 @@ class ClientHandler:
     _state: int
 
     @property
-    def limits(self) -> Any:
+    def limits(self) -> "Limits":
         """The server's :class:`~evloop.limits.Limits` (a property, not a
         slot: an idle connection is 16 bytes smaller for it)."""
         return limits_of(self.server)
@@ -321,7 +327,7 @@ class ClientHandler:
             queued += sum(len(piece) for piece in self._batch)
         return queued
 
-    def offload(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+    def offload(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> "Future[T]":
         """Run ``func(*args, **kwargs)`` in the loop's worker pool and return
         a ``concurrent.futures.Future`` for its result: return that from
         :meth:`make_response` (or :meth:`send` it) and the result goes out
