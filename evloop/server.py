@@ -19,6 +19,7 @@ handshake (:mod:`evloop.tls`), then gets the same handler.
 import errno
 import logging
 import socket
+from ssl import SSLContext
 from typing import Any, Dict, Optional, Tuple
 
 from .eventloop import EVENT_READ
@@ -68,7 +69,7 @@ class Server(ServerLifecycle):
         backlog: int = 1024,
         reuse_port: bool = False,
         sock: Optional[socket.socket] = None,
-        ssl: Any = None,
+        ssl: Optional[SSLContext] = None,
         limits: Optional[Limits] = None,
     ) -> None:
         self._init_limits(ssl, limits)
@@ -107,7 +108,7 @@ class Server(ServerLifecycle):
     def port(self) -> int:
         return int(self.address[1])
 
-    def _init_limits(self, ssl: Any, limits: Optional[Limits]) -> None:
+    def _init_limits(self, ssl: Optional[SSLContext], limits: Optional[Limits]) -> None:
         self.ssl_context = ssl
         self.limits = limits if limits is not None else DEFAULT_LIMITS
         self.connections = 0

@@ -28,6 +28,7 @@ import os
 import socket
 import stat
 import struct
+from ssl import SSLContext
 from typing import Any, Optional, Tuple, Union
 
 from .server import Server
@@ -155,7 +156,7 @@ class UnixServer(Server):
         backlog: int = 1024,
         mode: Optional[int] = None,
         sock: Optional[socket.socket] = None,
-        ssl: Any = None,
+        ssl: Optional[SSLContext] = None,
         limits: Any = None,
     ) -> None:
         if sock is None:

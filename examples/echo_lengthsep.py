@@ -15,27 +15,29 @@ so tell nc to quit a second after its input ends:
 
 import argparse
 import logging
+from typing import List, Optional, Type
 
 from evloop.protocols import LengthSepBody, LengthSepEcho
 
-from evloop import Server, loop
+from evloop import ClientHandler, Server, loop
 
 
 class UpperBody(LengthSepBody):
     """The recipe's way to write a protocol: override make_response()."""
 
-    def make_response(self):
+    def make_response(self) -> List[bytes]:
         return [self.msg_body.upper()]
 
 
 class UpperEcho(LengthSepEcho):
     """The persistent echo, in upper case: ``5\\nhello`` gets ``5\\nHELLO``."""
 
-    def make_response(self):
-        return super().make_response().upper()
+    def make_response(self) -> bytes:
+        reply: bytes = super().make_response()
+        return reply.upper()
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=8000)
@@ -52,6 +54,7 @@ def main(argv=None):
             2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
         )
     print(f"listening on {server.host}:{server.port}", flush=True)
+    handler: Type[ClientHandler]
     if args.persistent:
         handler = UpperEcho if args.upper else LengthSepEcho
     else:

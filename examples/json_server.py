@@ -19,6 +19,7 @@ Messages the server understands (anything else is echoed back):
 import argparse
 import json
 import logging
+from typing import Any, List, Optional, Type
 
 from evloop.protocols import JsonClient, JsonHandler
 from evloop.protocols.jsonmsg import get_client_stats
@@ -32,7 +33,7 @@ class MyServer(JsonHandler):
     """jsocket's ``MyServer(ThreadedServer)``: ``_process_message`` became
     ``handle_message``; what it returns goes back to the client."""
 
-    def handle_message(self, obj):
+    def handle_message(self, obj: Any) -> Any:
         message = obj.get("message") if isinstance(obj, dict) else None
         if message == "new connection":
             logger.info("new connection from %s", self.peer)
@@ -44,7 +45,7 @@ class MyServer(JsonHandler):
         return {"message": "echo", "data": obj}
 
 
-def run_client(host, port, timeout=5.0):
+def run_client(host: str, port: int, timeout: float = 5.0) -> None:
     """jsocket's client example: connect, say hello, ask for the statistics,
     pipeline a few messages, print every reply as one JSON line."""
     with JsonClient(host, port, timeout) as client:
@@ -60,7 +61,7 @@ def run_client(host, port, timeout=5.0):
             print(json.dumps(client.read_obj()), flush=True)
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=5489)
@@ -73,9 +74,13 @@ def main(argv=None):
     if args.client:
         run_client(args.host, args.port)
         return
-    handler_class = MyServer
+    handler_class: Type[MyServer] = MyServer
     if args.max_size is not None:
-        handler_class = type("MyServer", (MyServer,), {"max_size": args.max_size})
+
+        class Limited(MyServer):
+            max_size = args.max_size
+
+        handler_class = Limited
     try:
         server = Server(args.host, args.port)
     except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback

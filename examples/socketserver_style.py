@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import tempfile
+from typing import Any, List, Optional, Tuple, Union
 
 from evloop import ClientHandler, DatagramHandler, DatagramServer, EventLoop, Server, UnixServer
 
@@ -30,11 +31,11 @@ class UpperLines(ClientHandler):
     close_when_done = False
     max_line = 64 * 1024
 
-    def setup(self):
+    def setup(self) -> None:
         self._scanned = 0  # where the search for b"\n" stopped last time
 
-    def request_complete(self):
-        end = self.incoming.find(b"\n", self._scanned)
+    def request_complete(self) -> Union[bool, int]:
+        end: int = self.incoming.find(b"\n", self._scanned)
         if end < 0:
             self._scanned = len(self.incoming)
             if self._scanned > self.max_line:
@@ -45,18 +46,18 @@ class UpperLines(ClientHandler):
         self.line = bytes(self.incoming[: end + 1])
         return end + 1  # the bytes this request used; the rest stays
 
-    def make_response(self):
+    def make_response(self) -> bytes:
         return self.line.upper()
 
 
 class UpperDatagram(DatagramHandler):
     """socketserver's ``DatagramRequestHandler``: one datagram in, one out."""
 
-    def handle_datagram(self, data, address):
+    def handle_datagram(self, data: bytes, address: Any) -> bytes:
         return data.upper()
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument(
@@ -92,7 +93,7 @@ def main(argv=None):
     print("stopped", flush=True)
 
 
-def bind_tcp_and_udp(host, port, attempts=20):
+def bind_tcp_and_udp(host: str, port: int, attempts: int = 20) -> Tuple[Server, DatagramServer]:
     """A TCP listener and a UDP socket on the same port number. With port 0
     the system picks the TCP port; if that number is taken for UDP, try
     another."""

@@ -16,6 +16,7 @@ the proxy buffer without bound.
 
 import argparse
 import logging
+from typing import List, Optional, Tuple
 
 from evloop import ClientHandler, Server, loop, open_connection, shutdown_write_when_sent
 
@@ -26,18 +27,18 @@ class Relay(ClientHandler):
     close_when_done = False
     high_water = 256 * 1024
 
-    partner = None  # the Relay on the other socket
+    partner: "Relay"  # the Relay on the other socket (set before any data flows)
     ended = False  # this side's peer has sent end of stream
     paused_partner = False  # we paused the partner's reading
 
-    def data_received(self, data):
+    def data_received(self, data: bytes) -> None:
         partner = self.partner
         partner.send(data)
         if partner.buffered_output > self.high_water:
             partner.paused_partner = True
             self.pause_reading()
 
-    def eof_received(self):
+    def eof_received(self) -> bool:
         self.ended = True
         shutdown_write_when_sent(self.partner)
         if self.partner.ended:
@@ -45,7 +46,7 @@ class Relay(ClientHandler):
             self.partner.close_when_sent()
         return True  # stay open: the other direction may still be talking
 
-    def flush(self):
+    def flush(self) -> None:
         super().flush()
         # Our backlog drained: the side that feeds us may read again.
         if self.paused_partner and self.buffered_output <= self.high_water // 2:
@@ -53,10 +54,10 @@ class Relay(ClientHandler):
             if not self.partner.closed:
                 self.partner.resume_reading()
 
-    def finish(self):
+    def finish(self) -> None:
         # One side is gone (closed, reset, failed to connect): the other
         # gets what is already queued for it, then its close.
-        partner = self.partner
+        partner = getattr(self, "partner", None)
         if partner is not None and not partner.closed:
             partner.close_when_sent()
 
@@ -64,21 +65,31 @@ class Relay(ClientHandler):
 class ProxyClient(Relay):
     """The side a client connected to; it opens the side to the target."""
 
-    def setup(self):
-        host, port = self.server.target
-        upstream = open_connection(self.loop, host, port, Relay, timeout=self.server.connect_timeout)
+    def setup(self) -> None:
+        server: ProxyServer = self.server
+        host, port = server.target
+        upstream = open_connection(self.loop, host, port, Relay, timeout=server.connect_timeout)
         upstream.partner = self
         self.partner = upstream
 
 
-def parse_target(text):
+class ProxyServer(Server):
+    """A Server that knows where its clients are to be forwarded."""
+
+    def __init__(self, host: str, port: int, target: Tuple[str, int], connect_timeout: float) -> None:
+        super().__init__(host, port)
+        self.target = target
+        self.connect_timeout = connect_timeout
+
+
+def parse_target(text: str) -> Tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
     return host.strip("[]") or "localhost", int(port)
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=9000)
@@ -87,13 +98,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        server = Server(args.host, args.port)
+        server = ProxyServer(args.host, args.port, args.target, args.connect_timeout)
     except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
         parser.exit(
             2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
         )
-    server.target = args.target
-    server.connect_timeout = args.connect_timeout
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, ProxyClient)
 

@@ -14,9 +14,10 @@ import argparse
 import json
 import logging
 import sys
+from typing import List, Optional, Union
 
 try:
-    from evloop.protocols.http import HTTPHandler, Response
+    from evloop.protocols.http import HTTPHandler, Request, Response
     from evloop.protocols.websocket import WebSocketHandler
 except ModuleNotFoundError as missing:  # h11 and wsproto come with the websocket extra
     print(
@@ -87,7 +88,7 @@ document.getElementById("form").onsubmit = (event) => {
 """
 
 
-def page(request):
+def page(request: Request) -> Response:
     return Response(PAGE, content_type="text/html; charset=utf-8")
 
 
@@ -96,10 +97,10 @@ class ChatSocket(WebSocketHandler):
 
     max_message_size = 8 * 1024
 
-    def opened(self):
+    def opened(self) -> None:
         self.announce()
 
-    def received_message(self, message):
+    def received_message(self, message: Union[str, bytes]) -> None:
         try:
             data = json.loads(message)
             name = str(data.get("name") or "anonymous")[:40]
@@ -109,10 +110,10 @@ class ChatSocket(WebSocketHandler):
             return
         self.broadcast(json.dumps({"kind": "message", "from": name, "text": text}))
 
-    def closed(self, code, reason):
+    def closed(self, code: int, reason: str = "") -> None:
         self.announce()
 
-    def announce(self):
+    def announce(self) -> None:
         online = len(self.open_sockets(self.loop))
         self.broadcast(json.dumps({"kind": "presence", "online": online}))
 
@@ -121,7 +122,7 @@ class ChatServer(HTTPHandler):
     routes = {"/": page, "/chat": ChatSocket}
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=8080)

@@ -12,6 +12,7 @@ with 426 Upgrade Required.
 import argparse
 import logging
 import sys
+from typing import List, Optional, Type
 
 try:
     from evloop.protocols.http import HTTPHandler
@@ -26,7 +27,7 @@ except ModuleNotFoundError as missing:  # h11 and wsproto come with the websocke
 from evloop import Server, loop
 
 
-def make_handler(max_size):
+def make_handler(max_size: int) -> Type[HTTPHandler]:
     class Echo(EchoWebSocket):
         max_message_size = max_size
 
@@ -36,7 +37,7 @@ def make_handler(max_size):
     return EchoServer
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=9001)
