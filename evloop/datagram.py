@@ -34,7 +34,7 @@ import errno
 import logging
 import os
 import socket
-from typing import Any, Callable, Deque, Optional, Tuple, TypeVar
+from typing import Any, Callable, Deque, Optional, Tuple, TypeVar, Union, cast
 
 from .errors import RemoteProtocolError
 from .eventloop import EVENT_READ, EVENT_WRITE
@@ -351,8 +351,9 @@ class UnixDatagramServer(DatagramServer):
         self._socket_file = _SocketFile(self.address)
 
     @property
-    def path(self) -> Any:
-        return self.address
+    def path(self) -> Union[str, bytes]:
+        """The path this server listens on (as for ``UnixServer.path``)."""
+        return cast(Union[str, bytes], self.address)
 
     @property
     def host(self) -> str:
