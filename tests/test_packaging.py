@@ -18,6 +18,10 @@ from evloop import __version__
 from tests.conftest import recv_exactly
 from tests.examples import ROOT, running_example
 
+# Building and installing with pip takes tens of seconds on a quiet machine,
+# minutes on a loaded one: more than the suite's 120 s per test.
+pytestmark = pytest.mark.timeout(900)
+
 USERS_PROTOCOLS = '''\
 """A user's own protocols.py, beside their program: it must not hide evloop's."""
 from evloop.protocols import LengthSepEcho
