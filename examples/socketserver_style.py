@@ -84,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         # shutdown() is safe here: in the serving thread it only asks.
         signal.signal(signal.SIGTERM, lambda signum, frame: tcp.shutdown())
         print(f"udp on {udp.host}:{udp.port}", flush=True)
-        print(f"unix on {unix.path}", flush=True)
+        print(f"unix on {os.fsdecode(unix.path)}", flush=True)
         print(f"listening on {tcp.host}:{tcp.port}", flush=True)
         try:
             tcp.serve_forever()  # runs the loop: all three servers are served
