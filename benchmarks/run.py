@@ -139,9 +139,16 @@ SERVER_CPUS, LOADGEN_CPUS = cpu_plan()
 
 
 def pinned(cpus):
-    if cpus is None:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
+    """What a child runs before its program: SIGINT back to its default (a
+    background job starts with it ignored, and servers are stopped with it)
+    and, given ``cpus``, the pinning."""
+
+    def setup():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 def raise_fd_limit() -> int:

@@ -11,6 +11,7 @@ from .multiplexer import make_selector
 from .offload import offload_executor, set_offload_executor
 from .serve import loop
 from .server import Server
+from .stats import LoopStats
 from .threaded import LoopThread
 from .timers import Handle, TimerHandle
 from .tls import make_client_context, make_server_context
@@ -31,6 +32,7 @@ __all__ = [
     "Handle",
     "Limits",
     "LocalProtocolError",
+    "LoopStats",
     "LoopThread",
     "ProtocolError",
     "RemoteProtocolError",

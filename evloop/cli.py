@@ -13,7 +13,7 @@ import importlib.util
 import logging
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, List, NoReturn, Optional
 
 from . import __version__
 
@@ -24,7 +24,10 @@ logger = logging.getLogger("evloop")
 EXAMPLE = """\
 example:
   python -m evloop serve evloop.protocols:LengthSepEcho --port 8000
-  printf '5\\nhello' | nc localhost 8000     # answers: 5\\nhello
+  printf '5\\nhello' | nc -q1 localhost 8000     # answers: 5\\nhello
+
+(-q1: nc quits a second after its input ends; the echo keeps the
+connection open for more requests.)
 
 MODULE:HANDLER names a handler class: a module on the path (protocols,
 myapp.handlers) or a file (examples/echo_lengthsep.py), then the class.
@@ -34,6 +37,36 @@ A WSGI application (Flask, Django) instead: --wsgi myapp:app --threads 8.
 
 class CommandError(Exception):
     """A mistake on the command line or in the environment: one line, exit 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (and exit status 2), like
+    every other error of the command line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"evloop: error: {message} (see {self.prog} --help)\n")
+
+
+def port_number(text: str) -> int:
+    """argparse type for --port: an integer from 0 (pick one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (0 to 65535)")
+    return port
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for --stats: a number of seconds above zero."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return seconds
 
 
 def load_handler(spec: str) -> Any:
@@ -81,14 +114,14 @@ def _add_wsgi_arguments(serve: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="evloop",
         description="Serve a protocol handler on a single-threaded event loop.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"evloop {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     serve = commands.add_parser(
         "serve",
         help="serve MODULE:HANDLER",
@@ -105,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="localhost",
         help="address to bind (default: localhost; 0.0.0.0 or :: for every interface)",
     )
-    where.add_argument("--port", type=int, default=8000, help="TCP or UDP port (default: 8000; 0 picks one)")
+    where.add_argument(
+        "--port", type=port_number, default=8000, help="TCP or UDP port (default: 8000; 0 picks one)"
+    )
     where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket at PATH instead")
     where.add_argument(
         "--udp", action="store_true", help="serve datagrams (the handler is a DatagramHandler)"
@@ -164,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     how.add_argument(
         "--stats",
-        type=float,
+        type=positive_seconds,
         metavar="SECONDS",
         help="log a one-line report (connections, requests/s, bytes, loop lag) this often",
     )
@@ -191,7 +226,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except OSError as exc:
         print(f"evloop: error: {_describe_os_error(exc, args)}", file=sys.stderr)
-        return 1
+        return 2
 
 
 def _access_log(on: bool) -> None:
@@ -324,6 +359,21 @@ def _wsgi_handler(args: argparse.Namespace) -> Any:
     )
 
 
+def _check_handler(args: argparse.Namespace, handler_class: object) -> None:
+    """Refuse, before listening, a handler the server could not drive."""
+    from .datagram import DatagramHandler
+    from .handler import ClientHandler
+
+    if not isinstance(handler_class, type):
+        raise CommandError(f"{args.handler} is not a class")
+    if args.udp and not issubclass(handler_class, DatagramHandler):
+        kind = "a stream handler" if issubclass(handler_class, ClientHandler) else "not a handler"
+        raise CommandError(f"--udp serves a DatagramHandler subclass; {args.handler} is {kind}")
+    if not args.udp and not issubclass(handler_class, ClientHandler):
+        hint = " (serve it with --udp)" if issubclass(handler_class, DatagramHandler) else ""
+        raise CommandError(f"{args.handler} is not a ClientHandler subclass{hint}")
+
+
 def serve(args: argparse.Namespace) -> int:
     from .eventloop import EventLoop
     from .multiplexer import make_selector
@@ -331,9 +381,11 @@ def serve(args: argparse.Namespace) -> int:
 
     if not args.handler and not args.wsgi:
         raise CommandError("give MODULE:HANDLER, or --wsgi MODULE:APP")
-    handler_class = _wsgi_handler(args) if args.wsgi else load_handler(args.handler)
-    if not isinstance(handler_class, type):
-        raise CommandError(f"{args.handler} is not a class")
+    if args.wsgi:
+        handler_class = _wsgi_handler(args)
+    else:
+        handler_class = load_handler(args.handler)
+        _check_handler(args, handler_class)
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
     try:

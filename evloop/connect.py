@@ -32,10 +32,16 @@ import logging
 import os
 import socket
 from concurrent.futures import Future
-from typing import Any, Deque, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Optional, Tuple, Type, TypeVar, cast
 
 from .addresses import format_address
 from .offload import offload_executor
+
+if TYPE_CHECKING:
+    from .eventloop import EventLoop
+    from .handler import ClientHandler
+
+H = TypeVar("H", bound="ClientHandler")
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "Connector", "open_connection", "shutdown_write_when_sent"]
 
@@ -52,15 +58,15 @@ _AddrInfo = Tuple[Any, ...]
 
 
 def open_connection(
-    loop: Any,
+    loop: "EventLoop",
     host: str,
     port: int,
-    handler_class: Any,
+    handler_class: Type[H],
     *,
     timeout: Optional[float] = DEFAULT_CONNECT_TIMEOUT,
     family: int = 0,
     source_address: Optional[Tuple[str, int]] = None,
-) -> Any:
+) -> H:
     """Connect to ``host:port`` from ``loop`` and serve the connection with a
     new ``handler_class(connector, socket, address)``; return that handler
     at once, before it is connected. Call it on the loop's thread (or before
@@ -68,9 +74,10 @@ def open_connection(
     and connecting together; ``family`` limits the address family;
     ``source_address`` binds the local end first. The outcome arrives later,
     as ``setup()`` (connected) or ``handle_error(exc)`` (failed)."""
-    return Connector(
+    connector = Connector(
         loop, host, port, handler_class, timeout=timeout, family=family, source_address=source_address
-    ).handler
+    )
+    return cast(H, connector.handler)
 
 
 class Connector:

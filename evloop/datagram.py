@@ -34,7 +34,7 @@ import errno
 import logging
 import os
 import socket
-from typing import Any, Deque, Optional, Tuple
+from typing import Any, Callable, Deque, Optional, Tuple, TypeVar, Union, cast
 
 from .addresses import format_address
 from .errors import RemoteProtocolError
@@ -43,6 +43,8 @@ from .lifecycle import ServerLifecycle
 from .logs import loop_warnings
 from .server import bind_inet
 from .unix import PathLike, _SocketFile, bind_unix, remove_socket_file
+
+T = TypeVar("T")
 
 __all__ = ["DatagramHandler", "DatagramServer", "UnixDatagramServer"]
 
@@ -115,7 +117,7 @@ class DatagramHandler:
         ``address``, for more than one reply or an unsolicited one."""
         self.server.sendto(reply, address)
 
-    def offload(self, func: Any, *args: Any, **kwargs: Any) -> "concurrent.futures.Future[Any]":
+    def offload(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[T]":
         """Run ``func(*args, **kwargs)`` in the loop's worker pool (the one
         ``ClientHandler.offload`` uses) and return a Future for its result:
         return that from :meth:`handle_datagram` and the reply is sent when
@@ -361,8 +363,9 @@ class UnixDatagramServer(DatagramServer):
         self._socket_file = _SocketFile(self.address)
 
     @property
-    def path(self) -> Any:
-        return self.address
+    def path(self) -> Union[str, bytes]:
+        """The path this server listens on (as for ``UnixServer.path``)."""
+        return cast(Union[str, bytes], self.address)
 
     @property
     def host(self) -> str:

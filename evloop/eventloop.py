@@ -35,12 +35,24 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Protocol, Set, TypeVar, Union
 
 from .multiplexer import make_selector
 from .timers import Handle, TimerHandle, TimerQueue
 
+if TYPE_CHECKING:
+    from .stats import LoopStats
+
 __all__ = ["EVENT_READ", "EVENT_WRITE", "EventLoop"]
+
+
+class _Servable(Protocol):
+    """What add_server needs of a server (Server, UnixServer, DatagramServer)."""
+
+    def _start_serving(self, loop: Any, handler_class: Any) -> None: ...
+
+
+S = TypeVar("S", bound=_Servable)  # add_server gives back the server it was given
 
 logger = logging.getLogger("evloop")
 
@@ -159,6 +171,14 @@ class EventLoop:
     def selector(self) -> selectors.BaseSelector:
         return self._selector
 
+    def stats(self) -> "LoopStats":
+        """A snapshot of this loop's counters (:func:`evloop.stats.loop_stats`).
+        Call it on the loop's thread. (The reporting module is loaded at the
+        first call: the loop core imports nothing above it.)"""
+        from .stats import loop_stats
+
+        return loop_stats(self)
+
     @property
     def servers(self) -> List[Any]:
         """The servers this loop serves, in the order they were added."""
@@ -220,7 +240,7 @@ class EventLoop:
 
     # -- servers ------------------------------------------------------------
 
-    def add_server(self, server: Any, handler_class: Any) -> Any:
+    def add_server(self, server: S, handler_class: type) -> S:
         """Serve ``server`` on this loop, one ``handler_class`` per client.
         Returns ``server``."""
         self._check_open()
@@ -304,6 +324,16 @@ class EventLoop:
         finally:
             self._stopping = False
             self._running_thread = None
+
+    def next_wait(self) -> Optional[float]:
+        """How long the next pass may wait for I/O: 0.0 if callbacks or
+        output are ready, the seconds until the next timer, or None if
+        nothing is due. For a program that drives the loop from its own
+        (examples/asyncio_bridge.py)."""
+        if self._ready or self.to_flush or self._stopping:
+            return 0.0
+        deadline = self._timers.next_deadline()
+        return None if deadline is None else max(0.0, deadline - self.time())
 
     def stop(self, graceful: bool = False, timeout: Optional[float] = None) -> None:
         """Make :meth:`run` return after the current pass. Safe from any

@@ -32,7 +32,8 @@ closes the connection once the first response has been sent.
 
 import logging
 import socket
-from typing import Any, Optional, Union
+from concurrent.futures import Future
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from .addresses import format_address, is_disconnect
 from .connection import Connection
@@ -42,6 +43,8 @@ from .logs import loop_warnings
 from .states import BACKLOGGED, CLOSED, CLOSING, DIRTY, OPEN, STATE_MASK
 
 __all__ = ["ClientHandler", "format_address"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("evloop")
 
@@ -360,7 +363,7 @@ class ClientHandler:
         and generators not yet read are not counted)."""
         return int(self.connection.queued)
 
-    def offload(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+    def offload(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> "Future[T]":
         """Run ``func(*args, **kwargs)`` in the loop's worker pool and return
         a ``concurrent.futures.Future`` for its result: return that from
         :meth:`make_response` (or :meth:`send` it) and the result goes out

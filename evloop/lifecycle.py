@@ -29,7 +29,7 @@ What it needs of the class it is mixed into:
 """
 
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 from .eventloop import EventLoop
 from .shutdown import handle_signals
@@ -99,7 +99,7 @@ class ServerLifecycle:
                 )
             loop = EventLoop(selector)
             try:
-                loop.add_server(self, handler_class)
+                loop.add_server(cast(Any, self), handler_class)  # a mixin: the class it is in serves
             except BaseException:
                 loop.close()
                 raise

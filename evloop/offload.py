@@ -44,9 +44,11 @@ import collections
 import functools
 import os
 from concurrent.futures import CancelledError, Executor, Future, ThreadPoolExecutor
-from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple, TypeVar
 
 __all__ = ["DEFAULT_MAX_WORKERS", "offload_call", "offload_executor", "set_offload_executor"]
+
+T = TypeVar("T")
 
 #: Threads in a loop's default pool: ``ThreadPoolExecutor``'s own default,
 #: enough to overlap I/O-bound calls without one thread per client.
@@ -268,10 +270,10 @@ def offload_executor(loop: Any) -> Executor:
 
 def offload_call(
     handler: Any,
-    func: Callable[..., Any],
+    func: Callable[..., T],
     args: Tuple[Any, ...] = (),
     kwargs: Optional[Dict[str, Any]] = None,
-) -> Future[Any]:
+) -> Future[T]:
     """Run ``func(*args, **kwargs)`` for ``handler`` in its loop's pool and
     return a Future of the result (what ``ClientHandler.offload`` does).
     Call it on the loop thread. Raises RuntimeError once the loop is closed."""

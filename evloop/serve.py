@@ -1,17 +1,38 @@
-"""``loop(server, Handler)``: the recipe's entry point, on an EventLoop."""
+"""``loop(server, Handler)``: the recipe's entry point, on an EventLoop.
 
+It says where it listens, and a program that configured no logging still
+gets readable log lines: while it runs, the ``evloop`` logger has a stderr
+handler with time and level (as uvicorn gives its own loggers), unless the
+program configured logging itself or passed ``default_logging=False``.
+"""
+
+import contextlib
 import logging
-from typing import Any, Optional
+import selectors
+from typing import Iterator, Optional, Type, Union
 
+from .datagram import DatagramHandler, DatagramServer
 from .eventloop import EventLoop
+from .handler import ClientHandler, format_address
+from .server import Server
 from .shutdown import handle_signals
 
-__all__ = ["loop"]
+__all__ = ["DEFAULT_LOG_FORMAT", "loop"]
 
 logger = logging.getLogger("evloop")
 
+#: The format of the handler :func:`loop` gives ``evloop`` when logging is not configured.
+DEFAULT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-def loop(server: Any, handler_class: Any, timeout: Optional[float] = 30, *, selector: Any = None) -> None:
+
+def loop(
+    server: Union[Server, DatagramServer],
+    handler_class: Union[Type[ClientHandler], Type[DatagramHandler]],
+    timeout: Optional[float] = 30,
+    *,
+    selector: Union[str, selectors.BaseSelector, None] = None,
+    default_logging: bool = True,
+) -> None:
     """Serve ``server`` with one ``handler_class`` per client until
     interrupted (Ctrl-C) or a handler calls ``self.loop.stop()``; then close
     the server and every connection, and return.
@@ -24,15 +45,43 @@ def loop(server: Any, handler_class: Any, timeout: Optional[float] = 30, *, sele
     I/O may last. The loop wakes for timers and stop() on its own, so it only
     bounds how long a pass can sleep. ``selector`` picks the multiplexer
     (a name like ``"epoll"`` or a ``selectors`` selector).
+
+    It logs ``listening on HOST:PORT`` at start. If the program has
+    configured no logging (no handler on the root logger nor on
+    ``evloop``), the ``evloop`` logger gets a stderr handler at INFO for as
+    long as the loop runs; ``default_logging=False`` leaves logging alone.
     """
     event_loop = EventLoop(selector)
-    try:
-        event_loop.add_server(server, handler_class)
-        logger.info("serving %s on %s", getattr(handler_class, "__name__", handler_class), server)
+    with _default_logging(default_logging):
         try:
-            with handle_signals(event_loop):
-                event_loop.run(max_wait=timeout)
-        except KeyboardInterrupt:
-            logger.info("interrupted; closing %d connections", len(event_loop.handlers))
+            event_loop.add_server(server, handler_class)
+            name = getattr(handler_class, "__name__", handler_class)
+            logger.info("listening on %s (%s)", format_address(server.address), name)
+            try:
+                with handle_signals(event_loop):
+                    event_loop.run(max_wait=timeout)
+            except KeyboardInterrupt:
+                logger.info("interrupted; closing %d connections", len(event_loop.handlers))
+        finally:
+            event_loop.close()
+
+
+@contextlib.contextmanager
+def _default_logging(enabled: bool) -> Iterator[None]:
+    """While the block runs, give ``evloop`` a readable stderr handler if
+    ``enabled`` and the program configured no logging."""
+    evloop_logger = logging.getLogger("evloop")
+    if not enabled or logging.getLogger().handlers or evloop_logger.handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(DEFAULT_LOG_FORMAT))
+    level = evloop_logger.level
+    evloop_logger.addHandler(handler)
+    if level == logging.NOTSET:
+        evloop_logger.setLevel(logging.INFO)
+    try:
+        yield
     finally:
-        event_loop.close()
+        evloop_logger.removeHandler(handler)
+        evloop_logger.setLevel(level)

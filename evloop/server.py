@@ -25,6 +25,7 @@ the handler's ``setup()`` runs once it is done.
 import errno
 import logging
 import socket
+from ssl import SSLContext
 from typing import Any, Dict, Optional, Tuple
 
 from .addresses import format_address
@@ -77,7 +78,7 @@ class Server(ServerLifecycle):
         backlog: int = 1024,
         reuse_port: bool = False,
         sock: Optional[socket.socket] = None,
-        ssl: Any = None,
+        ssl: Optional[SSLContext] = None,
         limits: Optional[Limits] = None,
     ) -> None:
         self._init_limits(ssl, limits)
@@ -118,7 +119,7 @@ class Server(ServerLifecycle):
     def port(self) -> int:
         return int(self.address[1])
 
-    def _init_limits(self, ssl: Any, limits: Optional[Limits]) -> None:
+    def _init_limits(self, ssl: Optional[SSLContext], limits: Optional[Limits]) -> None:
         self.ssl_context = ssl
         self.limits = limits if limits is not None else DEFAULT_LIMITS
         self.connections = 0
@@ -273,6 +274,7 @@ class Server(ServerLifecycle):
         tls = self.ssl_context is not None
         try:
             if tls:
+                assert self.ssl_context is not None
                 client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
             handler = self.handler_class(self, client, address)
         except Exception:

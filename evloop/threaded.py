@@ -31,9 +31,12 @@ raised by a handler, or a bug in evloop itself) is logged, kept in
 import concurrent.futures
 import logging
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from .eventloop import EventLoop
+
+T = TypeVar("T")
+S = TypeVar("S")
 
 __all__ = ["LoopThread"]
 
@@ -141,11 +144,11 @@ class LoopThread:
 
     # -- talking to the loop from other threads ---------------------------
 
-    def submit(self, function: Callable[..., Any], *args: Any) -> "concurrent.futures.Future[Any]":
+    def submit(self, function: Callable[..., T], *args: Any) -> "concurrent.futures.Future[T]":
         """Run ``function(*args)`` on the loop's thread; return a Future of
         its result. Safe from any thread. Before :meth:`start` the call is
         queued and runs once the loop does."""
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def run() -> None:
             if not future.set_running_or_notify_cancel():
@@ -160,7 +163,7 @@ class LoopThread:
         self.loop.call_soon_threadsafe(run)
         return future
 
-    def call(self, function: Callable[..., Any], *args: Any, timeout: Optional[float] = 10.0) -> Any:
+    def call(self, function: Callable[..., T], *args: Any, timeout: Optional[float] = 10.0) -> T:
         """Run ``function(*args)`` on the loop's thread and return its result
         (or raise its exception). Called on the loop's thread, or before the
         loop has started, it runs at once."""
@@ -169,7 +172,7 @@ class LoopThread:
             return function(*args)
         return self.submit(function, *args).result(timeout)
 
-    def add_server(self, server: Any, handler_class: Any) -> Any:
+    def add_server(self, server: S, handler_class: type) -> S:
         """Serve ``server`` on this loop with ``handler_class``; safe from
         any thread. Returns the server."""
         self.call(self.loop.add_server, server, handler_class)

@@ -28,7 +28,8 @@ import os
 import socket
 import stat
 import struct
-from typing import Any, Optional, Tuple, Union
+from ssl import SSLContext
+from typing import Any, Optional, Tuple, Union, cast
 
 from .server import Server
 
@@ -155,7 +156,7 @@ class UnixServer(Server):
         backlog: int = 1024,
         mode: Optional[int] = None,
         sock: Optional[socket.socket] = None,
-        ssl: Any = None,
+        ssl: Optional[SSLContext] = None,
         limits: Any = None,
     ) -> None:
         if sock is None:
@@ -171,10 +172,10 @@ class UnixServer(Server):
         self._socket_file = _SocketFile(self.address)
 
     @property
-    def path(self) -> Any:
+    def path(self) -> Union[str, bytes]:
         """The path this server listens on (str; bytes if bound with bytes
         that are not valid UTF-8; starting with NUL if abstract)."""
-        return self.address
+        return cast(Union[str, bytes], self.address)
 
     @property
     def host(self) -> str:

@@ -43,9 +43,10 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Type
 
 from .eventloop import EVENT_READ, EventLoop
+from .handler import ClientHandler
 from .server import Server, bind_inet
 
 __all__ = ["WorkerProcesses", "serve_workers"]
@@ -74,7 +75,7 @@ class WorkerProcesses:
 
     def __init__(
         self,
-        handler_class: Any,
+        handler_class: Type[ClientHandler],
         host: str = "localhost",
         port: int = 0,
         *,
@@ -364,7 +365,7 @@ class WorkerProcesses:
 
 
 def serve_workers(
-    handler_class: Any,
+    handler_class: Type[ClientHandler],
     host: str = "localhost",
     port: int = 8000,
     *,

@@ -22,6 +22,7 @@ Messages the server understands (anything else is echoed back):
 import argparse
 import json
 import logging
+from typing import Any, List, Optional, Type
 
 from evloop.protocols import JsonClient, JsonHandler
 
@@ -61,17 +62,17 @@ class MyServer(JsonHandler):
 
     counted = False
 
-    def setup(self):
+    def setup(self) -> None:
         counts = counts_of(self.server)
         counts.connected += 1
         counts.connections += 1
         self.counted = True
 
-    def finish(self):
+    def finish(self) -> None:
         if self.counted:  # a connection closed before it was served was never counted
             counts_of(self.server).connected -= 1
 
-    def handle_message(self, obj):
+    def handle_message(self, obj: Any) -> Any:
         counts = counts_of(self.server)
         counts.messages += 1
         message = obj.get("message") if isinstance(obj, dict) else None
@@ -85,7 +86,7 @@ class MyServer(JsonHandler):
         return {"message": "echo", "data": obj}
 
 
-def run_client(host, port, timeout=5.0):
+def run_client(host: str, port: int, timeout: float = 5.0) -> None:
     """jsocket's client example: connect, say hello, ask for the statistics,
     pipeline a few messages, print every reply as one JSON line."""
     with JsonClient(host, port, timeout) as client:
@@ -101,7 +102,7 @@ def run_client(host, port, timeout=5.0):
             print(json.dumps(client.read_obj()), flush=True)
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=5489)
@@ -114,10 +115,19 @@ def main(argv=None):
     if args.client:
         run_client(args.host, args.port)
         return
-    handler_class = MyServer
+    handler_class: Type[MyServer] = MyServer
     if args.max_size is not None:
-        handler_class = type("MyServer", (MyServer,), {"max_size": args.max_size})
-    server = Server(args.host, args.port)
+
+        class Limited(MyServer):
+            max_size = args.max_size
+
+        handler_class = Limited
+    try:
+        server = Server(args.host, args.port)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, handler_class)
 

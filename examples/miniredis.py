@@ -144,7 +144,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = serve(args.host, args.port, Database(maxmemory=args.maxmemory))
+    try:
+        server = serve(args.host, args.port, Database(maxmemory=args.maxmemory))
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     event_loop = EventLoop(args.selector)
     database = server.database  # type: ignore[attr-defined]
 

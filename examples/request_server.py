@@ -13,6 +13,7 @@ import argparse
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import List, Optional, Type
 
 from evloop.protocols import RequestHandler, split_address
 
@@ -22,13 +23,13 @@ from evloop import Server, loop
 class TimeServer(RequestHandler):
     """yoton's example server: the time on request, an echo otherwise."""
 
-    def handle_request(self, request):
+    def handle_request(self, request: str) -> str:
         if request == "time":
             return f"The current time is {int(time.time())}"
         return "Requested: " + request
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost", help="a name, an IP, localhost or publichost")
     parser.add_argument("--port", type=int, default=8000)
@@ -36,10 +37,19 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     host, port = split_address(f"{args.host}:{args.port}", server=True)
-    handler = TimeServer
+    handler: Type[TimeServer] = TimeServer
     if args.threads:
-        handler = type("ThreadedTimeServer", (TimeServer,), {"executor": ThreadPoolExecutor(args.threads)})
-    server = Server(host, port)
+
+        class ThreadedTimeServer(TimeServer):
+            executor = ThreadPoolExecutor(args.threads)
+
+        handler = ThreadedTimeServer
+    try:
+        server = Server(host, port)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, handler)
 

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import tempfile
+from typing import Any, List, Optional, Tuple, Union
 
 from evloop import ClientHandler, DatagramHandler, DatagramServer, EventLoop, Server, UnixServer
 
@@ -30,8 +31,8 @@ class UpperLines(ClientHandler):
     close_when_done = False
     max_line = 64 * 1024
 
-    def request_complete(self):
-        end = self.find(b"\n")  # resumes where the last search stopped
+    def request_complete(self) -> Union[bool, int]:
+        end: int = self.find(b"\n")  # resumes where the last search stopped
         if end < 0:
             if len(self.incoming) > self.max_line:
                 self.send(b"line too long\n")
@@ -40,18 +41,18 @@ class UpperLines(ClientHandler):
         self.line = bytes(self.incoming[: end + 1])
         return end + 1  # the bytes this request used; the rest stays
 
-    def make_response(self):
+    def make_response(self) -> bytes:
         return self.line.upper()
 
 
 class UpperDatagram(DatagramHandler):
     """socketserver's ``DatagramRequestHandler``: one datagram in, one out."""
 
-    def handle_datagram(self, data, address):
+    def handle_datagram(self, data: bytes, address: Any) -> bytes:
         return data.upper()
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument(
@@ -65,15 +66,20 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-    tcp, udp = bind_tcp_and_udp(args.host, args.port)
-    with EventLoop() as loop, tcp, udp, UnixServer(args.unix) as unix:
+    try:
+        tcp, udp = bind_tcp_and_udp(args.host, args.port)
+        unix = UnixServer(args.unix)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        where = f"{args.host}:{args.port} or {args.unix}"
+        parser.exit(2, f"{parser.prog}: error: cannot listen on {where}: {exc.strerror or exc}\n")
+    with EventLoop() as loop, tcp, udp, unix:
         loop.add_server(tcp, UpperLines)
         loop.add_server(udp, UpperDatagram)
         loop.add_server(unix, UpperLines)
         # shutdown() is safe here: in the serving thread it only asks.
         signal.signal(signal.SIGTERM, lambda signum, frame: tcp.shutdown())
         print(f"udp on {udp.host}:{udp.port}", flush=True)
-        print(f"unix on {unix.path}", flush=True)
+        print(f"unix on {os.fsdecode(unix.path)}", flush=True)
         print(f"listening on {tcp.host}:{tcp.port}", flush=True)
         try:
             tcp.serve_forever()  # runs the loop: all three servers are served
@@ -82,7 +88,7 @@ def main(argv=None):
     print("stopped", flush=True)
 
 
-def bind_tcp_and_udp(host, port, attempts=20):
+def bind_tcp_and_udp(host: str, port: int, attempts: int = 20) -> Tuple[Server, DatagramServer]:
     """A TCP listener and a UDP socket on the same port number. With port 0
     the system picks the TCP port; if that number is taken for UDP, try
     another."""

@@ -13,9 +13,18 @@ go out as ``{"kind": "presence", "online": N}``.
 import argparse
 import json
 import logging
+import sys
+from typing import List, Optional, Union
 
-from evloop.protocols.http import HTTPHandler, Response
-from evloop.protocols.websocket import WebSocketHandler
+try:
+    from evloop.protocols.http import HTTPHandler, Request, Response
+    from evloop.protocols.websocket import WebSocketHandler
+except ModuleNotFoundError as missing:  # h11 and wsproto come with the websocket extra
+    print(
+        f"websocket_chat.py: error: {missing.name} is missing: pip install 'evloop-server[websocket]'",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from evloop import Server, loop
 
@@ -79,7 +88,7 @@ document.getElementById("form").onsubmit = (event) => {
 """
 
 
-def page(request):
+def page(request: Request) -> Response:
     return Response(PAGE, content_type="text/html; charset=utf-8")
 
 
@@ -88,10 +97,10 @@ class ChatSocket(WebSocketHandler):
 
     max_message_size = 8 * 1024
 
-    def opened(self):
+    def opened(self) -> None:
         self.announce()
 
-    def received_message(self, message):
+    def received_message(self, message: Union[str, bytes]) -> None:
         try:
             data = json.loads(message)
             name = str(data.get("name") or "anonymous")[:40]
@@ -101,10 +110,10 @@ class ChatSocket(WebSocketHandler):
             return
         self.broadcast(json.dumps({"kind": "message", "from": name, "text": text}))
 
-    def closed(self, code, reason):
+    def closed(self, code: int, reason: str = "") -> None:
         self.announce()
 
-    def announce(self):
+    def announce(self) -> None:
         online = len(self.open_sockets(self.loop))
         self.broadcast(json.dumps({"kind": "presence", "online": online}))
 
@@ -113,13 +122,18 @@ class ChatServer(HTTPHandler):
     routes = {"/": page, "/chat": ChatSocket}
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = Server(args.host, args.port)
+    try:
+        server = Server(args.host, args.port)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, ChatServer)
 

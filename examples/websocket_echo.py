@@ -15,14 +15,25 @@ when the client offers it (``--no-compression``: never). A plain HTTP GET of
 
 import argparse
 import logging
+import sys
+from typing import List, Optional, Type
 
-from evloop.protocols.http import HTTPHandler
-from evloop.protocols.websocket import EchoWebSocket
+try:
+    from evloop.protocols.http import HTTPHandler
+    from evloop.protocols.websocket import EchoWebSocket
+except ModuleNotFoundError as missing:  # h11 and wsproto come with the websocket extra
+    print(
+        f"websocket_echo.py: error: {missing.name} is missing: pip install 'evloop-server[websocket]'",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 from evloop import Server, loop
 
 
-def make_handler(max_size, min_frame_cost=EchoWebSocket.min_frame_cost, compression=True):
+def make_handler(
+    max_size: int, min_frame_cost: int = EchoWebSocket.min_frame_cost, compression: bool = True
+) -> Type[HTTPHandler]:
     class Echo(EchoWebSocket):
         max_message_size = max_size
 
@@ -35,7 +46,7 @@ def make_handler(max_size, min_frame_cost=EchoWebSocket.min_frame_cost, compress
     return EchoServer
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=9001)
@@ -51,7 +62,12 @@ def main(argv=None):
     parser.add_argument("--no-compression", action="store_true", help="never negotiate permessage-deflate")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    server = Server(args.host, args.port)
+    try:
+        server = Server(args.host, args.port)
+    except OSError as exc:  # a port in use or not ours to bind: one line, not a traceback
+        parser.exit(
+            2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n"
+        )
     print(f"listening on {server.host}:{server.port}", flush=True)
     loop(server, make_handler(args.max_size, args.min_frame_cost, not args.no_compression))
 

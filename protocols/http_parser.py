@@ -535,7 +535,12 @@ def parser_class(name: Optional[str] = None) -> Type[RequestParser]:
         try:
             found = parser_class("httptools")
         except ImportError:
-            found = parser_class("h11")
+            try:
+                found = parser_class("h11")
+            except ModuleNotFoundError as exc:
+                raise ModuleNotFoundError(
+                    f"HTTP needs h11 or httptools: pip install 'evloop-server[http]' ({exc})", name=exc.name
+                ) from None
     elif name == "httptools":
         from .http_parser_httptools import HttptoolsParser
 

@@ -52,10 +52,16 @@ import logging
 import os
 from typing import Any, Iterable, List, Optional, Sequence, Union
 
-from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
-from wsproto.frame_protocol import CloseReason, FrameProtocol
+try:
+    from wsproto.connection import Connection as WSConnection
+    from wsproto.connection import ConnectionState, ConnectionType
+    from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+    from wsproto.frame_protocol import CloseReason, FrameProtocol
+except ModuleNotFoundError as exc:  # wsproto is the websocket extra, not a core dependency
+    raise ModuleNotFoundError(
+        f"evloop.protocols.websocket needs {exc.name}: pip install 'evloop-server[websocket]'",
+        name=exc.name,
+    ) from exc
 
 from evloop import RemoteProtocolError
 from evloop.logs import loop_warnings

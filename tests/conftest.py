@@ -2,12 +2,21 @@
 in a background thread, and plain blocking clients on 127.0.0.1."""
 
 import selectors
+import signal
 import socket
 import threading
 
 import pytest
 
 from evloop import EventLoop, Server
+
+# A background job of a non-interactive shell (`pytest &`, nohup, some CI
+# runners) starts with SIGINT ignored, and an ignored signal stays ignored
+# across exec: the servers the tests stop with Ctrl-C (SIGINT) would never
+# hear it. A handled signal is reset to the default on exec, so putting
+# Python's own handler back here gives every child process a working Ctrl-C.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The suite runs against select() and the platform's best selector.
 SELECTOR_BACKENDS = ["select", "default"]
