@@ -296,8 +296,9 @@ class ClientHandler:
 
         Returns whether the connection takes more requests now: False once
         it is closing, or once the queued output has passed the high-water
-        mark; a request loop stops there, and :meth:`resume_writing` tells
-        it when to go on."""
+        mark (also while it is still connecting: then the output waits); a
+        request loop stops there, and :meth:`resume_writing` tells it when
+        to go on."""
         connection = self.connection
         flags = connection.flags
         if response is not None and flags & STATE_MASK <= CLOSING:
@@ -323,13 +324,13 @@ class ClientHandler:
                 self._queue_stream(response)
             if not flags & DIRTY:
                 connection.schedule_flush()
-        if flags & STATE_MASK == OPEN and connection.queued <= connection.high_water:
-            return True
+        if flags & STATE_MASK <= OPEN and connection.queued <= connection.high_water:
+            return True  # open, or still connecting or handshaking: queued for later
         return self._takes_requests()
 
     def _takes_requests(self) -> bool:
         connection = self.connection
-        if connection.flags & STATE_MASK != OPEN:
+        if connection.flags & STATE_MASK > OPEN:
             return False
         if connection.queued > connection.high_water:
             connection.flags |= BACKLOGGED

@@ -79,7 +79,7 @@ BAD_INVOCATIONS = {
     "negative timeout": ([*ECHO, "--idle-timeout", "-1"], "idle_timeout must be a number of seconds"),
     "workers with unix": ([*ECHO, "--workers", "2", "--unix", "x.sock"], "--workers serves plain TCP"),
     "half of tls": ([*ECHO, "--tls-cert", "x.pem"], "--tls-cert and --tls-key go together"),
-    "missing handler": (SERVE, "the following arguments are required: MODULE:HANDLER"),
+    "missing handler": (SERVE, "give MODULE:HANDLER, or --wsgi MODULE:APP"),
     "unknown option": ([*ECHO, "--verbose"], "unrecognized arguments: --verbose"),
     "busy port": (
         [*SERVE, "evloop.protocols:LengthSepEcho", "--host", "127.0.0.1", "--port", "{busy}"],
