@@ -178,7 +178,8 @@ def server_command(impl: str) -> list:
         # default, but for the per-address cap: every load-generator
         # connection comes from loopback, and the peers have no such cap.
         serve = ["serve", "evloop.protocols:LengthSepEcho", "--host", "127.0.0.1", "--port", "0"]
-        serve += ["--max-connections-per-peer", "0"]
+        if impl == "evloop":  # (a build from before the cap has no such option)
+            serve += ["--max-connections-per-peer", "0"]
         return [EVLOOP_BUILDS.get(impl, sys.executable), "-m", "evloop", *serve]
     return [sys.executable, PEERS, impl, "--port", "0"]
 
