@@ -83,6 +83,11 @@ from .tls import WOULD_BLOCK, handshake_step, is_tls, read_pending
 
 __all__ = ["Connection", "format_address", "is_disconnect"]
 
+# An OPEN connection watched for reading only, with nothing paused or held:
+# once its output is all sent, what it is watched for stays as it is.
+_STEADY_MASK = STATE_MASK | READING | READ_PAUSED | BACKLOGGED | (EVENTS_MASK << EVENTS_SHIFT)
+_STEADY = OPEN | READING | (EVENT_READ << EVENTS_SHIFT)
+
 logger = logging.getLogger("evloop")
 
 
@@ -235,32 +240,32 @@ class Connection(ConnectionClosing):
         if type(sock) is not socket.socket and is_tls(sock):
             data = read_pending(sock, data, handler.recv_size)
         loop = self.loop
-        loop.bytes_received += len(data)
+        received = len(data)
+        loop.bytes_received += received
         if not self.flags & TIMED:
             handler.data_received(data)  # no timeouts on: no clocks to keep
         else:
+            # The request clock starts when a request begins: the buffer
+            # was empty, or a request was consumed (inlined: once per read).
             before = handler.pending_input()
             handler.data_received(data)
-            self._note_read(before, len(data))
+            flags = self.flags
+            if flags & STATE_MASK != CLOSED:
+                self.active = now = loop.pass_time
+                pending = handler.pending_input()
+                if not pending:
+                    self.request_since = None
+                elif self.request_since is None or pending < before + received:
+                    self.request_since = now
+                if flags & DRAINING and not pending:
+                    handler.close_when_sent()  # a graceful shutdown waited for this request
+            return
         if self.flags & DRAINING and not handler.pending_input():
-            handler.close_when_sent()  # a graceful shutdown waited for this request
+            handler.close_when_sent()
 
     def _end_of_stream(self) -> None:
         if not self.handler.eof_received() and self.flags & STATE_MASK == OPEN:
             self.handler.close_when_sent()
-
-    def _note_read(self, before: int, received: int) -> None:
-        """Start the request clock when a request begins (the buffer was
-        empty, or a request was consumed); note the activity."""
-        if self.flags & STATE_MASK == CLOSED:
-            return
-        now = self.loop.pass_time
-        self.active = now
-        pending = self.handler.pending_input()
-        if not pending:
-            self.request_since = None
-        elif self.request_since is None or pending < before + received:
-            self.request_since = now
 
     def _read_in_other_state(self, state: int) -> None:
         if state == HANDSHAKING:
@@ -322,6 +327,8 @@ class Connection(ConnectionClosing):
         if state != OPEN and state != CLOSING:
             return
         status = self._send_queued()
+        if status == EMPTY and flags & _STEADY_MASK == _STEADY:
+            return  # the common case: all sent, reading as it should be
         if self.flags & STATE_MASK == CLOSING and status == EMPTY:
             self._finish_closing()
             return

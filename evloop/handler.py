@@ -301,29 +301,29 @@ class ClientHandler:
         to go on."""
         connection = self.connection
         flags = connection.flags
-        if response is not None and flags & STATE_MASK <= CLOSING:
-            kind = type(response)
-            if kind is bytes or kind is str:
-                if kind is str:
-                    response = response.encode("utf-8")
-                batch = connection.batch
-                if batch is None:
-                    connection.batch = [response]
-                else:
-                    batch.append(response)
-                connection.queued += len(response)
+        if flags & STATE_MASK > CLOSING:
+            return False  # closed (or lingering): nothing more goes out
+        kind = type(response)
+        if kind is not bytes:
+            if response is None:
+                return self._takes_requests()
+            if kind is str:
+                response = response.encode("utf-8")
             elif kind is list and response and all(type(piece) is bytes for piece in response):
-                data = b"".join(response) if len(response) > 1 else response[0]
-                batch = connection.batch
-                if batch is None:
-                    connection.batch = [data]
-                else:
-                    batch.append(data)
-                connection.queued += len(data)
+                response = b"".join(response) if len(response) > 1 else response[0]
             else:
                 self._queue_stream(response)
-            if not flags & DIRTY:
-                connection.schedule_flush()
+                response = None
+        if response is not None:  # bytes: onto this pass's batch
+            batch = connection.batch
+            if batch is None:
+                connection.batch = [response]
+            else:
+                batch.append(response)
+            connection.queued += len(response)
+        if not flags & DIRTY:  # the first reply of this pass: flush at its end
+            connection.flags = flags | DIRTY
+            connection.loop.to_flush.append(connection)
         if flags & STATE_MASK <= OPEN and connection.queued <= connection.high_water:
             return True  # open, or still connecting or handshaking: queued for later
         return self._takes_requests()

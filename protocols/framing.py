@@ -21,6 +21,7 @@ recipe's handlers override.
 from typing import Any, Optional
 
 from evloop import ClientHandler, RemoteProtocolError
+from evloop.states import BACKLOGGED, OPEN, STATE_MASK
 
 __all__ = ["NEED_DATA", "FramedHandler", "Framer", "StringReceiverHandler"]
 
@@ -34,6 +35,10 @@ class _NeedData:
     def __reduce__(self) -> str:
         return "NEED_DATA"
 
+
+# The connection's state bits a request loop looks at: OPEN and nothing
+# held back is the one state in which it takes the next request.
+_HOLDS_REQUESTS = STATE_MASK | BACKLOGGED
 
 #: What ``next_request()`` returns while no whole request is buffered.
 NEED_DATA: Any = _NeedData()
@@ -139,7 +144,10 @@ class FramedHandler(ClientHandler):
         return framer.buffered if framer is not None else 0
 
     def data_received(self, data: bytes) -> None:
-        self.framer.feed(data)
+        framer = self._framer
+        if framer is None:
+            framer = self.framer
+        framer.feed(data)
         self.answer_requests()
 
     def eof_received(self) -> None:
@@ -150,8 +158,9 @@ class FramedHandler(ClientHandler):
         """Answer every whole request the framer holds, in order, until the
         connection closes or its queued output passes the high-water mark
         (then :meth:`resume_writing` goes on)."""
-        if not self.takes_requests:
-            return
+        connection = self.connection
+        if connection.flags & _HOLDS_REQUESTS != OPEN:
+            return  # closing, or requests held back (the output is over the mark)
         next_request = self.framer.next_request
         send = self.send
         make_response = self.make_response
@@ -169,7 +178,7 @@ class FramedHandler(ClientHandler):
                     self.close_when_sent()
                     return
         finally:
-            self.loop.requests += answered  # once per read, not per request
+            connection.loop.requests += answered  # once per read, not per request
 
     def resume_writing(self) -> None:
         """The output is down to the low-water mark: answer what is held."""
