@@ -20,10 +20,14 @@ LINGERING     refused: our side is shut, the peer's bytes are read and
 CLOSED        the socket is closed; nothing more happens
 ============  ===========================================================
 
-The legal transitions are :data:`TRANSITIONS`. The :class:`ClientHandler`
-is the user's side (the recipe's hooks, ``send``, ``close``); the
-connection calls its hooks (``data_received``, ``eof_received``,
-``handle_error``, ``setup``, ``finish``) and nothing else of it.
+The legal transitions are :data:`evloop.states.TRANSITIONS`; how a
+connection ends (the one close path, the lingering close) is its base class
+in :mod:`evloop.closing`. The :class:`ClientHandler` is the user's side
+(the recipe's hooks, ``send``, ``close``): the connection calls its hooks
+(``setup``, ``data_received``, ``pending_input``, ``eof_received``,
+``resume_writing``, ``handle_error``, ``finish``; ``handle_timeout`` comes
+from :mod:`evloop.timeouts`) and reads its settings (``recv_size``,
+``blocksize``, the output marks, ``backlog_stops_reading``), nothing else.
 
 Output. ``ClientHandler.send`` appends bytes to :attr:`Connection.batch`
 and counts them in :attr:`Connection.queued`; at the end of the loop pass
