@@ -22,7 +22,7 @@ Messages the server understands (anything else is echoed back):
 import argparse
 import json
 import logging
-from typing import Any, List, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 from evloop.protocols import JsonClient, JsonHandler
 
@@ -37,10 +37,10 @@ class ClientCounts:
 
     __slots__ = ("connected", "connections", "messages")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.connected = self.connections = self.messages = 0
 
-    def as_reply(self):
+    def as_reply(self) -> Dict[str, int]:
         return {
             "connected_clients": self.connected,
             "connections_total": self.connections,
@@ -48,7 +48,7 @@ class ClientCounts:
         }
 
 
-def counts_of(server):
+def counts_of(server: Any) -> ClientCounts:
     """The ClientCounts of ``server`` (made with its first client)."""
     counts = getattr(server, "client_counts", None)
     if counts is None:

@@ -14,6 +14,7 @@ the command line: ``python -m evloop serve --wsgi examples/wsgi_app.py:app
 
 import argparse
 import logging
+from typing import Any, Dict, List, Optional
 
 from evloop.protocols.websocket import EchoWebSocket
 from evloop.protocols.wsgi import serve_wsgi
@@ -23,24 +24,24 @@ app = Flask(__name__)
 
 
 @app.route("/")
-def index():
+def index() -> str:
     return "Hello from Flask on evloop!\n"
 
 
 @app.route("/count")
-def count():
+def count() -> Response:
     # A streamed response: each line is produced (and may block) in a worker thread.
     upto = int(request.args.get("upto", "10"))
     return Response((f"{number}\n" for number in range(1, upto + 1)), mimetype="text/plain")
 
 
 @app.route("/upload", methods=["POST"])
-def upload():
+def upload() -> Dict[str, Any]:
     sizes = {name: len(file.read()) for name, file in request.files.items()}
     return {"files": sizes, "fields": dict(request.form)}
 
 
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=8000)

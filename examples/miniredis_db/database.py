@@ -422,12 +422,12 @@ class Database(StringCommands, ListCommands, SetCommands, HashCommands, ZSetComm
 
 def _sampled(read: Callable[[], int], interval: float) -> Callable[[], int]:
     """``read``, called at most once per ``interval`` seconds."""
-    last = [0.0, 0]
+    last: List[Any] = [0.0, 0]
 
     def sample() -> int:
         now = time.monotonic()
         if now - last[0] >= interval:
             last[0], last[1] = now, read()
-        return last[1]
+        return int(last[1])
 
     return sample
