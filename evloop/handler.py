@@ -82,7 +82,6 @@ class ClientHandler:
     """
 
     close_when_done = True
-    is_client_handler = True
     blocksize = 64 * 1024
     recv_size = 256 * 1024
     write_high_water: Optional[int] = None
