@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 from typing import Any, List, NoReturn, Optional
 
@@ -176,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="bytes one incomplete request may buffer (default: the protocol's own)",
     )
+    limits.add_argument(
+        "--max-clients-memory",
+        type=_byte_size,
+        metavar="BYTES",
+        help="bytes all clients may hold in buffers at once, e.g. 512mb; past it the biggest "
+        "holders are closed first; 0: no budget (default: 1gb)",
+    )
     for name, default in (("idle", 300), ("request", 60), ("write", 60), ("handshake", 10)):
         limits.add_argument(
             f"--{name}-timeout", type=float, metavar="SECONDS", help=f"{name} timeout (default: {default})"
@@ -257,6 +265,18 @@ def _describe_os_error(exc: OSError, args: argparse.Namespace) -> str:
     return f"{where}: {exc.strerror or exc}"
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
+
+
+def _byte_size(text: str) -> int:
+    """``"512mb"`` -> 536870912: a size as Redis's configuration writes it
+    (k, kb, m, mb, g, gb: powers of 1024; any case)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-z]*)\s*", text.lower())
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"not a size in bytes (such as 1048576, 512kb, 64mb, 1gb): {text!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
 def _limits(args: argparse.Namespace) -> Any:
     from .limits import DEFAULT_LIMITS
 
@@ -267,6 +287,8 @@ def _limits(args: argparse.Namespace) -> Any:
         changes["max_connections_per_peer"] = args.max_connections_per_peer or None  # 0: no cap
     if args.max_request_size is not None:
         changes["max_request_size"] = args.max_request_size
+    if args.max_clients_memory is not None:
+        changes["max_clients_memory"] = args.max_clients_memory or None  # 0: no budget
     for name in ("idle_timeout", "request_timeout", "write_timeout", "handshake_timeout"):
         value = getattr(args, name)
         if value is not None:

@@ -26,6 +26,7 @@ import socket
 from typing import Any
 
 from .states import (
+    CHARGED,
     CLOSED,
     CLOSING,
     CONNECTING,
@@ -196,6 +197,9 @@ class ConnectionClosing:
             self.output = None
         self.batch = None
         self.queued = 0
+        if flags & CHARGED:
+            self.flags &= ~CHARGED
+            self.handler.server.memory_budget.release(self)
         try:
             sock.close()
         except OSError:
@@ -211,3 +215,4 @@ class ConnectionClosing:
                 handler.finish()
             except Exception:
                 logger.exception("%s: error in finish()", handler.peer)
+        handler.discard_input()

@@ -61,6 +61,8 @@ from .logs import loop_warnings
 from .output import EMPTY, WANT_WRITE, OutputQueue
 from .states import (
     BACKLOGGED,
+    BUDGETED,
+    CHARGED,
     CLOSED,
     CLOSING,
     CONNECTING,
@@ -87,9 +89,10 @@ from .tls import WOULD_BLOCK, handshake_step, is_tls, read_pending
 
 __all__ = ["Connection", "format_address", "is_disconnect"]
 
-# An OPEN connection watched for reading only, with nothing paused or held:
+# An OPEN connection watched for reading only, with nothing paused, held back
+# or charged against a memory budget:
 # once its output is all sent, what it is watched for stays as it is.
-_STEADY_MASK = STATE_MASK | READING | READ_PAUSED | BACKLOGGED | (EVENTS_MASK << EVENTS_SHIFT)
+_STEADY_MASK = STATE_MASK | READING | READ_PAUSED | BACKLOGGED | CHARGED | (EVENTS_MASK << EVENTS_SHIFT)
 _STEADY = OPEN | READING | (EVENT_READ << EVENTS_SHIFT)
 
 logger = logging.getLogger("evloop")
@@ -116,6 +119,8 @@ class Connection(ConnectionClosing):
         self.handler = handler
         self.sock = sock
         self.flags = NEW | READING
+        if getattr(handler.server, "memory_budget", None) is not None:
+            self.flags |= BUDGETED  # see evloop.budget
         self.batch: Optional[List[bytes]] = None
         self.output: Optional[OutputQueue] = None
         self.queued = 0
@@ -263,9 +268,14 @@ class Connection(ConnectionClosing):
                     self.request_since = now
                 if flags & DRAINING and not pending:
                     handler.close_when_sent()  # a graceful shutdown waited for this request
+                if flags & BUDGETED:
+                    self.charge_memory()
             return
-        if self.flags & DRAINING and not handler.pending_input():
+        flags = self.flags
+        if flags & DRAINING and not handler.pending_input():
             handler.close_when_sent()
+        if flags & BUDGETED and self.flags & STATE_MASK != CLOSED:
+            self.charge_memory()
 
     def _end_of_stream(self) -> None:
         if not self.handler.eof_received() and self.flags & STATE_MASK == OPEN:
@@ -336,6 +346,8 @@ class Connection(ConnectionClosing):
         if self.flags & STATE_MASK == CLOSING and status == EMPTY:
             self._finish_closing()
             return
+        if flags & BUDGETED and (self.queued or self.flags & CHARGED):
+            self.charge_memory()
         self._update_events(status)
 
     def _send_queued(self) -> int:
@@ -381,6 +393,16 @@ class Connection(ConnectionClosing):
         else:
             self.queued = output.buffered
         return status
+
+    def charge_memory(self) -> None:
+        """Tell the server's memory budget what this connection holds now:
+        its handler's buffered input and its queued output."""
+        held = self.handler.held_memory() + self.queued
+        if held or self.flags & CHARGED:
+            if self.handler.server.memory_budget.charge(self, held):
+                self.flags |= CHARGED
+            else:
+                self.flags &= ~CHARGED
 
     def _update_events(self, status: int) -> None:
         flags = self.flags

@@ -155,6 +155,13 @@ class ClientHandler:
         """Called once when the connection has closed, for whatever reason
         (socketserver's ``finish``)."""
 
+    def discard_input(self) -> None:
+        """The connection has closed (after :meth:`finish`): let go of the
+        input buffered now, not when the garbage collector gets to the
+        handler (it and its connection refer to each other). A handler
+        that buffers input elsewhere than ``incoming`` drops that too."""
+        self.incoming = bytearray()
+
     def request_complete(self) -> Union[bool, int]:
         """Say whether ``self.incoming`` holds a whole request: False (wait
         for more bytes), True (all of ``incoming`` is the request) or the
@@ -376,6 +383,14 @@ class ClientHandler:
         """Bytes of an incomplete request buffered now (0: between
         requests). The request timeout runs while this is not 0; a handler
         that buffers input elsewhere than ``incoming`` says how much here."""
+        return len(self.incoming)
+
+    def held_memory(self) -> int:
+        """Bytes of input this handler holds in memory now, for the server's
+        client memory budget (``Limits.max_clients_memory``; the engine adds
+        the connection's queued output). A handler that buffers input
+        elsewhere than ``incoming`` (a framer, a message being assembled)
+        says how much here."""
         return len(self.incoming)
 
     def shutdown_gracefully(self) -> bool:

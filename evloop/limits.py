@@ -11,7 +11,8 @@ The machinery that enforces them lives elsewhere: the output marks in
 :mod:`evloop.connection`, the idle, request and write timeouts in
 :mod:`evloop.timeouts` (one sweep per loop, no timer per connection), the
 TLS handshake timeout in the connection's handshake state, the connection
-limit in :mod:`evloop.server`, graceful shutdown in :mod:`evloop.shutdown`.
+limit in :mod:`evloop.server`, the client memory budget in
+:mod:`evloop.budget`, graceful shutdown in :mod:`evloop.shutdown`.
 """
 
 import dataclasses
@@ -23,6 +24,7 @@ from typing import Any, Callable, Optional
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DEFAULT_MAX_CLIENTS_MEMORY",
     "DEFAULT_MAX_REQUEST_SIZE",
     "Limits",
     "RateLimitedLog",
@@ -35,6 +37,11 @@ logger = logging.getLogger("evloop")
 #: Bytes one incomplete request of a recipe-style handler may buffer in
 #: ``incoming`` when ``Limits.max_request_size`` is None (framers have their own).
 DEFAULT_MAX_REQUEST_SIZE = 1024 * 1024
+
+#: ``Limits.max_clients_memory`` by default: 1 GiB per server (per worker
+#: process with ``--workers``). Why this figure: docs/security.md,
+#: "A memory budget for all clients".
+DEFAULT_MAX_CLIENTS_MEMORY = 1024 * 1024 * 1024
 
 # Descriptors kept back from max_connections for listeners, files being
 # streamed, log files and the loop's own waker: an eighth of the limit,
@@ -63,6 +70,10 @@ class Limits:
     - ``max_connections_per_peer``: connections one client IP address holds
       at once on a TCP server; the next is refused like one over
       ``max_connections``. None: no per-address cap (behind a proxy).
+    - ``max_clients_memory``: bytes all of one server's connections may hold
+      in memory at once (input buffered, output queued), as Redis's
+      ``maxmemory-clients``; past it the connections holding the most are
+      closed first (:mod:`evloop.budget`). None: no budget.
     - ``idle_timeout``: close a connection with nothing in flight after this.
     - ``request_timeout``: a request must be whole this long after its first byte.
     - ``write_timeout``: close a client that takes none of its pending output
@@ -77,6 +88,7 @@ class Limits:
     write_low_water: int = 256 * 1024
     max_connections: Optional[int] = None
     max_connections_per_peer: Optional[int] = 256
+    max_clients_memory: Optional[int] = DEFAULT_MAX_CLIENTS_MEMORY
     idle_timeout: Optional[float] = 300.0
     request_timeout: Optional[float] = 60.0
     write_timeout: Optional[float] = 60.0
@@ -86,7 +98,7 @@ class Limits:
     _shortest: Optional[float] = dataclasses.field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
-        for name in ("max_request_size", "max_connections", "max_connections_per_peer"):
+        for name in ("max_request_size", "max_connections", "max_connections_per_peer", "max_clients_memory"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, not {value!r}")

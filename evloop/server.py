@@ -29,6 +29,7 @@ from ssl import SSLContext
 from typing import Any, Dict, Optional, Tuple
 
 from .addresses import format_address
+from .budget import ClientMemoryBudget
 from .eventloop import EVENT_READ
 from .lifecycle import ServerLifecycle
 from .limits import DEFAULT_LIMITS, Limits, RateLimitedLog, default_max_connections
@@ -129,6 +130,9 @@ class Server(ServerLifecycle):
         # (a TCP server with the cap on; None otherwise): counted up at
         # accept, down in client_gone().
         self._peer_counts = None
+        #: What this server's clients hold against Limits.max_clients_memory
+        #: (a ClientMemoryBudget once served with the budget on, else None).
+        self.memory_budget: Optional[ClientMemoryBudget] = None
 
     # -- what the loop calls ------------------------------------------------
 
@@ -138,6 +142,8 @@ class Server(ServerLifecycle):
         self.loop = loop
         self.handler_class = handler_class
         self.max_connections = self.limits.max_connections or default_max_connections(loop.selector)
+        if self.limits.max_clients_memory is not None:
+            self.memory_budget = ClientMemoryBudget(self, self.limits.max_clients_memory)
         # Conditions that repeat as fast as clients connect get one log
         # line per 10 seconds of loop time, not one per client.
         self._accept_log = RateLimitedLog(10.0, loop.time, logger)

@@ -12,6 +12,8 @@ from typing import Dict, Tuple
 
 __all__ = [
     "BACKLOGGED",
+    "BUDGETED",
+    "CHARGED",
     "CLOSED",
     "CLOSING",
     "CONNECTING",
@@ -63,3 +65,5 @@ TIMED = 512  # under the timeout sweep: keep the activity clocks
 EOF_HELD = 1024  # the peer ended its stream while requests were held back
 EVENTS_SHIFT = 11  # then the two selector event bits
 EVENTS_MASK = EVENT_READ | EVENT_WRITE
+BUDGETED = 1 << 13  # its server has a client memory budget (Limits.max_clients_memory)
+CHARGED = 1 << 14  # it holds a charge against that budget

@@ -127,6 +127,11 @@ class FramedHandler(ClientHandler):
             framer = self._framer = self.make_framer()
         return framer
 
+    def discard_input(self) -> None:
+        """The connection closed: the framer and its buffer go now."""
+        super().discard_input()
+        self._framer = None
+
     def make_framer(self) -> Framer:
         """The framer for this connection."""
         framer: Framer = self.framer_class(self.request_size_limit())
@@ -140,6 +145,11 @@ class FramedHandler(ClientHandler):
 
     def pending_input(self) -> int:
         """Bytes of an incomplete request the framer holds (for the request timeout)."""
+        framer = self._framer
+        return framer.buffered if framer is not None else 0
+
+    def held_memory(self) -> int:
+        """Bytes the framer holds (for the server's client memory budget)."""
         framer = self._framer
         return framer.buffered if framer is not None else 0
 

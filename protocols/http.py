@@ -200,6 +200,11 @@ class HTTPHandler(ClientHandler):
         if upgraded is not None:
             upgraded.connection_lost()
 
+    def discard_input(self) -> None:
+        """The connection closed: the parser's buffer goes now."""
+        super().discard_input()
+        self.parser.take_buffered()
+
     def data_received(self, data: bytes) -> None:
         if self.upgraded is not None:
             self.upgraded.data_received(data)
@@ -217,6 +222,14 @@ class HTTPHandler(ClientHandler):
         if self.request is not None and not self._responding:
             return 1 + self._body_size
         return self.parser.buffered
+
+    def held_memory(self) -> int:
+        """Bytes held for the server's client memory budget: the parser's
+        buffer, the body of the request in hand and, once upgraded, what
+        the WebSocket holds."""
+        if self.upgraded is not None:
+            return int(self.upgraded.held_memory())
+        return self.parser.buffered + (self._body_size if self.request is not None else 0)
 
     def handle_timeout(self, kind: str, seconds: float) -> None:
         if kind == "request" and self.upgraded is None and not self._responding:

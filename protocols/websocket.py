@@ -366,6 +366,11 @@ class WebSocketHandler:
         except Exception as exc:
             self.connection.handle_error(exc)
 
+    def held_memory(self) -> int:
+        """Bytes of the message being received (each frame counted at least
+        ``min_frame_cost``), for the server's client memory budget."""
+        return self._size
+
     def eof_received(self) -> None:
         # The TCP stream ended; without a Close frame that is 1006 (RFC 6455
         # section 7.1.5). The engine closes the connection after this.
@@ -374,6 +379,7 @@ class WebSocketHandler:
         self._failed = True
 
     def connection_lost(self) -> None:
+        self._parts, self._size = [], 0  # a message cut short: its parts go now
         self._stop_keepalive()
         if self._close_timer is not None:
             self._close_timer.cancel()

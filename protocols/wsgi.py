@@ -201,6 +201,15 @@ class WSGIHandler(ClientHandler):
             return 0
         return self._unparsed
 
+    def held_memory(self) -> int:
+        """Bytes held for the server's client memory budget: input not yet
+        parsed and the request body waiting for the application; once
+        upgraded, what the WebSocket holds."""
+        if self.upgraded is not None:
+            return int(self.upgraded.held_memory())
+        exchange = self._exchange
+        return self._unparsed + (exchange.input.buffered if exchange is not None else 0)
+
     def handle_timeout(self, kind: str, seconds: float) -> None:
         if self.upgraded is not None and kind == "idle":
             self.upgraded.idle_timed_out(seconds)

@@ -29,6 +29,7 @@ def main(argv=None):
     parser.add_argument("--idle-timeout", type=float)
     parser.add_argument("--backlog", type=int, default=1024)
     parser.add_argument("--max-request-size", type=int)
+    parser.add_argument("--max-clients-memory", type=int, help="0: no client memory budget")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.nofile:
@@ -45,6 +46,8 @@ def main(argv=None):
         changes["idle_timeout"] = args.idle_timeout
     if args.max_request_size:
         changes["max_request_size"] = args.max_request_size
+    if args.max_clients_memory is not None:
+        changes["max_clients_memory"] = args.max_clients_memory or None
     case = {case.name: case for case in server_cases() + amplification_cases()}[args.case]
     server = case.make_server(args.host, args.port, backlog=args.backlog, limits=Limits(**changes))
     print(f"listening on {server.host}:{server.port}", flush=True)

@@ -24,9 +24,10 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="
 class ServerProcess:
     """``python -m tests.hostile.serve ARGS`` and its output, line by line."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         env = dict(
             os.environ,
+            **(env or {}),
             PYTHONUNBUFFERED="1",
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         )
@@ -103,8 +104,8 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def server_process(*args):
-    server = ServerProcess(*args)
+def server_process(*args, env=None):
+    server = ServerProcess(*args, env=env)
     try:
         yield server
     finally:
