@@ -10,11 +10,11 @@ take the machine. ``Limits.max_clients_memory`` bounds the sum.
 A connection is charged what it holds: its handler's
 :meth:`~evloop.ClientHandler.held_memory` (the input it buffers) plus its
 queued output that is in memory (not files). The connection updates its
-charge where those change, which is off the common path: after a read that
-left input buffered or a read while it was charged, and after a flush that
-left output queued or while it was charged. A connection that reads whole
-requests and sends whole replies holds nothing between two reads and is
-never charged; the one test on its path is a flag bit.
+charge (:func:`charge_memory`) where those change: after a read that left
+input buffered or output unsent, or while it was charged, and after a flush
+that left output queued, or while it was charged. A connection that reads
+whole requests and sends whole replies holds nothing between two reads and
+is never charged; what it pays is one ``held_memory()`` call per read.
 
 The budget keeps the charged connections and their sum. When the sum passes
 the limit, an enforcement runs at the next turn of the loop (at once would
@@ -30,8 +30,9 @@ import logging
 from typing import Any, Dict, Tuple
 
 from .addresses import format_address
+from .states import CHARGED
 
-__all__ = ["LOGGED_PER_ENFORCEMENT", "ClientMemoryBudget", "format_bytes"]
+__all__ = ["LOGGED_PER_ENFORCEMENT", "ClientMemoryBudget", "charge_memory", "format_bytes"]
 
 logger = logging.getLogger("evloop")
 
@@ -46,6 +47,19 @@ def format_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def charge_memory(connection: Any) -> None:
+    """Tell ``connection``'s server budget what it holds now: its handler's
+    buffered input and the output the socket did not take (not this pass's
+    replies, which the flush at the pass's end sends)."""
+    output = connection.output
+    held = connection.handler.held_memory() + (output.buffered if output is not None else 0)
+    if held or connection.flags & CHARGED:
+        if connection.handler.server.memory_budget.charge(connection, held):
+            connection.flags |= CHARGED
+        else:
+            connection.flags &= ~CHARGED
 
 
 def _size(item: Tuple[Any, int]) -> int:

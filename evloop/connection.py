@@ -56,6 +56,7 @@ import socket
 from typing import Any, List, Optional
 
 from .addresses import format_address, is_disconnect
+from .budget import charge_memory
 from .closing import ConnectionClosing
 from .logs import loop_warnings
 from .output import EMPTY, WANT_WRITE, OutputQueue
@@ -268,14 +269,18 @@ class Connection(ConnectionClosing):
                     self.request_since = now
                 if flags & DRAINING and not pending:
                     handler.close_when_sent()  # a graceful shutdown waited for this request
-                if flags & BUDGETED:
-                    self.charge_memory()
+                if flags & BUDGETED and (handler.held_memory() or self.output is not None or flags & CHARGED):
+                    charge_memory(self)
             return
         flags = self.flags
         if flags & DRAINING and not handler.pending_input():
             handler.close_when_sent()
-        if flags & BUDGETED and self.flags & STATE_MASK != CLOSED:
-            self.charge_memory()
+        if (
+            flags & BUDGETED
+            and self.flags & STATE_MASK != CLOSED
+            and (handler.held_memory() or self.output is not None or flags & CHARGED)
+        ):
+            charge_memory(self)
 
     def _end_of_stream(self) -> None:
         if not self.handler.eof_received() and self.flags & STATE_MASK == OPEN:
@@ -347,7 +352,7 @@ class Connection(ConnectionClosing):
             self._finish_closing()
             return
         if flags & BUDGETED and (self.queued or self.flags & CHARGED):
-            self.charge_memory()
+            charge_memory(self)
         self._update_events(status)
 
     def _send_queued(self) -> int:
@@ -393,16 +398,6 @@ class Connection(ConnectionClosing):
         else:
             self.queued = output.buffered
         return status
-
-    def charge_memory(self) -> None:
-        """Tell the server's memory budget what this connection holds now:
-        its handler's buffered input and its queued output."""
-        held = self.handler.held_memory() + self.queued
-        if held or self.flags & CHARGED:
-            if self.handler.server.memory_budget.charge(self, held):
-                self.flags |= CHARGED
-            else:
-                self.flags &= ~CHARGED
 
     def _update_events(self, status: int) -> None:
         flags = self.flags
