@@ -388,10 +388,12 @@ class ClientHandler:
     def held_memory(self) -> int:
         """Bytes of input this handler holds in memory now, for the server's
         client memory budget (``Limits.max_clients_memory``; the engine adds
-        the connection's queued output). A handler that buffers input
-        elsewhere than ``incoming`` (a framer, a message being assembled)
-        says how much here."""
-        return len(self.incoming)
+        the connection's queued output). By default what
+        :meth:`pending_input` says, so a handler that overrides that one is
+        counted too; one that holds more than the request under way (a
+        message being assembled, a body waiting for an application) says
+        how much here."""
+        return self.pending_input()
 
     def shutdown_gracefully(self) -> bool:
         """The loop is shutting down gracefully: finish what is in flight,

@@ -86,6 +86,14 @@ class MiniRedisHandler(ClientHandler):
         # A command begun and not finished: the request (slowloris) timeout runs.
         return self.framer.buffered
 
+    def discard_input(self) -> None:
+        # Closed: the buffered command goes now, not when the garbage
+        # collector gets to this handler (it and its connection refer to
+        # each other), so a server that cuts big holders frees their memory.
+        super().discard_input()
+        self.framer = RespFramer(self.limits.max_request_size)
+        self.held = []
+
     def resume_writing(self) -> None:
         # The replies are down to the low-water mark: answer the commands held.
         self._answer()

@@ -14,6 +14,7 @@ from evloop.budget import LOGGED_PER_ENFORCEMENT, ClientMemoryBudget, format_byt
 from evloop.cli import _limits, build_parser
 from evloop.limits import DEFAULT_LIMITS, DEFAULT_MAX_CLIENTS_MEMORY, Limits
 from tests.conftest import connect
+from tests.hostile.targets import load_example
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -239,3 +240,50 @@ def test_one_enforcement_names_ten_and_counts_the_rest(caplog):
     assert len(lines) == LOGGED_PER_ENFORCEMENT + 1
     assert "holding 100.0 KiB" in lines[-2]  # the smallest named is the tenth biggest
     assert lines[-1].endswith("closed 4 more connections over the client memory budget")
+
+
+def test_a_handler_that_says_its_pending_input_is_charged_by_it():
+    # The mini Redis buffers commands in its own RespFramer and overrides
+    # pending_input() only: held_memory() defaults to it.
+    miniredis = load_example("miniredis")
+    with EventLoop() as loop:
+        server = Server("127.0.0.1", 0, limits=Limits(max_clients_memory=3 * MIB))
+        server.database = miniredis.Database()
+        loop.add_server(server, miniredis.MiniRedisHandler)
+        budget = server.memory_budget
+        big, small = connect(server), connect(server)
+        with big, small:
+            send_stepping(loop, small, b"*3\r\n$3\r\nSET\r\n$1\r\ns\r\n$%d\r\n" % MIB + b"s" * (MIB // 2))
+            step_until(loop, lambda: budget.held >= MIB // 2, "the small one charged")
+            send_stepping(loop, big, b"*3\r\n$3\r\nSET\r\n$1\r\nb\r\n$%d\r\n" % (8 * MIB) + b"b" * (3 * MIB))
+            step_until(loop, lambda: budget.cut == 1, "the budget was enforced")
+            assert closed_by_server(loop, big)
+            send_stepping(loop, small, b"s" * (MIB // 2) + b"\r\n")
+            assert recv_stepping(loop, small, 5) == b"+OK\r\n"
+            assert server.database.execute("GET", "s") == b"$%d\r\n%s\r\n" % (MIB, b"s" * MIB)
+
+
+def test_discard_input_runs_once_the_connection_closed_after_finish():
+    calls = []
+    handlers = []
+
+    class Recording(LengthSepEcho):
+        def setup(self):
+            handlers.append(self)
+
+        def finish(self):
+            calls.append(("finish", self.held_memory()))
+
+        def discard_input(self):
+            super().discard_input()
+            calls.append(("discard_input", self.held_memory()))
+
+    with EventLoop() as loop:
+        server = Server("127.0.0.1", 0)
+        loop.add_server(server, Recording)
+        with connect(server) as client:
+            send_stepping(loop, client, frame_head(100) + b"x" * 40)
+            step_until(loop, lambda: server.memory_budget.held == 40, "charged")
+            handlers[0].close()
+            assert server.memory_budget.held == 0
+    assert calls == [("finish", 40), ("discard_input", 0)]
