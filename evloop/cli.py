@@ -69,6 +69,16 @@ def positive_seconds(text: str) -> float:
     return seconds
 
 
+def host_and_port(text: str) -> "tuple[str, int]":
+    """argparse type for --metrics: ``HOST:PORT`` (``[::1]:9100`` for IPv6)."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port_number(port)
+
+
 def load_handler(spec: str) -> Any:
     """Import ``MODULE:NAME`` (a dotted module or a ``.py`` file) and return
     the named class. Raises CommandError with a one-line reason."""
@@ -203,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="log a one-line report (connections, requests/s, bytes, loop lag) this often",
     )
+    how.add_argument(
+        "--metrics",
+        type=host_and_port,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (every worker's, with --workers)",
+    )
     return parser
 
 
@@ -325,6 +341,7 @@ def _serve_workers(args: argparse.Namespace, handler_class: Any, ssl_context: An
         selector=args.selector,
         shutdown_timeout=limits.shutdown_timeout,
         limits=limits,
+        metrics=args.metrics,
     )
 
     def ready(processes: Any) -> None:
@@ -406,6 +423,11 @@ def serve(args: argparse.Namespace) -> int:
             from .stats import StatsReporter
 
             reporter = StatsReporter(event_loop, args.stats)
+        if args.metrics:
+            from .metrics import serve_metrics
+
+            metrics = serve_metrics(event_loop, *args.metrics)
+            logger.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
         # SIGTERM and Ctrl-C stop gracefully: no new clients, in-flight
         # responses finish within --shutdown-timeout, the rest are cut; a
         # second signal stops at once.
