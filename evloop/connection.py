@@ -57,7 +57,7 @@ from typing import Any, List, Optional
 
 from .addresses import format_address, is_disconnect
 from .closing import ConnectionClosing
-from .errors import RemoteProtocolError, RequestTooLarge
+from .errors import RemoteProtocolError, RequestTooLargeError
 from .logs import loop_warnings
 from .output import EMPTY, WANT_WRITE, OutputQueue
 from .states import (
@@ -307,7 +307,8 @@ class Connection(ConnectionClosing):
             self.close()
         else:
             if isinstance(exc, RemoteProtocolError):
-                self.loop.limit_hit("request_too_large" if isinstance(exc, RequestTooLarge) else "protocol_error")
+                too_large = isinstance(exc, RequestTooLargeError)
+                self.loop.limit_hit("request_too_large" if too_large else "protocol_error")
             self.handler.handle_error(exc)
 
     # -- output ---------------------------------------------------------------

@@ -6,7 +6,7 @@ connection) or our own code (:class:`LocalProtocolError`: a handler produced
 something the protocol cannot carry).
 """
 
-__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError", "RequestTooLarge"]
+__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError", "RequestTooLargeError"]
 
 
 class ProtocolError(Exception):
@@ -26,7 +26,7 @@ class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that break the protocol."""
 
 
-class RequestTooLarge(RemoteProtocolError):
+class RequestTooLargeError(RemoteProtocolError):
     """The peer's request passed a size limit before it was complete
     (counted apart from other protocol errors by :mod:`evloop.metrics`)."""
 

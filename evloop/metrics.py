@@ -36,7 +36,7 @@ import math
 import re
 from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from .errors import RemoteProtocolError, RequestTooLarge
+from .errors import RemoteProtocolError, RequestTooLargeError
 from .handler import ClientHandler
 from .limits import Limits
 from .server import Server
@@ -195,7 +195,9 @@ _STATUS = {
 }
 
 
-def _reply(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8", extra: str = "") -> bytes:
+def _reply(
+    status: int, body: bytes, content_type: str = "text/plain; charset=utf-8", extra: str = ""
+) -> bytes:
     head = (
         f"HTTP/1.1 {status} {_STATUS[status]}\r\n"
         f"Content-Type: {content_type}\r\n"
@@ -207,7 +209,7 @@ def _reply(status: int, body: bytes, content_type: str = "text/plain; charset=ut
 
 def _refuse(status: int, why: str) -> RemoteProtocolError:
     # An oversized head counts as request_too_large, the rest as protocol errors.
-    error = RequestTooLarge if status == 431 else RemoteProtocolError
+    error = RequestTooLargeError if status == 431 else RemoteProtocolError
     return error(f"metrics endpoint: HTTP {status}: {why}", reply=_reply(status, f"{why}\n".encode()))
 
 

@@ -148,7 +148,7 @@ class MetricsBoard:
 def _reading(fields: Tuple[Any, ...]) -> SlotReading:
     started, published, lag = fields[:3]
     connections, accepted, requests, received, sent = fields[3:8]
-    hits = dict(zip(LIMIT_KINDS, fields[8:]))
+    hits = dict(zip(LIMIT_KINDS, fields[8:-1], strict=True))
     hits["other"] = fields[-1]
     stats = LoopStats(
         published, connections, requests, received, sent, 0.0, 0.0, 0.0, lag, 0.0, accepted, hits

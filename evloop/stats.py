@@ -43,7 +43,7 @@ LIMIT_KINDS = (
     "write_timeout",  # evloop.timeouts: a client that takes none of its output
     "handshake_timeout",  # evloop.connection: a TLS handshake not done in time
     "handshake_failed",  # evloop.connection: a TLS handshake that failed
-    "request_too_large",  # evloop.connection: the peer raised RequestTooLarge
+    "request_too_large",  # evloop.connection: the peer raised RequestTooLargeError
     "protocol_error",  # evloop.connection: any other RemoteProtocolError
     "output_backlog",  # evloop.handler: output passed the high-water mark
     "max_connections",  # evloop.server: refused over Limits.max_connections

@@ -143,7 +143,8 @@ class WorkerProcesses:
         if os.getpid() != self._parent:
             raise RuntimeError("run() belongs to the process that made this object")
         if self.metrics is not None:  # evloop.metrics hook: the exporter, forked before any worker
-            self.metrics.start(self._lifeline_r, (self._reserved, self._wake_r, self._wake_w, self._lifeline_w))
+            inherited = (self._reserved, self._wake_r, self._wake_w, self._lifeline_w)
+            self.metrics.start(self._lifeline_r, inherited)
         previous = {signum: signal.getsignal(signum) for signum in (*_STOP_SIGNALS, signal.SIGCHLD)}
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
         try:
