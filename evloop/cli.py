@@ -16,6 +16,7 @@ import sys
 from typing import Any, List, NoReturn, Optional
 
 from . import __version__
+from .metrics import MetricsAddressError
 
 __all__ = ["load_handler", "main"]
 
@@ -239,6 +240,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return serve(args)
     except CommandError as exc:
         print(f"evloop: error: {exc}", file=sys.stderr)
+        return 2
+    except MetricsAddressError as exc:
+        print(f"evloop: error: --metrics {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"evloop: error: {_describe_os_error(exc, args)}", file=sys.stderr)

@@ -47,8 +47,10 @@ __all__ = [
     "MAX_HEAD",
     "METRICS_LIMITS",
     "Family",
+    "MetricsAddressError",
     "MetricsHandler",
     "MetricsServer",
+    "bind_error",
     "format_families",
     "loop_families",
     "render",
@@ -279,6 +281,17 @@ def _path_of(target: bytes) -> bytes:
     return target.split(b"?", 1)[0]
 
 
+class MetricsAddressError(OSError):
+    """The endpoint's address would not bind: ``errno`` and ``strerror`` say
+    why, ``filename`` is the ``HOST:PORT`` asked for."""
+
+
+def bind_error(exc: OSError, host: str, port: int) -> MetricsAddressError:
+    """``exc``, raised binding the endpoint to ``host:port``, as a
+    :class:`MetricsAddressError` (so a caller tells it from its own port's)."""
+    return MetricsAddressError(exc.errno, exc.strerror or str(exc), f"{host}:{port}")
+
+
 class MetricsServer(Server):
     """The endpoint's listener; ``text()`` gives what a scrape returns."""
 
@@ -302,15 +315,18 @@ def serve_metrics(
     :class:`MetricsServer`, already added to the loop; ``server.close()``
     stops it. ``text()`` gives the body (default: :func:`render` of
     ``loop``); ``limits`` bounds the scrapers (default
-    :data:`METRICS_LIMITS`). Raises OSError when the address will not bind.
-    Call on the loop's thread, or before it runs."""
-    server = MetricsServer(
-        text if text is not None else (lambda: render(loop)),
-        host,
-        port,
-        sock=sock,
-        limits=limits if limits is not None else METRICS_LIMITS,
-    )
+    :data:`METRICS_LIMITS`). Raises :class:`MetricsAddressError` when the
+    address will not bind. Call on the loop's thread, or before it runs."""
+    try:
+        server = MetricsServer(
+            text if text is not None else (lambda: render(loop)),
+            host,
+            port,
+            sock=sock,
+            limits=limits if limits is not None else METRICS_LIMITS,
+        )
+    except OSError as exc:
+        raise bind_error(exc, host, port) from exc
     loop.add_server(server, MetricsHandler)
     loop_stats(loop)  # start measuring the lag now, not at the first scrape
     return server

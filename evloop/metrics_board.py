@@ -57,7 +57,7 @@ import time
 from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 from .eventloop import EVENT_READ, EventLoop
-from .metrics import Family, Labels, format_families, loop_families, serve_metrics
+from .metrics import Family, Labels, bind_error, format_families, loop_families, serve_metrics
 from .server import bind_inet
 from .stats import LIMIT_KINDS, LoopStats, StatsSampler
 
@@ -211,14 +211,18 @@ class WorkerMetrics:
     ``host:port`` by an exporter process (see the module's header).
 
     Made by the supervisor before it forks: binds the endpoint's address
-    at once (OSError if it will not). :meth:`start` forks the exporter,
+    at once (:class:`~evloop.metrics.MetricsAddressError` if it will not). :meth:`start` forks the exporter,
     :meth:`worker_started` runs in each worker, :meth:`close` reaps the
     exporter."""
 
     def __init__(self, workers: int, host: str, port: int, *, interval: float = 1.0) -> None:
         self.board = MetricsBoard(workers)
         self.interval = interval
-        self._sock: socket.socket = bind_inet(host, port, backlog=128)
+        try:
+            self._sock: socket.socket = bind_inet(host, port, backlog=128)
+        except OSError as exc:
+            self.board.close()
+            raise bind_error(exc, host, port) from exc
         self.address = self._sock.getsockname()
         #: The exporter's pid, once started.
         self.pid: Optional[int] = None

@@ -19,7 +19,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from evloop import ClientHandler, EventLoop, Limits, Server
-from evloop.metrics import CONTENT_TYPE, METRICS_LIMITS, Family, format_families, render, serve_metrics
+from evloop.metrics import (
+    CONTENT_TYPE,
+    METRICS_LIMITS,
+    Family,
+    MetricsAddressError,
+    format_families,
+    render,
+    serve_metrics,
+)
 from evloop.metrics_board import SLOT_SIZE, MetricsBoard, render_board
 from evloop.stats import LIMIT_KINDS, LoopStats
 from tests.conftest import recv_all
@@ -279,14 +287,30 @@ def test_a_scraper_that_stalls_mid_request_is_cut_by_the_request_timeout(running
     assert running_loop.call(lambda: loop.limit_hits.get("request_timeout")) == 1
 
 
-def test_serve_metrics_on_a_port_in_use_raises():
+def test_a_metrics_port_in_use_is_named_in_the_error_from_python_and_the_command_line():
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()
+    port = holder.getsockname()[1]
     loop = EventLoop()
     try:
-        with pytest.raises(OSError):
-            serve_metrics(loop, "127.0.0.1", holder.getsockname()[1])
+        with pytest.raises(MetricsAddressError) as raised:
+            serve_metrics(loop, "127.0.0.1", port)
+        assert raised.value.filename == f"127.0.0.1:{port}"
+        for workers in ("1", "2"):
+            serve = ["evloop.protocols:LengthSepEcho", "--port", "0", "--workers", workers]
+            result = subprocess.run(
+                [sys.executable, "-m", "evloop", "serve", *serve, "--metrics", f"127.0.0.1:{port}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                cwd=ROOT,
+            )
+            assert result.returncode == 2
+            assert result.stderr.strip().endswith(
+                f"evloop: error: --metrics 127.0.0.1:{port}: Address already in use"
+            )
     finally:
         loop.close()
         holder.close()
