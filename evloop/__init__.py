@@ -2,7 +2,7 @@
 
 from .connect import Connector, open_connection, shutdown_write_when_sent
 from .datagram import DatagramHandler, DatagramServer, UnixDatagramServer
-from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError, RequestTooLargeError
 from .eventloop import EVENT_READ, EVENT_WRITE, EventLoop
 from .handler import ClientHandler, format_address
 from .lifecycle import ServerLifecycle
@@ -36,6 +36,7 @@ __all__ = [
     "LoopThread",
     "ProtocolError",
     "RemoteProtocolError",
+    "RequestTooLargeError",
     "Server",
     "ServerLifecycle",
     "TimerHandle",

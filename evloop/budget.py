@@ -126,6 +126,7 @@ class ClientMemoryBudget:
             if connection not in self._charges:
                 continue  # closed meanwhile
             self.cut += 1
+            self.server.loop.limit_hit("max_clients_memory")
             if logged < LOGGED_PER_ENFORCEMENT:
                 logged += 1
                 logger.warning(

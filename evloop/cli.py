@@ -17,6 +17,7 @@ import sys
 from typing import Any, List, NoReturn, Optional
 
 from . import __version__
+from .metrics import MetricsAddressError
 
 __all__ = ["load_handler", "main"]
 
@@ -68,6 +69,16 @@ def positive_seconds(text: str) -> float:
     if not seconds > 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
     return seconds
+
+
+def host_and_port(text: str) -> "tuple[str, int]":
+    """argparse type for --metrics: ``HOST:PORT`` (``[::1]:9100`` for IPv6)."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port_number(port)
 
 
 def load_handler(spec: str) -> Any:
@@ -211,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="log a one-line report (connections, requests/s, bytes, loop lag) this often",
     )
+    how.add_argument(
+        "--metrics",
+        type=host_and_port,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (every worker's, with --workers)",
+    )
     return parser
 
 
@@ -231,6 +248,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return serve(args)
     except CommandError as exc:
         print(f"evloop: error: {exc}", file=sys.stderr)
+        return 2
+    except MetricsAddressError as exc:
+        print(f"evloop: error: --metrics {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"evloop: error: {_describe_os_error(exc, args)}", file=sys.stderr)
@@ -347,6 +367,7 @@ def _serve_workers(args: argparse.Namespace, handler_class: Any, ssl_context: An
         selector=args.selector,
         shutdown_timeout=limits.shutdown_timeout,
         limits=limits,
+        metrics=args.metrics,
     )
 
     def ready(processes: Any) -> None:
@@ -428,6 +449,11 @@ def serve(args: argparse.Namespace) -> int:
             from .stats import StatsReporter
 
             reporter = StatsReporter(event_loop, args.stats)
+        if args.metrics:
+            from .metrics import serve_metrics
+
+            metrics = serve_metrics(event_loop, *args.metrics)
+            logger.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
         # SIGTERM and Ctrl-C stop gracefully: no new clients, in-flight
         # responses finish within --shutdown-timeout, the rest are cut; a
         # second signal stops at once.

@@ -58,6 +58,7 @@ from typing import Any, List, Optional
 from .addresses import format_address, is_disconnect
 from .budget import charge_memory
 from .closing import ConnectionClosing
+from .errors import RemoteProtocolError, RequestTooLargeError
 from .logs import loop_warnings
 from .output import EMPTY, WANT_WRITE, OutputQueue
 from .states import (
@@ -320,6 +321,9 @@ class Connection(ConnectionClosing):
             )
             self.close()
         else:
+            if isinstance(exc, RemoteProtocolError):
+                too_large = isinstance(exc, RequestTooLargeError)
+                self.loop.limit_hit("request_too_large" if too_large else "protocol_error")
             self.handler.handle_error(exc)
 
     # -- output ---------------------------------------------------------------
@@ -466,6 +470,7 @@ class Connection(ConnectionClosing):
         peer = self.handler.peer
         wanted = handshake_step(self.sock, peer, loop_warnings(self.loop).warn)
         if wanted is None:  # failed; handshake_step said why
+            self.loop.limit_hit("handshake_failed")
             self.close()
         elif wanted:
             self._watch(wanted)
@@ -475,6 +480,7 @@ class Connection(ConnectionClosing):
 
     def _handshake_expired(self, seconds: float) -> None:
         if self.flags & STATE_MASK == HANDSHAKING:
+            self.loop.limit_hit("handshake_timeout")
             loop_warnings(self.loop).warn(
                 "tls-handshake-timeout",
                 "%s: TLS handshake timeout (%gs) fired; closing the connection",

@@ -6,7 +6,7 @@ connection) or our own code (:class:`LocalProtocolError`: a handler produced
 something the protocol cannot carry).
 """
 
-__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError"]
+__all__ = ["LocalProtocolError", "ProtocolError", "RemoteProtocolError", "RequestTooLargeError"]
 
 
 class ProtocolError(Exception):
@@ -24,6 +24,11 @@ class ProtocolError(Exception):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent bytes that break the protocol."""
+
+
+class RequestTooLargeError(RemoteProtocolError):
+    """The peer's request passed a size limit before it was complete
+    (counted apart from other protocol errors by :mod:`evloop.metrics`)."""
 
 
 class LocalProtocolError(ProtocolError):

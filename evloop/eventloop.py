@@ -148,6 +148,9 @@ class EventLoop:
         self.requests = 0
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.connections_accepted = 0
+        #: Limits and timeouts that fired, by kind (see limit_hit()).
+        self.limit_hits: Dict[str, int] = {}
         #: Connections with output queued this pass; each appends itself
         #: once (Connection.schedule_flush) and is flushed at the pass's end.
         self.to_flush: List[Any] = []
@@ -197,6 +200,14 @@ class EventLoop:
         return found
 
     # -- what connections tell the loop -------------------------------------
+
+    def limit_hit(self, kind: str) -> None:
+        """Count one ``kind`` of limit or timeout firing (a refusal, a
+        timeout, a peer that broke its protocol): the engine calls this
+        where it decides, on those rare paths only (:mod:`evloop.metrics`
+        reads the counts; :data:`evloop.stats.LIMIT_KINDS` lists the kinds)."""
+        hits = self.limit_hits
+        hits[kind] = hits.get(kind, 0) + 1
 
     def connection_opened(self, connection: Any) -> None:
         """A connection began (accepted, connecting or handshaking)."""

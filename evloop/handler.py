@@ -37,7 +37,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from .addresses import format_address, is_disconnect
 from .connection import Connection
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, RemoteProtocolError, RequestTooLargeError
 from .limits import DEFAULT_MAX_REQUEST_SIZE, Limits, limits_of
 from .logs import loop_warnings
 from .states import BACKLOGGED, CLOSED, CLOSING, DIRTY, OPEN, STATE_MASK
@@ -195,7 +195,7 @@ class ClientHandler:
             if not used:
                 limit = self.limits.max_request_size or DEFAULT_MAX_REQUEST_SIZE
                 if len(self.incoming) > limit:
-                    raise RemoteProtocolError(f"request over the limit of {limit} bytes and not complete")
+                    raise RequestTooLargeError(f"request over the limit of {limit} bytes and not complete")
                 return
             response = self.make_response()
             self.loop.requests += 1
@@ -339,6 +339,8 @@ class ClientHandler:
         if connection.flags & STATE_MASK > OPEN:
             return False
         if connection.queued > connection.high_water:
+            if not connection.flags & BACKLOGGED:
+                connection.loop.limit_hit("output_backlog")
             connection.flags |= BACKLOGGED
             return False
         return True

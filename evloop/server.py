@@ -173,6 +173,7 @@ class Server(ServerLifecycle):
                 if exc.errno in _ACCEPT_PAUSE:
                     # Retrying at once would spin: the backlog stays
                     # readable until a descriptor frees up.
+                    self.loop.limit_hit("accept_paused")
                     self._accept_log(
                         logging.ERROR,
                         "%s: accept failed (%s); pausing accepting for %.2fs at a time until it works",
@@ -196,6 +197,7 @@ class Server(ServerLifecycle):
         """Over max_connections (or, given ``peer_cap``, over the client
         address's share): tell the client (``busy_reply``) and close."""
         self.refused += 1
+        self.loop.limit_hit("max_connections" if peer_cap is None else "max_connections_per_peer")
         if peer_cap is None:
             loop_warnings(self.loop).warn(
                 "max-connections",
@@ -277,6 +279,7 @@ class Server(ServerLifecycle):
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             address = self._share_host(address)
         self.connections += 1
+        self.loop.connections_accepted += 1
         tls = self.ssl_context is not None
         try:
             if tls:

@@ -12,6 +12,10 @@ loop kept busy by a slow handler shows it there first.
   so its rates and lag read 0 until a second has passed.
 - :class:`StatsReporter` logs one line per window; it is what
   ``python -m evloop serve --stats SECONDS`` prints.
+- :data:`LIMIT_KINDS` names the limits and timeouts the engine counts
+  where it decides them (``EventLoop.limit_hit``): a dict increment on
+  those rare paths, nothing on a request's path. :mod:`evloop.metrics`
+  serves all of this to Prometheus.
 
 Both read the loop and set timers on it, so call them on the loop's thread
 (in a handler or a timer, or before ``run()``), as every loop method but
@@ -20,15 +24,33 @@ Both read the loop and set timers on it, so call them on the loop's thread
 
 import logging
 import weakref
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Dict, Optional
 
 if TYPE_CHECKING:
     from .eventloop import EventLoop
 
-__all__ = ["LoopStats", "StatsReporter", "StatsSampler", "format_stats", "loop_stats"]
+__all__ = ["LIMIT_KINDS", "LoopStats", "StatsReporter", "StatsSampler", "format_stats", "loop_stats"]
 
 logger = logging.getLogger("evloop.stats")
+
+
+#: The kinds of limit and timeout hit the engine counts, and where it
+#: decides each (``EventLoop.limit_hit(kind)``; other code may count more).
+LIMIT_KINDS = (
+    "idle_timeout",  # evloop.timeouts: no byte in or out for Limits.idle_timeout
+    "request_timeout",  # evloop.timeouts: a request not whole in time (slowloris)
+    "write_timeout",  # evloop.timeouts: a client that takes none of its output
+    "handshake_timeout",  # evloop.connection: a TLS handshake not done in time
+    "handshake_failed",  # evloop.connection: a TLS handshake that failed
+    "request_too_large",  # evloop.connection: the peer raised RequestTooLargeError
+    "protocol_error",  # evloop.connection: any other RemoteProtocolError
+    "output_backlog",  # evloop.handler: output passed the high-water mark
+    "max_connections",  # evloop.server: refused over Limits.max_connections
+    "max_connections_per_peer",  # evloop.server: refused over the per-address cap
+    "accept_paused",  # evloop.server: accept() out of descriptors or memory
+    "max_clients_memory",  # evloop.budget: closed over the client memory budget
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,11 @@ class LoopStats:
     #: The window the rates and the lag were measured over, in seconds
     #: (0.0: none has ended yet).
     window: float
+    #: Client connections accepted since the loop was made.
+    connections_accepted: int = 0
+    #: Limits and timeouts that fired since the loop was made, by kind
+    #: (:data:`LIMIT_KINDS`; a kind that never fired is absent).
+    limit_hits: Dict[str, int] = field(default_factory=dict)
 
 
 class StatsSampler:
@@ -104,6 +131,8 @@ class StatsSampler:
             sent,
             lag,
             window,
+            loop.connections_accepted,
+            dict(loop.limit_hits),
         )
 
     def _sample(self) -> None:

@@ -33,7 +33,7 @@ by the connection's handshake state (:mod:`evloop.connection`).
 
 import math
 import selectors
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from .limits import Limits
 
@@ -53,6 +53,12 @@ EVENT_WRITE = selectors.EVENT_WRITE
 SWEEP_MIN, SWEEP_MAX = 0.01, 1.0
 #: Most descriptors the timeout sweep looks at in one tick.
 SWEEP_BATCH = 2000
+# The kind each timeout counts as (EventLoop.limit_hit, evloop.metrics).
+_HIT_KINDS: Dict[Optional[str], str] = {
+    "idle": "idle_timeout",
+    "request": "request_timeout",
+    "write": "write_timeout",
+}
 
 
 def sweep_interval(shortest: float) -> float:
@@ -107,6 +113,7 @@ def check_timeouts(connection: Any, now: float) -> None:
         # reply), and that time is not the client's idleness.
         connection.active = now
     elif now >= deadline:
+        connection.loop.limit_hit(_HIT_KINDS[name])
         connection.handler.handle_timeout(name, seconds)
 
 

@@ -43,10 +43,11 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from .eventloop import EVENT_READ, EventLoop
 from .handler import ClientHandler
+from .metrics_board import WorkerMetrics
 from .server import Server, bind_inet
 
 __all__ = ["WorkerProcesses", "serve_workers"]
@@ -71,6 +72,9 @@ class WorkerProcesses:
     the worker's own database connection. ``shutdown_timeout`` is how long a
     stopping worker lets open connections finish. ``limits`` (an
     :class:`~evloop.limits.Limits`) bounds each worker's clients.
+    ``metrics=(host, port)`` serves every worker's counters at
+    ``http://host:port/metrics`` (:mod:`evloop.metrics_board`;
+    :attr:`metrics` ``.port`` tells which port).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class WorkerProcesses:
         shutdown_timeout: float = 5.0,
         max_wait: Optional[float] = None,
         limits: Any = None,
+        metrics: Optional[Tuple[str, int]] = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers!r}")
@@ -117,6 +122,8 @@ class WorkerProcesses:
         # they see end of file when it is gone, even killed with SIGKILL.
         self._lifeline_r, self._lifeline_w = os.pipe()
         self._parent = os.getpid()
+        # evloop.metrics hook: the shared board and the endpoint, made before any fork.
+        self.metrics = WorkerMetrics(workers, *metrics) if metrics is not None else None
 
     @property
     def host(self) -> str:
@@ -135,6 +142,9 @@ class WorkerProcesses:
         the main thread; the signal handlers it installs are restored."""
         if os.getpid() != self._parent:
             raise RuntimeError("run() belongs to the process that made this object")
+        if self.metrics is not None:  # evloop.metrics hook: the exporter, forked before any worker
+            inherited = (self._reserved, self._wake_r, self._wake_w, self._lifeline_w)
+            self.metrics.start(self._lifeline_r, inherited)
         previous = {signum: signal.getsignal(signum) for signum in (*_STOP_SIGNALS, signal.SIGCHLD)}
         old_wakeup = signal.set_wakeup_fd(self._wake_w.fileno())
         try:
@@ -180,6 +190,8 @@ class WorkerProcesses:
             except OSError:
                 pass
         self._lifeline_r = self._lifeline_w = -1
+        if self.metrics is not None:  # evloop.metrics hook: the lifeline closed; reap the exporter
+            self.metrics.close()
 
     def _stop_signal(self, signum: int, frame: Any) -> None:
         logger.info("supervisor got %s; stopping %d workers", signal.Signals(signum).name, len(self.pids))
@@ -320,6 +332,8 @@ class WorkerProcesses:
             os.close(self._lifeline_w)
             loop = EventLoop(self.selector)
             event_loop = loop
+            if self.metrics is not None:  # evloop.metrics hook: publish into this worker's slot
+                self.metrics.worker_started(loop, index)
             draining: List[int] = []
 
             def on_stop_signal(signum: int, frame: Any) -> None:

@@ -232,6 +232,7 @@ def test_one_enforcement_names_ten_and_counts_the_rest(caplog):
             budget.limit = 50 * KIB
             budget.enforce()
             assert budget.cut == 14 and budget.held == 0 and budget.charged_connections == 0
+            assert loop.limit_hits["max_clients_memory"] == 14  # the metrics endpoint's count
             assert all(closed_by_server(loop, sock) for sock in clients)
         finally:
             for sock in clients:
