@@ -141,6 +141,16 @@ class ProxyReception:
             else:
                 self._per_host.pop(host, None)
 
+    @property
+    def headers_under_way(self) -> int:
+        """Connections whose header is not whole yet."""
+        return len(self._parsers)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of incomplete headers held now, all connections together."""
+        return sum(parser.buffered for parser in self._parsers.values())
+
     def peer_connections(self, host: Any) -> int:
         """Connections the headers attributed to client address ``host``
         (counted only with ``Limits.max_connections_per_peer`` on)."""
