@@ -663,3 +663,43 @@ def test_many_clients_at_once_each_see_their_own_address(served):
     for thread in threads:
         thread.join(20)
     assert results == {i: (f"198.18.0.{i}:{1000 + i} v1 PROXY", PAYLOAD) for i in range(1, 21)}
+
+
+def test_a_graceful_stop_closes_connections_still_sending_their_header():
+    running = RunningLoop().start()
+    WhoIsIt.seen = []
+    try:
+        server = proxied(running)
+        with socket.create_connection(server.address, timeout=10) as sock:
+            sock.sendall(v2()[:10])
+            assert wait_on_loop(running, lambda: server.proxy_reception.buffered == 10)
+            running.loop.call_soon_threadsafe(lambda: running.loop.stop(graceful=True, timeout=5))
+            running.thread.join(10)
+            assert not running.thread.is_alive()
+            sock.settimeout(10)
+            try:
+                assert sock.recv(10) == b""
+            except ConnectionResetError:
+                pass
+        assert server.proxy_reception.headers_under_way == 0 and WhoIsIt.seen == []
+    finally:
+        running.thread = None
+        running.loop.close()
+
+
+def test_tls_on_a_unix_server_behind_the_header(served, tls_files, tmp_path):
+    from evloop.tls import make_server_context
+
+    path = str(tmp_path / "tls.sock")
+    context = make_server_context(str(tls_files.server_cert), str(tls_files.server_key))
+    server = UnixServer(path, ssl=context, proxy_protocol=ProxyProtocol(trusted="any"))
+    served.call(served.loop.add_server, server, WhoIsIt)
+    client_context = ssl.create_default_context(cafile=str(tls_files.ca))
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.settimeout(10)
+        raw.connect(path)
+        raw.sendall(v2("TCP6", ("2001:db8::9", 7), ("2001:db8::1", 443)))
+        with client_context.wrap_socket(raw, server_hostname="localhost") as sock:
+            assert greeting_of(sock) == "[2001:db8::9]:7 v2 PROXY"
+            sock.sendall(PAYLOAD)
+            assert recv_exactly(sock, len(PAYLOAD)) == PAYLOAD
