@@ -91,7 +91,8 @@ class ProxyReception:
     def readable(self, connection: Any) -> None:
         """The socket of a connection in PROXY_HEADER is readable."""
         parser = self._parsers.get(connection)
-        if parser is None:
+        if parser is None:  # not one of ours: never left readable and unread
+            connection.close()
             return
         sock = connection.sock
         room = max(1, min(self.config.max_header_size - parser.buffered, 65536))

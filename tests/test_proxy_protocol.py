@@ -373,8 +373,8 @@ def greeting_of(sock):
 
 
 @pytest.fixture
-def served():
-    running = RunningLoop().start()
+def served(selector_name):
+    running = RunningLoop(None if selector_name == "default" else selector_name).start()
     WhoIsIt.seen = []
     yield running
     running.stop()
