@@ -735,3 +735,25 @@ def test_tls_on_a_unix_server_behind_the_header(served, tls_files, tmp_path):
             assert greeting_of(sock) == "[2001:db8::9]:7 v2 PROXY"
             sock.sendall(PAYLOAD)
             assert recv_exactly(sock, len(PAYLOAD)) == PAYLOAD
+
+
+def test_the_benchmark_runs(tmp_path):
+    """benchmarks/proxy_bench.py in its smallest run (no speed asserted)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.examples import ROOT
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "proxy_bench.py"), "--connections", "30", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    assert set(figures) == {"none", "v1", "v2"}
+    assert all(mode["connections_per_second"] > 0 for mode in figures.values())
+    assert figures["v1"]["parse_us"] > 0 and figures["v2"]["parse_us"] > 0
