@@ -757,3 +757,34 @@ def test_the_benchmark_runs(tmp_path):
     assert set(figures) == {"none", "v1", "v2"}
     assert all(mode["connections_per_second"] > 0 for mode in figures.values())
     assert figures["v1"]["parse_us"] > 0 and figures["v2"]["parse_us"] > 0
+
+
+def test_a_closed_connection_is_not_kept_alive_by_its_header_deadline(served):
+    """The header's timer (Limits.handshake_timeout, 10 s) is cancelled once
+    the header is read, or when the connection closes first: a timer left to
+    fire would hold every short connection's handler for 10 s."""
+    import gc
+    import weakref
+
+    refs = []
+
+    class Tracked(WhoIsIt):
+        def __init__(self, *args):
+            super().__init__(*args)
+            refs.append(weakref.ref(self))
+
+    server = served.serve(Tracked, proxy_protocol=ProxyProtocol(trusted=["127.0.0.1"]))
+    with socket.create_connection(server.address, timeout=10) as sock:  # a header read
+        sock.sendall(v1() + PAYLOAD)
+        greeting_of(sock)
+    with socket.create_connection(server.address, timeout=10) as sock:  # one cut short
+        sock.sendall(v2()[:5])
+        assert wait_on_loop(served, lambda: server.proxy_reception.buffered == 5)
+    assert wait_on_loop(served, lambda: server.connections == 0)
+    assert len(refs) == 2
+
+    def gone():
+        gc.collect()
+        return all(ref() is None for ref in refs)
+
+    assert wait_on_loop(served, gone, timeout=3)  # well before the 10 s timers would fire
