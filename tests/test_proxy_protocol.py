@@ -642,6 +642,8 @@ def test_the_command_line_option(tmp_path):
                 break
     result = run_cli("serve", "tests.test_proxy_protocol:WhoIsIt", "--proxy-protocol", "10.0.0.0/33")
     assert result.returncode == 2 and "--proxy-protocol: not a network" in result.stderr
+    result = run_cli("serve", "tests.test_cli:Shout", "--udp", "--proxy-protocol", "any")
+    assert result.returncode == 2 and "--proxy-protocol applies to stream servers" in result.stderr
 
 
 def remote_addr(environ, start_response):
