@@ -11,6 +11,7 @@ state         meaning
 ============  ===========================================================
 NEW           made, not yet served
 CONNECTING    an outgoing ``connect()`` is under way (watched for writing)
+PROXY_HEADER  a PROXY protocol header is being read (:mod:`evloop.proxy_reception`)
 HANDSHAKING   a TLS handshake is under way (watched for what OpenSSL wants)
 OPEN          serving: reading requests, sending replies
 CLOSING       no more requests; close once the queued output is sent
@@ -21,8 +22,9 @@ CLOSED        the socket is closed; nothing more happens
 ============  ===========================================================
 
 The legal transitions are :data:`evloop.states.TRANSITIONS`; how a
-connection ends (the one close path, the lingering close) is its base class
-in :mod:`evloop.closing`. The :class:`ClientHandler` is the user's side
+connection comes to be served (TLS, a PROXY header, an outgoing connect)
+and how it ends (the one close path, the lingering close) are its base
+classes in :mod:`evloop.opening` and :mod:`evloop.closing`. The :class:`ClientHandler` is the user's side
 (the recipe's hooks, ``send``, ``close``): the connection calls its hooks
 (``setup``, ``data_received``, ``pending_input``, ``eof_received``,
 ``resume_writing``, ``handle_error``, ``finish``; ``handle_timeout`` comes
@@ -57,9 +59,8 @@ from typing import Any, List, Optional
 
 from .addresses import format_address, is_disconnect
 from .budget import charge_memory
-from .closing import ConnectionClosing
 from .errors import RemoteProtocolError, RequestTooLargeError
-from .logs import loop_warnings
+from .opening import ConnectionOpening
 from .output import EMPTY, WANT_WRITE, OutputQueue
 from .states import (
     BACKLOGGED,
@@ -79,6 +80,7 @@ from .states import (
     LINGERING,
     NEW,
     OPEN,
+    PROXY_HEADER,
     READ_PAUSED,
     READING,
     STATE_MASK,
@@ -86,8 +88,7 @@ from .states import (
     TIMED,
     TRANSITIONS,
 )
-from .timeouts import arm_timeouts
-from .tls import WOULD_BLOCK, handshake_step, is_tls, read_pending
+from .tls import WOULD_BLOCK, is_tls, read_pending
 
 __all__ = ["Connection", "format_address", "is_disconnect"]
 
@@ -100,7 +101,7 @@ _STEADY = OPEN | READING | (EVENT_READ << EVENTS_SHIFT)
 logger = logging.getLogger("evloop")
 
 
-class Connection(ConnectionClosing):
+class Connection(ConnectionOpening):
     """One stream connection; the selector's target for its socket.
 
     Public attributes, for the handler and the engine: ``loop``, ``handler``,
@@ -169,57 +170,6 @@ class Connection(ConnectionClosing):
         elif not old:
             loop.unpark(self)
         self.flags = (flags & ~(EVENTS_MASK << EVENTS_SHIFT)) | (events << EVENTS_SHIFT)
-
-    # -- starting -----------------------------------------------------------
-
-    def start(self) -> None:
-        """NEW -> OPEN: count the connection, watch it, run ``setup()``."""
-        self._move(OPEN)
-        self.loop.connection_opened(self)
-        self._begin_serving()
-
-    def _begin_serving(self) -> None:
-        self._watch(EVENT_READ)
-        if arm_timeouts(self):
-            self.flags |= TIMED
-        self.handler.setup()
-        if self.batch is not None or self.output is not None:
-            self.schedule_flush()  # what was queued before serving began
-
-    def start_handshake(self, timeout: Optional[float]) -> None:
-        """NEW -> HANDSHAKING: a TLS server's fresh client. ``setup()`` runs
-        once the handshake is done; ``timeout`` seconds bound it."""
-        self._move(HANDSHAKING)
-        self.loop.connection_opened(self)
-        if timeout is not None:
-            # No handle is kept: the callback finds the state moved on.
-            self.loop.call_later(timeout, self._handshake_expired, timeout)
-        self._step_handshake()
-
-    def start_connecting(self) -> None:
-        """NEW -> CONNECTING: an outgoing connection; counted as open, and
-        ``send()`` only queues until :meth:`connected`."""
-        self._move(CONNECTING)
-        self.loop.connection_opened(self)
-        self.loop.park(self)  # in no selector yet: loop.close() still finds it
-        self.flags |= DIRTY  # output waits: no flush is scheduled while connecting
-
-    def watch_connect(self) -> None:
-        """A non-blocking ``connect()`` is under way on ``sock``."""
-        self._watch(EVENT_WRITE)
-
-    def unwatch(self) -> None:
-        """Take the socket out of the selector (before it is replaced)."""
-        self._watch(0)
-
-    def connected(self) -> None:
-        """CONNECTING -> OPEN: the connect succeeded; serve, and send what
-        was queued meanwhile."""
-        self._watch(0)
-        self._move(OPEN)
-        self.flags &= ~DIRTY
-        self._begin_serving()
-        self.schedule_flush()  # settle the events, even with nothing queued
 
     # -- what the loop calls ------------------------------------------------
 
@@ -292,6 +242,8 @@ class Connection(ConnectionClosing):
             self._step_handshake()
         elif state == LINGERING:
             self._discard_input()
+        elif state == PROXY_HEADER:
+            self.handler.server.proxy_reception.readable(self)
 
     def handle_write(self) -> None:
         state = self.flags & STATE_MASK
@@ -309,14 +261,15 @@ class Connection(ConnectionClosing):
     def handle_error(self, exc: BaseException) -> None:
         """The loop's sorting of an I/O callback's exception: to the handler
         once it is serving; while connecting, to the connector; during a
-        handshake, a log line and a close."""
+        handshake or a PROXY header, a log line and a close."""
         state = self.flags & STATE_MASK
         if state == CONNECTING:
             self.handler.server.handle_error(exc)
-        elif state == HANDSHAKING:
+        elif state == HANDSHAKING or state == PROXY_HEADER:
             logger.error(
-                "%s: error during the TLS handshake; closing the connection",
+                "%s: error during the %s; closing the connection",
                 self.handler.peer,
+                "TLS handshake" if state == HANDSHAKING else "PROXY protocol header",
                 exc_info=exc,
             )
             self.close()
@@ -463,31 +416,6 @@ class Connection(ConnectionClosing):
         else:
             self.flags &= ~READ_PAUSED
         self.schedule_flush()  # flushing recomputes what the socket is watched for
-
-    # -- TLS handshake ------------------------------------------------------
-
-    def _step_handshake(self) -> None:
-        peer = self.handler.peer
-        wanted = handshake_step(self.sock, peer, loop_warnings(self.loop).warn)
-        if wanted is None:  # failed; handshake_step said why
-            self.loop.limit_hit("handshake_failed")
-            self.close()
-        elif wanted:
-            self._watch(wanted)
-        else:
-            self._move(OPEN)
-            self._begin_serving()
-
-    def _handshake_expired(self, seconds: float) -> None:
-        if self.flags & STATE_MASK == HANDSHAKING:
-            self.loop.limit_hit("handshake_timeout")
-            loop_warnings(self.loop).warn(
-                "tls-handshake-timeout",
-                "%s: TLS handshake timeout (%gs) fired; closing the connection",
-                self.handler.peer,
-                seconds,
-            )
-            self.close()
 
     def __repr__(self) -> str:
         return f"<Connection {self.handler.peer} {self.state_name}>"

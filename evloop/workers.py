@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 from .eventloop import EVENT_READ, EventLoop
 from .handler import ClientHandler
 from .metrics_board import WorkerMetrics
+from .proxy_protocol import ProxyProtocol
 from .server import Server, bind_inet
 
 __all__ = ["WorkerProcesses", "serve_workers"]
@@ -75,6 +76,8 @@ class WorkerProcesses:
     ``metrics=(host, port)`` serves every worker's counters at
     ``http://host:port/metrics`` (:mod:`evloop.metrics_board`;
     :attr:`metrics` ``.port`` tells which port).
+    ``proxy_protocol`` (a :class:`~evloop.proxy_protocol.ProxyProtocol`)
+    makes each worker's server read a PROXY protocol header first.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class WorkerProcesses:
         max_wait: Optional[float] = None,
         limits: Any = None,
         metrics: Optional[Tuple[str, int]] = None,
+        proxy_protocol: Optional[ProxyProtocol] = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers!r}")
@@ -105,6 +109,7 @@ class WorkerProcesses:
         self.shutdown_timeout = shutdown_timeout
         self.max_wait = max_wait
         self.limits = limits
+        self.proxy_protocol = proxy_protocol
         # Bound with SO_REUSEPORT and never listening: it fixes the port and
         # holds it, and the kernel sends it no connection.
         self._reserved = bind_inet(host, port, family=family, reuse_port=True)
@@ -356,6 +361,7 @@ class WorkerProcesses:
                 backlog=self.backlog,
                 reuse_port=True,
                 limits=self.limits,
+                proxy_protocol=self.proxy_protocol,
             )
             loop.add_server(server, self.handler_class)
             if self.worker_setup is not None:
