@@ -20,7 +20,7 @@ recipe's handlers override.
 
 from typing import Any, Optional
 
-from evloop import ClientHandler, RemoteProtocolError
+from evloop import ClientHandler, RemoteProtocolError, RequestTooLargeError
 from evloop.states import BACKLOGGED, OPEN, STATE_MASK
 
 __all__ = ["NEED_DATA", "FramedHandler", "Framer", "StringReceiverHandler"]
@@ -84,9 +84,13 @@ class Framer:
         """The bytes that carry ``message`` to the peer."""
         raise NotImplementedError
 
-    def _fail(self, message: str, reply: Optional[bytes] = None) -> RemoteProtocolError:
-        """Remember the first violation so the framer keeps refusing."""
-        error = RemoteProtocolError(message, reply=reply)
+    def _fail(
+        self, message: str, reply: Optional[bytes] = None, *, too_large: bool = False
+    ) -> RemoteProtocolError:
+        """Remember the first violation so the framer keeps refusing.
+        ``too_large``: a request over the size limit
+        (:class:`~evloop.RequestTooLargeError`, counted apart by the metrics)."""
+        error = (RequestTooLargeError if too_large else RemoteProtocolError)(message, reply=reply)
         self._error = error
         self._buffer.clear()
         return error

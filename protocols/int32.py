@@ -60,7 +60,8 @@ class Int32Framer(Framer):
             if length > self.max_size:
                 raise self._fail(
                     f"message length {length} (prefix {bytes(buf[:_PREFIX_SIZE])!r}) "
-                    f"is over the limit of {self.max_size} bytes"
+                    f"is over the limit of {self.max_size} bytes",
+                    too_large=True,
                 )
             del buf[:_PREFIX_SIZE]
             self._payload_length = length

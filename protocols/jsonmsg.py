@@ -100,7 +100,9 @@ class JsonFramer(Framer):
             # The length is checked before it is trusted: nothing of an
             # oversize payload is ever buffered or waited for.
             if length > self.max_size:
-                raise self._fail(f"payload length {length} is over the limit of {self.max_size} bytes")
+                raise self._fail(
+                    f"payload length {length} is over the limit of {self.max_size} bytes", too_large=True
+                )
             end = self._end = HEADER_SIZE + length
             self._checksum = checksum
         if len(buf) < end:

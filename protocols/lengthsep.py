@@ -42,7 +42,8 @@ class LengthSepFramer(Framer):
                 if len(buf) > self._max_digits:
                     raise self._fail(
                         f"length line longer than {self._max_digits} digits: "
-                        f"{bytes(buf[: self._max_digits + 1])!r}"
+                        f"{bytes(buf[: self._max_digits + 1])!r}",
+                        too_large=True,
                     )
                 if buf and not buf.isdigit():
                     raise self._fail(f"length line is not a decimal number: {bytes(buf)!r}")
@@ -54,7 +55,9 @@ class LengthSepFramer(Framer):
                 raise self._fail(f"length line is not a decimal number: {bytes(head)!r}")
             length = int(head)
             if length > self.max_size:
-                raise self._fail(f"length {length} is over the limit of {self.max_size} bytes")
+                raise self._fail(
+                    f"length {length} is over the limit of {self.max_size} bytes", too_large=True
+                )
             del buf[: newline + 1]
             self._body_length = length
         if len(buf) < length:

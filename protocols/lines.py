@@ -98,6 +98,7 @@ class LineFramer(Framer):
                     f"line longer than {self.max_size} bytes without a terminator "
                     f"{terminator!r}: {bytes(buf[:_SHOWN])!r}...",
                     self.too_long_reply,
+                    too_large=True,
                 )
             if self._eof and buf:
                 if not self.eof_ends_line:

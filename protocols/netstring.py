@@ -61,12 +61,14 @@ class NetstringFramer(Framer):
                 if len(buf) > self._max_digits:
                     raise self._fail(
                         f"netstring length longer than {self._max_digits} digits: "
-                        f"{bytes(buf[: self._max_digits + 1])!r}"
+                        f"{bytes(buf[: self._max_digits + 1])!r}",
+                        too_large=True,
                     )
                 if head and int(head) > self.max_size:
                     # More digits can only make it larger: refuse now, as Twisted does.
                     raise self._fail(
-                        f"netstring length {bytes(head)!r}... is over the limit of {self.max_size} bytes"
+                        f"netstring length {bytes(head)!r}... is over the limit of {self.max_size} bytes",
+                        too_large=True,
                     )
                 if self._eof and buf:
                     raise self._truncated()
@@ -75,7 +77,9 @@ class NetstringFramer(Framer):
                 raise self._fail("netstring length is missing before ':'")
             length = int(head)
             if length > self.max_size:
-                raise self._fail(f"netstring length {length} is over the limit of {self.max_size} bytes")
+                raise self._fail(
+                    f"netstring length {length} is over the limit of {self.max_size} bytes", too_large=True
+                )
             del buf[: colon + 1]
             self._payload_length = length
         if len(buf) <= length:  # the payload and its comma are not all here

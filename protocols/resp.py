@@ -247,8 +247,10 @@ class RespFramer(Framer):
     def _truncated(self) -> RemoteProtocolError:
         return self._fail(f"the stream ended inside a command ({self.buffered} bytes buffered)")
 
-    def _fail(self, message: str, reply: Optional[bytes] = None) -> RemoteProtocolError:
-        error = self.error = super()._fail(message, reply)
+    def _fail(
+        self, message: str, reply: Optional[bytes] = None, *, too_large: bool = False
+    ) -> RemoteProtocolError:
+        error = self.error = super()._fail(message, reply, too_large=too_large)
         self._args = None
         self._size = 0
         self._scanned = 0
@@ -331,6 +333,7 @@ class RespFramer(Framer):
                 _protocol_error(
                     "too big mbulk count string" if self._args is None else "too big bulk count string"
                 ),
+                too_large=True,
             )
         if end < 0:
             self._scanned = max(0, len(buffer) - 1)
@@ -415,6 +418,7 @@ class RespFramer(Framer):
                 f"{count} arguments would cost {count * self.argument_cost} bytes, "
                 f"over the limit of {self.max_size}",
                 _protocol_error("invalid multibulk length"),
+                too_large=True,
             )
         return count
 
@@ -435,6 +439,7 @@ class RespFramer(Framer):
                 f"a {length}-byte argument would take the command over the limit of "
                 f"{self.max_size} bytes ({cost} charged for each argument)",
                 _protocol_error("invalid bulk length"),
+                too_large=True,
             )
         return length
 
@@ -490,6 +495,7 @@ class RespFramer(Framer):
                 raise self._fail(
                     f"an inline command longer than {self.max_line} bytes: {bytes(buffer[:40])!r}...",
                     _protocol_error("too big inline request"),
+                    too_large=True,
                 )
             self._scanned = len(buffer)
             return None
@@ -497,6 +503,7 @@ class RespFramer(Framer):
             raise self._fail(
                 f"a {end}-byte inline command is over the limit of {self.max_line}",
                 _protocol_error("too big inline request"),
+                too_large=True,
             )
         line = bytes(buffer[:end])
         del buffer[: end + 1]

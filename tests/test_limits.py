@@ -311,3 +311,29 @@ def test_remote_protocol_error_is_the_one_raised():
     handler.incoming = bytearray()
     with pytest.raises(RemoteProtocolError):
         handler.data_received(b"xyz")
+
+
+@pytest.mark.parametrize(
+    "handler, oversized",
+    [
+        (LengthSepEcho, b"100\n"),
+        ("lines", b"x" * 40 + b"\r\n"),
+        ("netstring", b"100:"),
+    ],
+)
+def test_a_framer_refusing_a_request_over_its_size_counts_as_request_too_large(handler, oversized):
+    from evloop.protocols import LineEcho, NetstringEcho
+
+    handler = {"lines": LineEcho, "netstring": NetstringEcho}.get(handler, handler)
+    with EventLoop() as loop:
+        server = Server("127.0.0.1", 0, limits=Limits(max_request_size=16))
+        loop.add_server(server, handler)
+        with connect(server) as client:
+            client.sendall(oversized)
+            client.settimeout(0)
+            for _ in range(500):
+                if loop.limit_hits.get("request_too_large"):
+                    break
+                loop.run_once(0.02)
+        assert loop.limit_hits.get("request_too_large") == 1
+        assert not loop.limit_hits.get("protocol_error")
