@@ -1,0 +1,154 @@
+"""evloop behind a real HAProxy, across two hosts.
+
+Two hosts (network namespaces joined by veth pairs, see tests/deploy/hosts.py;
+two loopback addresses where namespaces are not allowed, and the test says
+so) each run ``python -m evloop serve ... --workers 2 --proxy-protocol
+<HAProxy's address>``; HAProxy runs deploy/haproxy.cfg, the very file
+docs/deployment.md shows: PROXY v2 to the hosts, HTTP health checks that
+carry a PROXY header too. The clients are threads of this test, one request
+per connection, from an address that is neither HAProxy's nor a host's.
+
+- requests spread over both hosts, and each host sees, answers and logs
+  the client's own address and port;
+- a host is killed (SIGKILL to its supervisor and workers): HAProxy marks
+  it down and routes around it, and the only requests that fail are ones
+  in flight when it died;
+- a host reloads (SIGHUP to its supervisor) under load: no request fails,
+  HAProxy never sees it down, and the new code answers afterwards.
+
+Needs haproxy (Debian's package; .ci/run installs it and sets
+EVLOOP_REQUIRE_HAPROXY=1, which turns a skip into a failure).
+"""
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from tests.deploy.deployment import Deployment, need, topology_kind
+from tests.deploy.processes import Load, until
+
+pytestmark = pytest.mark.haproxy
+
+ACCESS_WHO = '"GET /who?'
+
+
+@pytest.fixture
+def deployment(request, tmp_path):
+    need("haproxy")
+    running = Deployment(topology_kind(getattr(request, "param", "netns")), tmp_path)
+    try:
+        yield running.start()
+    except BaseException:
+        print(running.logs())
+        raise
+    finally:
+        running.close()
+
+
+def answered_by(records, name, **fields):
+    return [
+        record
+        for record in records
+        if record.ok and record.answer["host"] == name and all(record.answer[k] == v for k, v in fields.items())
+    ]
+
+
+def access_lines(process, path=ACCESS_WHO):
+    return [line for line in process.output().splitlines() if path in line]
+
+
+@pytest.mark.parametrize("deployment", ["netns", "loopback"], indirect=True)
+def test_requests_spread_and_each_host_logs_the_real_client(deployment):
+    topology = deployment.topology
+    with Load(topology.frontend, topology.client, clients=4, delay=0) as load:
+        until(
+            lambda: min(len(answered_by(load.done(), name)) for name in "ab") >= 20,
+            what="20 answers from each host",
+        )
+    records = load.done()
+    assert [record for record in records if not record.ok] == []
+    spread = Counter(record.answer["host"] for record in records)
+    print(f"{len(records)} requests: {dict(spread)}")
+    assert min(spread.values()) >= 0.3 * len(records), spread  # round robin: about half each
+    # Each host saw the client's own address and port (from the PROXY
+    # header), not HAProxy's.
+    for record in records:
+        assert record.answer["client"] == "{}:{}".format(*record.local), record
+    # ... and its access log names the client; the health checks, which
+    # have no client (PROXY v2 LOCAL), are logged with HAProxy's address.
+    for name, process in deployment.hosts.items():
+        until(
+            lambda: len(access_lines(process)) >= spread[name],
+            what=f"host {name}'s access log lines",
+        )
+        assert all(line.startswith(topology.client + " ") for line in access_lines(process))
+        balancer = topology.hosts[name].balancer
+        checks = access_lines(process, '"GET /health ')
+        assert checks and all(line.startswith(balancer + " ") for line in checks)
+
+
+def test_a_killed_host_is_routed_around(deployment):
+    topology = deployment.topology
+    victim = deployment.hosts["b"]
+    with Load(topology.frontend, topology.client, clients=8, delay=0.05) as load:
+        until(lambda: len(answered_by(load.done(), "b")) >= 10, what="answers from host b")
+        killed = time.monotonic()
+        victim.kill()  # SIGKILL to its supervisor and workers; returns once all are gone
+        dead = time.monotonic()
+        deployment.wait_status("b", "DOWN", timeout=5)
+        down = time.monotonic()
+        until(
+            lambda: len([r for r in load.done() if r.start > down]) >= 30,
+            what="30 requests after host b was marked down",
+        )
+    records = load.done()
+    failed = [record for record in records if not record.ok]
+    in_flight = [record for record in records if record.start < dead and record.end > killed]
+    print(
+        f"{len(records)} requests; {len(in_flight)} in flight while host b was killed, "
+        f"{len(failed)} failed; HAProxy marked it down {down - dead:.2f} s after"
+    )
+    # Only requests in flight while the host was being killed may fail (a
+    # connection it had accepted dies with it); at most the pool's 8.
+    assert all(record in in_flight for record in failed), failed
+    assert len(failed) <= 8
+    # Once the host is gone, HAProxy's retries send a new connection to the
+    # other host: none fails, even before the checks mark it down.
+    assert [record for record in records if record.start > dead and not record.ok] == []
+    assert {record.answer["host"] for record in records if record.start > dead} == {"a"}
+
+
+def test_a_host_reloads_under_load_without_a_failed_request(deployment):
+    topology = deployment.topology
+    host = deployment.hosts["b"]
+    with Load(topology.frontend, topology.client, clients=8, delay=0.05) as load:
+        until(lambda: len(answered_by(load.done(), "b")) >= 10, what="answers from host b")
+        old = {record.answer["pid"] for record in answered_by(load.done(), "b")}
+        deployment.version_file("b").write_text("2")
+        reloaded = time.monotonic()
+        os.kill(host.pid, signal.SIGHUP)
+        # The new generation answers with the new code, and the old one ends.
+        until(
+            lambda: len(answered_by(load.done(), "b", version="2")) >= 20,
+            what=f"host b's new code to answer (log:\n{host.output()})",
+        )
+        until(
+            lambda: not any(os.path.exists(f"/proc/{pid}") for pid in old),
+            what="host b's old workers to exit",
+        )
+        settled = time.monotonic()
+        until(lambda: len([r for r in load.done() if r.start > settled]) >= 20, what="20 more requests")
+    records = load.done()
+    print(
+        f"{len(records)} requests, {len(answered_by(records, 'b'))} answered by host b; "
+        f"reload took {settled - reloaded:.2f} s"
+    )
+    assert [record for record in records if not record.ok] == []
+    assert deployment.server_stats("b")["chkdown"] == "0"  # never seen down
+    assert deployment.server_stats("b")["status"] == "UP"
+    after = [record for record in answered_by(records, "b") if record.start > settled]
+    assert after and all(record.answer["version"] == "2" for record in after)
+    assert not old & {record.answer["pid"] for record in after}
