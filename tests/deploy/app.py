@@ -1,7 +1,8 @@
 """The application the deployment tests run on each "host": HTTP, answering
-with the host's name, the code's version and the client address it sees.
+with the host's name, the code's version, the client address it sees, the
+worker's pid and the X-Forwarded-For header (nginx's test).
 
-    GET /who?delay=SECONDS  ->  "host=a version=1 client=10.200.7.1:43512\n"
+    GET /who?delay=SECONDS  ->  "host=a version=1 client=10.200.7.1:43512 pid=812 forwarded=-\n"
     GET /health             ->  "ok\n" (HAProxy's health check)
 
 The host's name comes from ``EVLOOP_DEPLOY_HOST``; the version is read, at
@@ -38,7 +39,8 @@ def health(request: Any) -> str:
 def who(request: Any) -> Any:
     handler = request.connection
     host, port = handler.client_address[:2]
-    answer = f"host={HOST} version={VERSION} client={host}:{port} pid={os.getpid()}\n"
+    forwarded = request.header("x-forwarded-for", "-").replace(" ", "")
+    answer = f"host={HOST} version={VERSION} client={host}:{port} pid={os.getpid()} forwarded={forwarded}\n"
     delay = float(parse_qs(request.query).get("delay", ["0"])[0])
     if delay <= 0:
         return answer

@@ -6,7 +6,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -23,13 +23,13 @@ BACKEND = "evloop_servers"
 WORKERS = 2
 
 
-def need(program: str) -> None:
+def need(program: str, package: str = "", proxy_protocol: bool = True) -> None:
     """Skip (fail, where CI requires it) without ``program`` or without the
     PROXY protocol in this build."""
     missing = None
     if shutil.which(program) is None:
-        missing = f"{program} is not installed (Debian: apt-get install {program})"
-    else:
+        missing = f"{program} is not installed (Debian: apt-get install {package or program})"
+    elif proxy_protocol:
         try:
             import evloop.proxy_protocol  # noqa: F401
         except ImportError:
@@ -57,12 +57,14 @@ def topology_kind(wanted: str) -> str:
 class Deployment:
     """The topology, a LoggedProcess per host and HAProxy."""
 
-    def __init__(self, kind: str, workdir: Path):
+    def __init__(self, kind: str, workdir: Path, proxy_protocol: bool = True):
         self.workdir = workdir
+        self.proxy_protocol = proxy_protocol
         self.topology: Topology = make_topology(kind)
         print(f"deployment: {self.topology.describe()}")
         self.hosts: Dict[str, LoggedProcess] = {}
         self.haproxy: Optional[LoggedProcess] = None
+        self.others: List[LoggedProcess] = []  # another balancer (nginx)
         self.stats_path = str(workdir / "haproxy.sock")
 
     # -- the hosts ------------------------------------------------------
@@ -76,9 +78,10 @@ class Deployment:
         argv = [
             sys.executable, "-m", "evloop", "serve", "tests.deploy.app:App",
             "--host", host.address, "--port", str(host.port), "--workers", str(WORKERS),
-            "--proxy-protocol", f"{host.balancer}/32",
             "--max-connections-per-peer", "0", "--shutdown-timeout", "5",
         ]  # fmt: skip
+        if self.proxy_protocol:
+            argv += ["--proxy-protocol", f"{host.balancer}/32"]
         env = dict(
             os.environ,
             PYTHONPATH=str(ROOT),
@@ -124,22 +127,26 @@ class Deployment:
 
     # -- the whole --------------------------------------------------------
 
-    def start(self) -> "Deployment":
+    def start_hosts(self) -> "Deployment":
         for name in self.topology.hosts:
             self.start_host(name)
+        return self
+
+    def start(self) -> "Deployment":
+        self.start_hosts()
         self.start_haproxy()
         return self
 
     def logs(self) -> str:
         parts = []
-        for process in [*self.hosts.values(), self.haproxy]:
+        for process in [*self.hosts.values(), self.haproxy, *self.others]:
             if process is not None:
                 parts.append(f"--- {process.name}\n{process.output()}")
         return "\n".join(parts)
 
     def close(self) -> None:
         try:
-            for process in [self.haproxy, *self.hosts.values()]:
+            for process in [self.haproxy, *self.others, *self.hosts.values()]:
                 if process is not None:
                     process.close()
         finally:
