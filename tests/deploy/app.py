@@ -44,7 +44,7 @@ def who(request: Any) -> Any:
     delay = float(parse_qs(request.query).get("delay", ["0"])[0])
     if delay <= 0:
         return answer
-    reply: "Future[str]" = Future()
+    reply: Future[str] = Future()
     handler.loop.call_later(delay, reply.set_result, answer)
     return reply
 

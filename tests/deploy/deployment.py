@@ -151,4 +151,3 @@ class Deployment:
                     process.close()
         finally:
             self.topology.close()
-

@@ -175,7 +175,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
     used = _ip("-4", "addr", check=False).stdout + _ip("-4", "route", check=False).stdout
     taken = [ipaddress.ip_network(n, strict=False) for n in re.findall(r"(\d+\.\d+\.\d+\.\d+/\d+)", used)]
     for _ in range(100):
-        net = ipaddress.ip_network(f"10.{random.randrange(200, 208)}.{random.randrange(256)}.{16 * random.randrange(16)}/28")
+        net = ipaddress.ip_network(
+            f"10.{random.randrange(200, 208)}.{random.randrange(256)}.{16 * random.randrange(16)}/28"
+        )
         if not any(net.overlaps(other) for other in taken):
             return net
     raise RuntimeError("no free 10.200.0.0/13 subnet")

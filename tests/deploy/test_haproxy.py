@@ -52,7 +52,9 @@ def answered_by(records, name, **fields):
     return [
         record
         for record in records
-        if record.ok and record.answer["host"] == name and all(record.answer[k] == v for k, v in fields.items())
+        if record.ok
+        and record.answer["host"] == name
+        and all(record.answer[k] == v for k, v in fields.items())
     ]
 
 
@@ -81,7 +83,7 @@ def test_requests_spread_and_each_host_logs_the_real_client(deployment):
     # have no client (PROXY v2 LOCAL), are logged with HAProxy's address.
     for name, process in deployment.hosts.items():
         until(
-            lambda: len(access_lines(process)) >= spread[name],
+            lambda process=process, count=spread[name]: len(access_lines(process)) >= count,
             what=f"host {name}'s access log lines",
         )
         assert all(line.startswith(topology.client + " ") for line in access_lines(process))

@@ -88,8 +88,10 @@ def test_http_through_nginx_spreads_keeps_alive_and_forwards_the_client(behind_n
     topology = behind_nginx.topology
     with Load(topology.frontend, topology.client, clients=4, delay=0) as load:
         until(
-            lambda: min(Counter(r.answer["host"] for r in load.done() if r.ok).get(name, 0) for name in "ab")
-            >= 40,
+            lambda: (
+                min(Counter(r.answer["host"] for r in load.done() if r.ok).get(name, 0) for name in "ab")
+                >= 40
+            ),
             what="40 answers from each host",
         )
     records = load.done()
