@@ -14,7 +14,7 @@ from tests.deploy.hosts import Topology, make_topology, namespaces_unavailable
 from tests.deploy.processes import WAIT, LoggedProcess, stats, until
 from tests.examples import ROOT
 
-__all__ = ["HAPROXY_CONFIG", "Deployment", "need", "topology_kind"]
+__all__ = ["HAPROXY_CONFIG", "Deployment", "need", "topology_kind", "unavailable"]
 
 HAPROXY_CONFIG = ROOT / "deploy" / "haproxy.cfg"
 # HAProxy's names for the hosts (the "server" lines of deploy/haproxy.cfg).
@@ -34,8 +34,12 @@ def need(program: str, package: str = "", proxy_protocol: bool = True) -> None:
             import evloop.proxy_protocol  # noqa: F401
         except ImportError:
             missing = "this build has no evloop.proxy_protocol (--proxy-protocol)"
-    if missing is None:
-        return
+    if missing is not None:
+        unavailable(missing)
+
+
+def unavailable(missing: str) -> None:
+    """Skip for want of ``missing``; fail where CI requires these tests."""
     if os.environ.get("EVLOOP_REQUIRE_HAPROXY") == "1":
         pytest.fail(f"EVLOOP_REQUIRE_HAPROXY=1 but {missing}")
     pytest.skip(missing)

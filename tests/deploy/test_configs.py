@@ -17,7 +17,7 @@ def shown(path):
     return found.group(1)
 
 
-@pytest.mark.parametrize("path", ["deploy/haproxy.cfg", "deploy/nginx-http.conf"])
+@pytest.mark.parametrize("path", ["deploy/haproxy.cfg", "deploy/nginx-http.conf", "deploy/nginx-stream.conf"])
 def test_the_docs_show_the_tested_file(path):
     assert shown(path) == (ROOT / path).read_text()
 
@@ -25,4 +25,5 @@ def test_the_docs_show_the_tested_file(path):
 def test_the_tests_run_these_files():
     tests = ROOT / "tests" / "deploy"
     assert 'ROOT / "deploy" / "haproxy.cfg"' in (tests / "deployment.py").read_text()
-    assert 'ROOT / "deploy" / "nginx-http.conf"' in (tests / "test_nginx.py").read_text()
+    nginx = (tests / "test_nginx.py").read_text()
+    assert '"nginx-http.conf"' in nginx and '"nginx-stream.conf"' in nginx
