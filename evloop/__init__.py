@@ -9,6 +9,7 @@ from .lifecycle import ServerLifecycle
 from .limits import DEFAULT_LIMITS, Limits
 from .multiplexer import make_selector
 from .offload import offload_executor, set_offload_executor
+from .proxy_protocol import ProxyHeader, ProxyHeaderError, ProxyProtocol
 from .serve import loop
 from .server import Server
 from .stats import LoopStats
@@ -35,6 +36,9 @@ __all__ = [
     "LoopStats",
     "LoopThread",
     "ProtocolError",
+    "ProxyHeader",
+    "ProxyHeaderError",
+    "ProxyProtocol",
     "RemoteProtocolError",
     "Server",
     "ServerLifecycle",

@@ -147,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain (PEM)")
     where.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    where.add_argument(
+        "--proxy-protocol",
+        action="append",
+        metavar="CIDR",
+        help="every client sends a PROXY protocol header (v1 or v2) first, from this trusted "
+        "network only (repeatable; 'any': every source, only where a firewall keeps the port "
+        "to the load balancers; a Unix socket's file permissions decide instead)",
+    )
     how = serve.add_argument_group("how to run")
     how.add_argument(
         "--selector", default=None, help="select, poll, epoll, kqueue (default: the best this platform has)"
@@ -279,7 +287,21 @@ def _limits(args: argparse.Namespace) -> Any:
         raise CommandError(str(exc)) from None
 
 
-def _make_server(args: argparse.Namespace, ssl_context: Any, limits: Any) -> Any:
+def _proxy_protocol(args: argparse.Namespace) -> Any:
+    """The ProxyProtocol --proxy-protocol asks for, or None."""
+    if not args.proxy_protocol:
+        return None
+    if args.udp:
+        raise CommandError("--proxy-protocol applies to stream servers, not --udp")
+    from .proxy_protocol import ProxyProtocol
+
+    try:
+        return ProxyProtocol(trusted=args.proxy_protocol)
+    except ValueError as exc:
+        raise CommandError(f"--proxy-protocol: {exc}") from None
+
+
+def _make_server(args: argparse.Namespace, ssl_context: Any, limits: Any, proxy: Any = None) -> Any:
     if args.udp:
         if ssl_context is not None:
             raise CommandError("--tls-cert/--tls-key do not apply to --udp")
@@ -291,10 +313,10 @@ def _make_server(args: argparse.Namespace, ssl_context: Any, limits: Any) -> Any
     if args.unix:
         from .unix import UnixServer
 
-        return UnixServer(args.unix, ssl=ssl_context, limits=limits)
+        return UnixServer(args.unix, ssl=ssl_context, limits=limits, proxy_protocol=proxy)
     from .server import Server
 
-    return Server(args.host, args.port, ssl=ssl_context, limits=limits)
+    return Server(args.host, args.port, ssl=ssl_context, limits=limits, proxy_protocol=proxy)
 
 
 def _ssl_context(args: argparse.Namespace) -> Any:
@@ -312,7 +334,9 @@ def _ssl_context(args: argparse.Namespace) -> Any:
     return context
 
 
-def _serve_workers(args: argparse.Namespace, handler_class: Any, ssl_context: Any, limits: Any) -> int:
+def _serve_workers(
+    args: argparse.Namespace, handler_class: Any, ssl_context: Any, limits: Any, proxy: Any
+) -> int:
     from .workers import WorkerProcesses
 
     if args.unix or args.udp or ssl_context is not None:
@@ -325,6 +349,7 @@ def _serve_workers(args: argparse.Namespace, handler_class: Any, ssl_context: An
         selector=args.selector,
         shutdown_timeout=limits.shutdown_timeout,
         limits=limits,
+        proxy_protocol=proxy,
     )
 
     def ready(processes: Any) -> None:
@@ -394,9 +419,10 @@ def serve(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     ssl_context = _ssl_context(args)
     limits = _limits(args)
+    proxy = _proxy_protocol(args)
     if args.workers > 1:
-        return _serve_workers(args, handler_class, ssl_context, limits)
-    server = _make_server(args, ssl_context, limits)
+        return _serve_workers(args, handler_class, ssl_context, limits, proxy)
+    server = _make_server(args, ssl_context, limits, proxy)
     where = args.unix or f"{server.host}:{server.port}"
     event_loop = EventLoop(args.selector)
     reporter = None

@@ -38,6 +38,7 @@ from .states import (
     LINGERING,
     NEW,
     OPEN,
+    PROXY_HEADER,
     READING,
     STATE_MASK,
 )
@@ -103,7 +104,7 @@ class ConnectionClosing:
         if state == OPEN:
             self._move(CLOSING)
         elif state != CLOSING:
-            if state in (CONNECTING, HANDSHAKING, NEW):
+            if state in (CONNECTING, PROXY_HEADER, HANDSHAKING, NEW):
                 self.close()
             return
         if linger:
@@ -206,7 +207,8 @@ class ConnectionClosing:
             gone(handler)
         if state != NEW:
             self.loop.connection_closed(self)
-        if state != NEW and state != HANDSHAKING:  # setup() ran, or a connect was tried
+        # setup() ran, or a connect was tried:
+        if state != NEW and state != HANDSHAKING and state != PROXY_HEADER:
             try:
                 handler.finish()
             except Exception:

@@ -11,6 +11,7 @@ state         meaning
 ============  ===========================================================
 NEW           made, not yet served
 CONNECTING    an outgoing ``connect()`` is under way (watched for writing)
+PROXY_HEADER  a PROXY protocol header is being read (:mod:`evloop.proxy_reception`)
 HANDSHAKING   a TLS handshake is under way (watched for what OpenSSL wants)
 OPEN          serving: reading requests, sending replies
 CLOSING       no more requests; close once the queued output is sent
@@ -75,6 +76,7 @@ from .states import (
     LINGERING,
     NEW,
     OPEN,
+    PROXY_HEADER,
     READ_PAUSED,
     READING,
     STATE_MASK,
@@ -184,6 +186,26 @@ class Connection(ConnectionClosing):
         once the handshake is done; ``timeout`` seconds bound it."""
         self._move(HANDSHAKING)
         self.loop.connection_opened(self)
+        self._time_handshake(timeout)
+
+    def start_proxy_header(self) -> None:
+        """NEW -> PROXY_HEADER: the server's PROXY protocol reception reads
+        the header first (:mod:`evloop.proxy_reception`), then calls
+        :meth:`proxy_header_read`."""
+        self._move(PROXY_HEADER)
+        self.loop.connection_opened(self)
+        self._watch(EVENT_READ)
+
+    def proxy_header_read(self, handshake_timeout: Optional[float]) -> None:
+        """PROXY_HEADER -> HANDSHAKING on a TLS socket, else OPEN."""
+        if is_tls(self.sock):
+            self._move(HANDSHAKING)
+            self._time_handshake(handshake_timeout)
+        else:
+            self._move(OPEN)
+            self._begin_serving()
+
+    def _time_handshake(self, timeout: Optional[float]) -> None:
         if timeout is not None:
             # No handle is kept: the callback finds the state moved on.
             self.loop.call_later(timeout, self._handshake_expired, timeout)
@@ -276,6 +298,8 @@ class Connection(ConnectionClosing):
             self._step_handshake()
         elif state == LINGERING:
             self._discard_input()
+        elif state == PROXY_HEADER:
+            self.handler.server.proxy_reception.readable(self)
 
     def handle_write(self) -> None:
         state = self.flags & STATE_MASK
@@ -293,14 +317,15 @@ class Connection(ConnectionClosing):
     def handle_error(self, exc: BaseException) -> None:
         """The loop's sorting of an I/O callback's exception: to the handler
         once it is serving; while connecting, to the connector; during a
-        handshake, a log line and a close."""
+        handshake or a PROXY header, a log line and a close."""
         state = self.flags & STATE_MASK
         if state == CONNECTING:
             self.handler.server.handle_error(exc)
-        elif state == HANDSHAKING:
+        elif state == HANDSHAKING or state == PROXY_HEADER:
             logger.error(
-                "%s: error during the TLS handshake; closing the connection",
+                "%s: error during the %s; closing the connection",
                 self.handler.peer,
+                "TLS handshake" if state == HANDSHAKING else "PROXY protocol header",
                 exc_info=exc,
             )
             self.close()

@@ -92,7 +92,7 @@ class ClientHandler:
 
     # Slots keep an idle connection small (a subclass without __slots__ still
     # gets a __dict__ for its own attributes).
-    __slots__ = ("server", "client_address", "incoming", "connection", "_scanned")
+    __slots__ = ("server", "client_address", "incoming", "connection", "_scanned", "proxy_header")
 
     def __init__(self, server: Any, client_socket: socket.socket, client_address: Any) -> None:
         self.server = server
@@ -105,6 +105,10 @@ class ClientHandler:
         #: The engine's side of this connection (:class:`~evloop.connection.Connection`).
         self.connection = Connection(server.loop, self, client_socket, high)
         self._scanned = 0  # where find() resumes in incoming
+        #: The :class:`~evloop.proxy_protocol.ProxyHeader` the load balancer
+        #: sent, on a server with ``proxy_protocol`` (None otherwise); then
+        #: ``client_address`` is the client it names (see evloop.proxy_reception).
+        self.proxy_header: Any = None
 
     # -- the connection, as the handler sees it -------------------------------
 

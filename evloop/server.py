@@ -19,7 +19,10 @@ Refusals are logged through :mod:`evloop.logs`: one line per kind per
 10 s window, then a count of the rest. With
 ``ssl=`` a context, each client's connection first goes through a
 non-blocking TLS handshake (its HANDSHAKING state, :mod:`evloop.connection`);
-the handler's ``setup()`` runs once it is done.
+the handler's ``setup()`` runs once it is done. With ``proxy_protocol=``
+a :class:`~evloop.proxy_protocol.ProxyProtocol`, each client first sends a
+PROXY protocol header, read before the handshake and before ``setup()``
+(:mod:`evloop.proxy_reception`), and the handler sees the client it names.
 """
 
 import errno
@@ -33,6 +36,8 @@ from .eventloop import EVENT_READ
 from .lifecycle import ServerLifecycle
 from .limits import DEFAULT_LIMITS, Limits, RateLimitedLog, default_max_connections
 from .logs import loop_warnings
+from .proxy_protocol import ProxyProtocol
+from .proxy_reception import ProxyReception
 
 __all__ = ["Server"]
 
@@ -59,7 +64,9 @@ class Server(ServerLifecycle):
     to serve TLS; ``limits`` a :class:`~evloop.limits.Limits` for this
     server's clients (default :data:`~evloop.limits.DEFAULT_LIMITS`).
     :attr:`connections` counts the clients it holds now, :meth:`peer_connections`
-    those of one client address.
+    those of one client address. ``proxy_protocol`` (a
+    :class:`~evloop.proxy_protocol.ProxyProtocol`) makes every client send
+    a PROXY protocol header first, from a trusted network only.
 
     socketserver's ``serve_forever()``, ``shutdown()``, ``server_close()``
     and ``with`` come from :class:`~evloop.lifecycle.ServerLifecycle`.
@@ -80,6 +87,7 @@ class Server(ServerLifecycle):
         sock: Optional[socket.socket] = None,
         ssl: Optional[SSLContext] = None,
         limits: Optional[Limits] = None,
+        proxy_protocol: Optional[ProxyProtocol] = None,
     ) -> None:
         self._init_limits(ssl, limits)
         if sock is None:
@@ -98,6 +106,11 @@ class Server(ServerLifecycle):
         self.closed = False
         self._listening = False
         self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        self.proxy_protocol = proxy_protocol
+        #: The PROXY header reading (None when ``proxy_protocol`` is off).
+        self.proxy_reception: Optional[ProxyReception] = None
+        if proxy_protocol is not None:
+            self.proxy_reception = ProxyReception(self, proxy_protocol, checks_trust=self._tcp)
         if self._tcp and self.limits.max_connections_per_peer is not None:
             self._peer_counts = {}  # counted from accept to client_gone()
         self._hosts: Dict[Any, Any] = {}
@@ -181,7 +194,14 @@ class Server(ServerLifecycle):
                 self._refuse(client, address)
                 continue
             cap = self.limits.max_connections_per_peer
-            if cap is not None and self._tcp and self._peer_full(address[0], cap):
+            # Behind the PROXY protocol every client shares the balancer's
+            # address: the cap counts the header's client instead.
+            if (
+                cap is not None
+                and self._tcp
+                and self.proxy_reception is None
+                and self._peer_full(address[0], cap)
+            ):
                 self._refuse(client, address, cap)
                 continue
             self.connection_made(client, address)
@@ -224,6 +244,9 @@ class Server(ServerLifecycle):
         with its handler; None for one that never got a handler)."""
         if self.connections > 0:
             self.connections -= 1
+        if self.proxy_reception is not None:
+            self.proxy_reception.forget(handler)
+            return
         counts = self._peer_counts
         if counts is not None and handler is not None:
             host = handler.client_address[0]
@@ -237,6 +260,8 @@ class Server(ServerLifecycle):
         """The connections (TLS handshakes included) client address ``host``
         holds now. Counted on TCP servers with a per-peer cap only: Unix
         sockets have no address."""
+        if self.proxy_reception is not None:
+            return self.proxy_reception.peer_connections(host)
         counts = self._peer_counts
         return 0 if counts is None else int(counts.get(host, 0))
 
@@ -260,6 +285,9 @@ class Server(ServerLifecycle):
     def connection_made(self, client: socket.socket, address: Any) -> None:
         """Make a handler for a freshly accepted client and start it (after
         the TLS handshake, on a TLS server)."""
+        reception = self.proxy_reception
+        if reception is not None and not reception.admits(client, address):
+            return
         client.setblocking(False)
         if self._tcp:
             inherited = self._nodelay_inherited
@@ -289,11 +317,13 @@ class Server(ServerLifecycle):
             self.client_gone(None)
             return
         connection = handler.connection
-        if self._peer_counts is not None:
+        if self._peer_counts is not None and reception is None:
             host = address[0]
             self._peer_counts[host] = self._peer_counts.get(host, 0) + 1
         try:
-            if tls:
+            if reception is not None:
+                reception.begin(connection)  # then the handshake, or OPEN
+            elif tls:
                 # The handler's setup() runs once the handshake is done.
                 connection.start_handshake(self.limits.handshake_timeout)
             else:

@@ -27,6 +27,7 @@ __all__ = [
     "LINGERING",
     "NEW",
     "OPEN",
+    "PROXY_HEADER",
     "READING",
     "READ_PAUSED",
     "STATE_MASK",
@@ -37,13 +38,16 @@ __all__ = [
 
 EVENT_READ, EVENT_WRITE = 1, 2  # the selectors module's values
 
-NEW, CONNECTING, HANDSHAKING, OPEN, CLOSING, LINGERING, CLOSED = range(7)
-STATE_NAMES = ("NEW", "CONNECTING", "HANDSHAKING", "OPEN", "CLOSING", "LINGERING", "CLOSED")
+# Before OPEN: every state a connection is in before it serves (send()
+# only queues, and close_when_sent() closes at once) compares below OPEN.
+NEW, CONNECTING, PROXY_HEADER, HANDSHAKING, OPEN, CLOSING, LINGERING, CLOSED = range(8)
+STATE_NAMES = ("NEW", "CONNECTING", "PROXY_HEADER", "HANDSHAKING", "OPEN", "CLOSING", "LINGERING", "CLOSED")
 
 #: The legal transitions: state -> the states it may move to.
 TRANSITIONS: Dict[int, Tuple[int, ...]] = {
-    NEW: (CONNECTING, HANDSHAKING, OPEN, CLOSED),
+    NEW: (CONNECTING, PROXY_HEADER, HANDSHAKING, OPEN, CLOSED),
     CONNECTING: (OPEN, CLOSED),
+    PROXY_HEADER: (HANDSHAKING, OPEN, CLOSED),
     HANDSHAKING: (OPEN, CLOSED),
     OPEN: (CLOSING, CLOSED),
     CLOSING: (LINGERING, CLOSED),

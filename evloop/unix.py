@@ -146,7 +146,10 @@ class UnixServer(Server):
     ``FileExistsError``. ``mode`` sets the file's permission bits (who may
     connect). ``sock`` serves an already bound listening socket instead (its
     file is then removed on close as well). The file is removed when the
-    server closes. ``ssl`` and ``limits`` are as for :class:`Server`.
+    server closes. ``ssl`` and ``limits`` are as for :class:`Server`, and
+    so is ``proxy_protocol``, except that its ``trusted`` networks are not
+    consulted: a Unix peer has no address, and the file's permissions
+    (``mode``) decide who may connect and so who may send the header.
     """
 
     def __init__(
@@ -158,6 +161,7 @@ class UnixServer(Server):
         sock: Optional[socket.socket] = None,
         ssl: Optional[SSLContext] = None,
         limits: Any = None,
+        proxy_protocol: Any = None,
     ) -> None:
         if sock is None:
             if path is None:
@@ -168,7 +172,7 @@ class UnixServer(Server):
             except BaseException:
                 sock.close()
                 raise
-        super().__init__(sock=sock, ssl=ssl, limits=limits)
+        super().__init__(sock=sock, ssl=ssl, limits=limits, proxy_protocol=proxy_protocol)
         self._socket_file = _SocketFile(self.address)
 
     @property

@@ -70,7 +70,9 @@ class WorkerProcesses:
     index)``, if given, runs in each worker before it serves, e.g. to open
     the worker's own database connection. ``shutdown_timeout`` is how long a
     stopping worker lets open connections finish. ``limits`` (an
-    :class:`~evloop.limits.Limits`) bounds each worker's clients.
+    :class:`~evloop.limits.Limits`) bounds each worker's clients;
+    ``proxy_protocol`` (a :class:`~evloop.proxy_protocol.ProxyProtocol`)
+    makes each worker's server read a PROXY protocol header first.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class WorkerProcesses:
         shutdown_timeout: float = 5.0,
         max_wait: Optional[float] = None,
         limits: Any = None,
+        proxy_protocol: Any = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers!r}")
@@ -100,6 +103,7 @@ class WorkerProcesses:
         self.shutdown_timeout = shutdown_timeout
         self.max_wait = max_wait
         self.limits = limits
+        self.proxy_protocol = proxy_protocol
         # Bound with SO_REUSEPORT and never listening: it fixes the port and
         # holds it, and the kernel sends it no connection.
         self._reserved = bind_inet(host, port, family=family, reuse_port=True)
@@ -342,6 +346,7 @@ class WorkerProcesses:
                 backlog=self.backlog,
                 reuse_port=True,
                 limits=self.limits,
+                proxy_protocol=self.proxy_protocol,
             )
             loop.add_server(server, self.handler_class)
             if self.worker_setup is not None:

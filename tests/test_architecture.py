@@ -24,7 +24,7 @@ def test_every_module_is_in_the_map_and_every_entry_is_a_module():
 
 
 def test_the_state_table_is_the_connections():
-    rows = re.findall(r"^\| ([A-Z]+) \| [^|]+ \| ([^|]+) \|$", DOC, re.M)
+    rows = re.findall(r"^\| ([A-Z_]+) \| [^|]+ \| ([^|]+) \|$", DOC, re.M)
     table = {
         STATE_NAMES.index(state): {STATE_NAMES.index(name.strip()) for name in moves.split(",")}
         if moves.strip() != "(none)"
