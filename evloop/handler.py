@@ -40,6 +40,7 @@ from .connection import Connection
 from .errors import LocalProtocolError, RemoteProtocolError
 from .limits import DEFAULT_MAX_REQUEST_SIZE, Limits, limits_of
 from .logs import loop_warnings
+from .proxy_header import ProxyHeader
 from .states import BACKLOGGED, CLOSED, CLOSING, DIRTY, OPEN, STATE_MASK
 
 __all__ = ["ClientHandler", "format_address"]
@@ -108,7 +109,7 @@ class ClientHandler:
         #: The :class:`~evloop.proxy_protocol.ProxyHeader` the load balancer
         #: sent, on a server with ``proxy_protocol`` (None otherwise); then
         #: ``client_address`` is the client it names (see evloop.proxy_reception).
-        self.proxy_header: Any = None
+        self.proxy_header: Optional[ProxyHeader] = None
 
     # -- the connection, as the handler sees it -------------------------------
 

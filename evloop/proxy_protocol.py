@@ -122,7 +122,7 @@ class ProxyProtocol:
 
     ``versions``: the header versions accepted, (1, 2) by default.
     ``max_header_size``: the largest header taken, in bytes (a version 1
-    line is at most 107 whatever this says).
+    line is at most 107 in any case).
 
     Every connection of such a server must begin with a header (section 2:
     a receiver never guesses); one that does not is refused.
@@ -236,29 +236,30 @@ def parse_header(
     if not data:
         return None
     if data[0] == 0x50 and 1 in versions:  # "P", section 2.1
-        return _parse_v1(data)
+        return _parse_v1(data, min(V1_MAX_LENGTH, max_size))
     if data[0] == 0x0D and 2 in versions:  # CR, section 2.2
         return _parse_v2(data, max_size)
     names = " or ".join(f"version {v}" for v in versions)
     raise ProxyHeaderError(f"no PROXY protocol header ({names}): the connection began {bytes(data[:32])!r}")
 
 
-def _parse_v1(data: Union[bytes, bytearray]) -> Optional[Tuple[ProxyHeader, int]]:
-    """Section 2.1: ``PROXY TCP4|TCP6|UNKNOWN src dst sport dport\\r\\n``."""
-    head = bytes(data[:V1_MAX_LENGTH])
+def _parse_v1(data: Union[bytes, bytearray], limit: int) -> Optional[Tuple[ProxyHeader, int]]:
+    """Section 2.1: ``PROXY TCP4|TCP6|UNKNOWN src dst sport dport\\r\\n``,
+    at most ``limit`` (107) bytes."""
+    head = bytes(data[:limit])
     if not head.startswith(_V1_PREFIX[: len(head)]):
         raise ProxyHeaderError(f"not a PROXY protocol version 1 header: {head[:16]!r}")
     ends = [i for i in (head.find(b"\r"), head.find(b"\n")) if i >= 0]
     if not ends:
-        if len(head) >= V1_MAX_LENGTH:
-            raise ProxyHeaderError(f"version 1 header without CRLF in its first {V1_MAX_LENGTH} bytes")
+        if len(head) >= limit:
+            raise ProxyHeaderError(f"version 1 header without CRLF in its first {limit} bytes")
         return None
     end = min(ends)
     if head[end] == 0x0A or (end + 1 < len(head) and head[end + 1] != 0x0A):
         raise ProxyHeaderError(f"version 1 header with a lone CR or LF: {head[: end + 2]!r}")
     if end + 1 == len(head):
-        if len(head) >= V1_MAX_LENGTH:
-            raise ProxyHeaderError(f"version 1 header longer than {V1_MAX_LENGTH} bytes")
+        if len(head) >= limit:
+            raise ProxyHeaderError(f"version 1 header longer than {limit} bytes")
         return None  # the LF may come next
     line = head[:end]
     fields = line[len(_V1_PREFIX) :].split(b" ")

@@ -22,7 +22,11 @@ connection goes on to its TLS handshake or straight to OPEN, where
 Bounds: the parser holds at most ``ProxyProtocol.max_header_size`` bytes
 (107 for version 1); the header must be whole within
 ``Limits.handshake_timeout`` seconds (``request_timeout`` when that is
-off); a TLS handshake then gets its own ``handshake_timeout``. A header
+off); a TLS handshake then gets its own ``handshake_timeout``. No timer
+per connection: one sweep per server runs while headers are under way,
+every tenth of the timeout (10 ms to 1 s, as :mod:`evloop.timeouts`), and
+cuts the connections whose header is late. Connections wait in the order
+they began, so a sweep stops at the first one still in time. A header
 that is malformed, too long or too slow is one rate-limited warning naming
 the socket's peer, and that connection closed. With
 ``Limits.max_connections_per_peer`` on, the cap counts the clients the
@@ -37,6 +41,7 @@ from .addresses import format_address, is_disconnect
 from .logs import loop_warnings
 from .proxy_protocol import ProxyHeader, ProxyHeaderError, ProxyHeaderParser, ProxyProtocol
 from .states import PROXY_HEADER, STATE_MASK
+from .timeouts import sweep_interval
 from .tls import WOULD_BLOCK
 
 __all__ = ["ProxyReception"]
@@ -59,6 +64,9 @@ class ProxyReception:
         self.config = config
         self.checks_trust = checks_trust
         self._parsers: Dict[Any, ProxyHeaderParser] = {}
+        # When each header began (loop time), in that order: what the sweep reads.
+        self._since: Dict[Any, float] = {}
+        self._sweeping = False
         # With max_connections_per_peer: connection -> the client host it counts under.
         self._counted: Dict[Any, Any] = {}
         self._per_host: Dict[Any, int] = {}
@@ -83,15 +91,19 @@ class ProxyReception:
         """A new connection: read its header before anything else."""
         self._parsers[connection] = self.config.parser()
         connection.start_proxy_header()
-        limits = self.server.limits
-        seconds = limits.handshake_timeout if limits.handshake_timeout is not None else limits.request_timeout
+        seconds = self._timeout()
         if seconds is not None:
-            self.server.loop.call_later(seconds, self._expired, connection, seconds)
+            loop = self.server.loop
+            self._since[connection] = loop.time()
+            if not self._sweeping:
+                self._sweeping = True
+                loop.call_later(sweep_interval(seconds), self._sweep, seconds)
 
     def readable(self, connection: Any) -> None:
         """The socket of a connection in PROXY_HEADER is readable."""
         parser = self._parsers.get(connection)
-        if parser is None:
+        if parser is None:  # not one of ours: never left readable and unread
+            connection.close()
             return
         sock = connection.sock
         room = max(1, min(self.config.max_header_size - parser.buffered, 65536))
@@ -125,6 +137,7 @@ class ProxyReception:
             return
         if header is not None:
             del self._parsers[connection]
+            self._since.pop(connection, None)
             self._serve(connection, header)
 
     def forget(self, handler: Any) -> None:
@@ -132,7 +145,8 @@ class ProxyReception:
         if handler is None:
             return
         connection = handler.connection
-        self._parsers.pop(connection, None)
+        if self._parsers.pop(connection, None) is not None:
+            self._since.pop(connection, None)
         host = self._counted.pop(connection, None)
         if host is not None:
             left = self._per_host.get(host, 0) - 1
@@ -140,6 +154,16 @@ class ProxyReception:
                 self._per_host[host] = left
             else:
                 self._per_host.pop(host, None)
+
+    @property
+    def headers_under_way(self) -> int:
+        """Connections whose header is not whole yet."""
+        return len(self._parsers)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of incomplete headers held now, all connections together."""
+        return sum(parser.buffered for parser in self._parsers.values())
 
     def peer_connections(self, host: Any) -> int:
         """Connections the headers attributed to client address ``host``
@@ -179,14 +203,30 @@ class ProxyReception:
         self._counted[connection] = host
         return True
 
-    def _expired(self, connection: Any, seconds: float) -> None:
-        if connection.flags & STATE_MASK == PROXY_HEADER:
-            self._refuse(
-                connection,
-                "proxy-header-timeout",
-                "no complete PROXY protocol header within %gs (Limits.handshake_timeout)",
-                seconds,
-            )
+    def _timeout(self) -> Any:
+        limits = self.server.limits
+        return limits.handshake_timeout if limits.handshake_timeout is not None else limits.request_timeout
+
+    def _sweep(self, seconds: float) -> None:
+        """Cut the connections whose header is later than ``seconds``; come
+        back while headers are under way."""
+        loop = self.server.loop
+        late = loop.time() - seconds
+        for connection, since in list(self._since.items()):
+            if since > late:
+                break  # the rest began later still
+            del self._since[connection]
+            if connection.flags & STATE_MASK == PROXY_HEADER:
+                self._refuse(
+                    connection,
+                    "proxy-header-timeout",
+                    "no complete PROXY protocol header within %gs (Limits.handshake_timeout)",
+                    seconds,
+                )
+        if self._since and not loop.is_closed():
+            loop.call_later(sweep_interval(seconds), self._sweep, seconds)
+        else:
+            self._sweeping = False
 
     def _ended(self, connection: Any, parser: ProxyHeaderParser) -> None:
         if parser.buffered:

@@ -31,6 +31,7 @@ import struct
 from ssl import SSLContext
 from typing import Any, Optional, Tuple, Union, cast
 
+from .proxy_protocol import ProxyProtocol
 from .server import Server
 
 __all__ = ["UnixServer", "bind_unix", "remove_socket_file"]
@@ -161,7 +162,7 @@ class UnixServer(Server):
         sock: Optional[socket.socket] = None,
         ssl: Optional[SSLContext] = None,
         limits: Any = None,
-        proxy_protocol: Any = None,
+        proxy_protocol: Optional[ProxyProtocol] = None,
     ) -> None:
         if sock is None:
             if path is None:

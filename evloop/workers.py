@@ -47,6 +47,7 @@ from typing import Any, Callable, Dict, List, Optional, Type
 
 from .eventloop import EVENT_READ, EventLoop
 from .handler import ClientHandler
+from .proxy_protocol import ProxyProtocol
 from .server import Server, bind_inet
 
 __all__ = ["WorkerProcesses", "serve_workers"]
@@ -89,7 +90,7 @@ class WorkerProcesses:
         shutdown_timeout: float = 5.0,
         max_wait: Optional[float] = None,
         limits: Any = None,
-        proxy_protocol: Any = None,
+        proxy_protocol: Optional[ProxyProtocol] = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers!r}")

@@ -9,6 +9,10 @@ stray exception out) when the invariant breaks; the fuzzer reports either as
 a crash. No atheris here: ``tests/test_fuzz_corpus.py`` runs every target
 over the corpus kept in ``fuzz/corpus/<target>/`` without it.
 
+The ``proxy`` target is the PROXY protocol header parser
+(:mod:`evloop.proxy_protocol`): a header (and the bytes after it, untouched),
+need more, or its own error, the same in every chunking.
+
 An input is ``control + stream``: bit 0 of the control byte asks for an end
 of stream after the data, bit 1 for the framer's small limits, and the whole
 byte (with the stream's length) places the cut points.
@@ -214,6 +218,52 @@ def _check_handler(name: str, data: bytes) -> None:
         assert got == expected, (name, len(chunks), got, expected)
 
 
+# -- the PROXY protocol header ----------------------------------------------------
+
+
+def _proxy_outcome(chunks: List[bytes], small: bool) -> Tuple[Any, ...]:
+    """Feed ``chunks`` to a PROXY header parser: ("header", header, what
+    followed it), ("need more", bytes held) or ("error",). The error's
+    message may show a different prefix of the bytes, so only its kind is
+    compared."""
+    from evloop.proxy_protocol import ProxyHeaderError, ProxyHeaderParser
+
+    parser = ProxyHeaderParser((1, 2), 40 if small else 65551)
+    header = None
+    after = b""
+    try:
+        for chunk in chunks:
+            if header is None:
+                header = parser.feed(chunk)
+                if header is not None:
+                    after = parser.rest
+            else:
+                after += chunk
+    except ProxyHeaderError:
+        assert parser.buffered == 0, "an error left bytes held"
+        try:
+            parser.feed(b"x")
+        except ProxyHeaderError:
+            pass
+        else:
+            raise AssertionError("the error did not stick") from None
+        return ("error",)
+    if header is None:
+        assert parser.buffered <= (40 if small else 65551), "held more than the limit"
+        return ("need more", parser.buffered)
+    return ("header", header, after)
+
+
+def _check_proxy(data: bytes) -> None:
+    chunkings, _, small, stream = split_input(data)
+    expected = _proxy_outcome(chunkings[0], small)
+    if expected[0] == "header":
+        assert stream.endswith(expected[2]), "the bytes after the header changed"
+    for chunks in chunkings[1:]:
+        got = _proxy_outcome(chunks, small)
+        assert got == expected, ("proxy", len(chunks), got, expected)
+
+
 def _fixed_date() -> None:
     # Every HTTP response carries Date: fixed, two runs' output compares.
     import evloop.protocols.http as http_module
@@ -224,7 +274,7 @@ def _fixed_date() -> None:
 FRAMER_TARGETS = ("lengthsep", "lines", "netstring", "int32", "jsonmsg", "resp")
 HANDLER_TARGETS = ("request", "http", "websocket")
 #: Every target's name, in the order the CI run fuzzes them.
-TARGETS = FRAMER_TARGETS + HANDLER_TARGETS
+TARGETS = FRAMER_TARGETS + HANDLER_TARGETS + ("proxy",)
 
 
 def check(target: str, data: bytes) -> None:
@@ -234,6 +284,8 @@ def check(target: str, data: bytes) -> None:
     elif target in HANDLER_TARGETS:
         _fixed_date()
         _check_handler(target, data)
+    elif target == "proxy":
+        _check_proxy(data)
     else:
         raise ValueError(f"no fuzz target {target!r}; the targets are {', '.join(TARGETS)}")
 

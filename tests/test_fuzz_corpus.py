@@ -47,3 +47,14 @@ def test_regression_invalid_utf8_close_reason_does_not_depend_on_the_chunking():
     frame = bytes([0x81, 0x80 | len(payload)]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
     for control in (0, 1, 4, 40):
         check("websocket", bytes([control]) + frame)
+
+
+def test_regression_a_v1_proxy_line_is_bounded_by_a_smaller_max_header_size():
+    """Found by ``fuzz/fuzz.py proxy``: a version 1 line was held up to its
+    own 107 bytes, past a ``max_header_size`` below that."""
+    from evloop.proxy_protocol import ProxyHeaderError, ProxyHeaderParser
+
+    parser = ProxyHeaderParser(max_size=40)
+    with pytest.raises(ProxyHeaderError, match="first 40 bytes"):
+        parser.feed(b"PROXY TCP4 192.0.2.1 198.5.51.101.1]0.7 56324")
+    check("proxy", bytes([2]) + b"PROXY TCP4 192.0.2.1 198.5.51.101.1]0.7 56324 192.0.2.1 198")

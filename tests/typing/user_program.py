@@ -7,7 +7,17 @@ from typing import List, Optional
 
 from evloop.protocols import LengthSepEcho, LineHandler
 
-from evloop import ClientHandler, EventLoop, LoopStats, LoopThread, Server, loop, open_connection
+from evloop import (
+    ClientHandler,
+    EventLoop,
+    LoopStats,
+    LoopThread,
+    ProxyHeader,
+    ProxyProtocol,
+    Server,
+    loop,
+    open_connection,
+)
 
 
 class Upper(LineHandler):
@@ -25,6 +35,17 @@ class Greeter(ClientHandler):
 
     def setup(self) -> None:
         self.send(b"hello\n")
+
+
+class Proxied(ClientHandler):
+    def setup(self) -> None:
+        header: Optional[ProxyHeader] = self.proxy_header
+        if header is not None and header.authority is not None:
+            self.send(f"{self.peer} asked for {header.authority} over {header.ssl_version}\n")
+
+
+def behind_a_balancer() -> Server:
+    return Server("0.0.0.0", 9000, proxy_protocol=ProxyProtocol(trusted=["10.0.0.0/8", "::1"]))
 
 
 def counters(event_loop: EventLoop) -> List[int]:

@@ -6,7 +6,7 @@ from concurrent.futures import Future
 
 from evloop.protocols import LineHandler
 
-from evloop import EventLoop, Server, loop, open_connection
+from evloop import EventLoop, ProxyProtocol, Server, loop, open_connection
 
 
 class Upper(LineHandler):
@@ -22,4 +22,6 @@ def calls(event_loop: EventLoop, handler: Upper) -> None:
     open_connection(event_loop, "localhost", 8000, Upper).no_such_method()  # wrong: an Upper has none
     event_loop.stats().requests = 0  # wrong: a snapshot is frozen
     event_loop.call_later("soon", print)  # wrong: the delay is in seconds
+    Server("localhost", 9000, proxy_protocol=["10.0.0.0/8"])  # wrong: a ProxyProtocol, not its networks
+    ProxyProtocol(trusted=["10.0.0.0/8"]).trusted = ()  # wrong: the setting is frozen
     print(as_text)
