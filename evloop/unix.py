@@ -146,7 +146,8 @@ class UnixServer(Server):
     ``FileExistsError``. ``mode`` sets the file's permission bits (who may
     connect). ``sock`` serves an already bound listening socket instead (its
     file is then removed on close as well). The file is removed when the
-    server closes. ``ssl`` and ``limits`` are as for :class:`Server`.
+    server closes, unless ``remove_file=False`` (a socket other processes
+    share). ``ssl`` and ``limits`` are as for :class:`Server`.
     """
 
     def __init__(
@@ -158,6 +159,7 @@ class UnixServer(Server):
         sock: Optional[socket.socket] = None,
         ssl: Optional[SSLContext] = None,
         limits: Any = None,
+        remove_file: bool = True,
     ) -> None:
         if sock is None:
             if path is None:
@@ -169,7 +171,8 @@ class UnixServer(Server):
                 sock.close()
                 raise
         super().__init__(sock=sock, ssl=ssl, limits=limits)
-        self._socket_file = _SocketFile(self.address)
+        # remove_file=False: the socket is shared (a worker's, systemd's).
+        self._socket_file = _SocketFile(self.address if remove_file else None)
 
     @property
     def path(self) -> Union[str, bytes]:
