@@ -8,6 +8,7 @@ one clear line instead of a traceback.
 
 import argparse
 import errno
+import functools
 import importlib
 import importlib.util
 import logging
@@ -160,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--selector", default=None, help="select, poll, epoll, kqueue (default: the best this platform has)"
     )
     how.add_argument(
-        "--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default: 1)"
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing one listening socket; SIGHUP to the supervisor reloads them "
+        "with fresh code (default: 1)",
     )
     limits = serve.add_argument_group(
         "limits and timeouts",
@@ -334,15 +339,15 @@ def _ssl_context(args: argparse.Namespace) -> Any:
     return context
 
 
-def _serve_workers(
-    args: argparse.Namespace, handler_class: Any, ssl_context: Any, limits: Any, proxy: Any
-) -> int:
-    from .workers import WorkerProcesses
+def _serve_workers(args: argparse.Namespace, ssl_context: Any, limits: Any, proxy: Any) -> int:
+    """``--workers N``: a supervisor that never imports the handler itself;
+    each worker does after fork, so SIGHUP reloads the code on disk."""
+    from .workers import WorkerProcesses, WorkerStartError
 
     if args.unix or args.udp or ssl_context is not None:
         raise CommandError("--workers serves plain TCP; it does not combine with --unix, --udp or TLS")
     supervisor = WorkerProcesses(
-        handler_class,
+        args.wsgi or args.handler,
         args.host,
         args.port,
         workers=args.workers,
@@ -350,13 +355,33 @@ def _serve_workers(
         shutdown_timeout=limits.shutdown_timeout,
         limits=limits,
         proxy_protocol=proxy,
+        loader=functools.partial(_load_handler_class, args),
     )
 
     def ready(processes: Any) -> None:
-        logger.info("listening on %s:%d with %d workers", processes.host, processes.port, args.workers)
+        logger.info(
+            "listening on %s:%d with %d workers (pid %d: SIGHUP reloads them)",
+            processes.host,
+            processes.port,
+            args.workers,
+            os.getpid(),
+        )
 
-    supervisor.run(ready)
+    try:
+        supervisor.run(ready)
+    except WorkerStartError as exc:
+        raise CommandError(f"the workers did not start: {exc}") from None
     return 0
+
+
+def _load_handler_class(args: argparse.Namespace) -> Any:
+    """Import and check the handler (or the WSGI application) ``args`` name.
+    Raises CommandError with a one-line reason."""
+    if args.wsgi:
+        return _wsgi_handler(args)
+    handler_class = load_handler(args.handler)
+    _check_handler(args, handler_class)
+    return handler_class
 
 
 def _wsgi_handler(args: argparse.Namespace) -> Any:
@@ -406,11 +431,8 @@ def serve(args: argparse.Namespace) -> int:
 
     if not args.handler and not args.wsgi:
         raise CommandError("give MODULE:HANDLER, or --wsgi MODULE:APP")
-    if args.wsgi:
-        handler_class = _wsgi_handler(args)
-    else:
-        handler_class = load_handler(args.handler)
-        _check_handler(args, handler_class)
+    if args.wsgi and args.handler:
+        raise CommandError("give MODULE:HANDLER or --wsgi MODULE:APP, not both")
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
     try:
@@ -421,7 +443,8 @@ def serve(args: argparse.Namespace) -> int:
     limits = _limits(args)
     proxy = _proxy_protocol(args)
     if args.workers > 1:
-        return _serve_workers(args, handler_class, ssl_context, limits, proxy)
+        return _serve_workers(args, ssl_context, limits, proxy)
+    handler_class = _load_handler_class(args)
     server = _make_server(args, ssl_context, limits, proxy)
     where = args.unix or f"{server.host}:{server.port}"
     event_loop = EventLoop(args.selector)

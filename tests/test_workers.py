@@ -47,7 +47,7 @@ APP = textwrap.dedent("""
     print("supervisor exits", flush=True)
 """)
 
-STARTED = re.compile(r"worker (\d) \(pid (\d+)\) listening")
+STARTED = re.compile(r"worker (\d) \(pid (\d+), generation \d+\) listening")
 
 
 class Supervisor:
@@ -162,7 +162,7 @@ def test_two_workers_answer_a_killed_one_is_replaced_and_sigterm_stops_all(super
 
     os.kill(first[0], signal.SIGKILL)
     supervisor.wait_for(rf"worker 0 \(pid {first[0]}\) was killed by SIGKILL")
-    supervisor.wait_for(r"worker 0 \(pid \d+\) listening")
+    supervisor.wait_for(r"worker 0 \(pid \d+, generation 1\) listening")
     replacement = supervisor.workers[0]
     assert replacement != first[0] and gone(first[0])
     assert supervisor.pids_answering({replacement, first[1]}) == {replacement, first[1]}
