@@ -54,7 +54,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 from .eventloop import EventLoop
 from .handler import ClientHandler, format_address
-from .proxy_protocol import ProxyProtocol
 from .server import bind_inet
 from .worker import run_worker
 
@@ -105,10 +104,8 @@ class WorkerProcesses:
     ``worker_setup(loop, index)``, if given, runs in each worker before it
     serves. ``shutdown_timeout`` is how long a stopping worker lets open
     connections finish. ``limits`` (an :class:`~evloop.limits.Limits`)
-    bounds each worker's clients; ``proxy_protocol`` (a
-    :class:`~evloop.proxy_protocol.ProxyProtocol`) makes each worker's
-    server read a PROXY protocol header first. ``start_timeout`` bounds how
-    long a worker may take to start listening.
+    bounds each worker's clients; ``proxy_protocol`` (a ``ProxyProtocol``)
+    its PROXY headers. ``start_timeout``: how long a worker may take to start.
     """
 
     def __init__(
@@ -125,7 +122,7 @@ class WorkerProcesses:
         shutdown_timeout: float = 5.0,
         max_wait: Optional[float] = None,
         limits: Any = None,
-        proxy_protocol: Optional[ProxyProtocol] = None,
+        proxy_protocol: Any = None,
         sock: Optional[socket.socket] = None,
         loader: Optional[Callable[[], Any]] = None,
         start_timeout: float = 60.0,
