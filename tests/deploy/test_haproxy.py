@@ -13,7 +13,7 @@ per connection, from an address that is neither HAProxy's nor a host's.
 - a host is killed (SIGKILL to its supervisor and workers): HAProxy marks
   it down and routes around it, and the only requests that fail are ones
   in flight when it died;
-- a host reloads (SIGHUP to its supervisor) under load: no request fails,
+- a host reloads three times (SIGHUP to its supervisor) under load: no request fails,
   HAProxy never sees it down, and the new code answers afterwards.
 
 Needs haproxy (Debian's package; .ci/run installs it and sets
@@ -131,34 +131,40 @@ def test_a_killed_host_is_routed_around(deployment):
     assert {record.answer["host"] for record in records if record.start > dead} == {"a"}
 
 
+def reload(deployment, load, name, version):
+    """SIGHUP host ``name`` with ``version`` on disk; return once the new
+    code answers and every worker of the old generation has exited. Returns
+    (when it was sent, how many requests the old workers finished after it)."""
+    host = deployment.hosts[name]
+    old = {record.answer["pid"] for record in answered_by(load.done(), name)}
+    deployment.version_file(name).write_text(version)
+    sent = time.monotonic()
+    os.kill(host.pid, signal.SIGHUP)
+    until(
+        lambda: len(answered_by(load.done(), name, version=version)) >= 10,
+        what=f"host {name}'s new code to answer (log:\n{host.output()})",
+    )
+    until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in old), what="the old workers to exit")
+    drained = [r for r in answered_by(load.done(), name) if r.answer["pid"] in old and r.end > sent]
+    return sent, len(drained)
+
+
 def test_a_host_reloads_under_load_without_a_failed_request(deployment):
     topology = deployment.topology
-    host = deployment.hosts["b"]
     with Load(topology.frontend, topology.client, clients=8, delay=0.05) as load:
         until(lambda: len(answered_by(load.done(), "b")) >= 10, what="answers from host b")
-        old = {record.answer["pid"] for record in answered_by(load.done(), "b")}
-        deployment.version_file("b").write_text("2")
-        reloaded = time.monotonic()
-        os.kill(host.pid, signal.SIGHUP)
-        # The new generation answers with the new code, and the old one ends.
-        until(
-            lambda: len(answered_by(load.done(), "b", version="2")) >= 20,
-            what=f"host b's new code to answer (log:\n{host.output()})",
-        )
-        until(
-            lambda: not any(os.path.exists(f"/proc/{pid}") for pid in old),
-            what="host b's old workers to exit",
-        )
+        started = time.monotonic()
+        # Three reloads in a row, each new generation with new code.
+        drained = [reload(deployment, load, "b", version)[1] for version in "234"]
         settled = time.monotonic()
         until(lambda: len([r for r in load.done() if r.start > settled]) >= 20, what="20 more requests")
     records = load.done()
     print(
         f"{len(records)} requests, {len(answered_by(records, 'b'))} answered by host b; "
-        f"reload took {settled - reloaded:.2f} s"
+        f"3 reloads in {settled - started:.2f} s; old workers finished {drained} requests after each SIGHUP"
     )
     assert [record for record in records if not record.ok] == []
     assert deployment.server_stats("b")["chkdown"] == "0"  # never seen down
     assert deployment.server_stats("b")["status"] == "UP"
     after = [record for record in answered_by(records, "b") if record.start > settled]
-    assert after and all(record.answer["version"] == "2" for record in after)
-    assert not old & {record.answer["pid"] for record in after}
+    assert after and all(record.answer["version"] == "4" for record in after)
