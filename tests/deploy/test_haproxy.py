@@ -27,6 +27,7 @@ from collections import Counter
 
 import pytest
 
+from tests.deploy.conftest import failed
 from tests.deploy.deployment import Deployment, need, topology_kind
 from tests.deploy.processes import Load, until
 
@@ -41,11 +42,12 @@ def deployment(request, tmp_path):
     running = Deployment(topology_kind(getattr(request, "param", "netns")), tmp_path)
     try:
         yield running.start()
-    except BaseException:
-        print(running.logs())
-        raise
     finally:
-        running.close()
+        try:
+            if failed(request):
+                print(running.logs())
+        finally:
+            running.close()
 
 
 def answered_by(records, name, **fields):
