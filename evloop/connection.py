@@ -189,9 +189,7 @@ class Connection(ConnectionClosing):
         self._time_handshake(timeout)
 
     def start_proxy_header(self) -> None:
-        """NEW -> PROXY_HEADER: the server's PROXY protocol reception reads
-        the header first (:mod:`evloop.proxy_reception`), then calls
-        :meth:`proxy_header_read`."""
+        """NEW -> PROXY_HEADER: the header is read first (:mod:`evloop.proxy_reception`)."""
         self._move(PROXY_HEADER)
         self.loop.connection_opened(self)
         self._watch(EVENT_READ)

@@ -19,7 +19,7 @@ This module is the wire format and the setting, with no I/O:
   header can have at its place is refused as soon as it arrives, so a
   client that speaks without a header is refused on its first bytes, and
   the bytes held while waiting are bounded: 107 for version 1 (section
-  2.1), the header's own length field for version 2, capped by
+  2.1), the header's own length field for version 2, both capped by
   ``ProxyProtocol.max_header_size``.
 
 The engine side, reading the header off a socket before the handler's

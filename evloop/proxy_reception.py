@@ -67,6 +67,10 @@ class ProxyReception:
         # When each header began (loop time), in that order: what the sweep reads.
         self._since: Dict[Any, float] = {}
         self._sweeping = False
+        #: Connections refused so far, by the kind of their warning:
+        #: ``"proxy-untrusted"``, ``"proxy-header-invalid"``,
+        #: ``"proxy-header-timeout"``, ``"max-connections-per-peer"``.
+        self.refusals: Dict[str, int] = {}
         # With max_connections_per_peer: connection -> the client host it counts under.
         self._counted: Dict[Any, Any] = {}
         self._per_host: Dict[Any, int] = {}
@@ -78,6 +82,7 @@ class ProxyReception:
             return True
         server = self.server
         server.refused += 1
+        self._note("proxy-untrusted")
         loop_warnings(server.loop).warn(
             "proxy-untrusted",
             "%s: refused %s: not a trusted source of PROXY protocol headers (ProxyProtocol.trusted)",
@@ -188,6 +193,7 @@ class ProxyReception:
         host = source[0]
         if self._per_host.get(host, 0) >= cap:
             self.server.refused += 1
+            self._note("max-connections-per-peer")
             loop_warnings(self.server.loop).warn(
                 "max-connections-per-peer",
                 "%s: refused %s: that address holds %d connections, "
@@ -250,7 +256,11 @@ class ProxyReception:
         else:
             self._refuse(connection, "proxy-header-invalid", "cannot read the PROXY protocol header: %s", exc)
 
+    def _note(self, kind: str) -> None:
+        self.refusals[kind] = self.refusals.get(kind, 0) + 1
+
     def _refuse(self, connection: Any, kind: str, reason: str, *args: Any) -> None:
+        self._note(kind)
         loop_warnings(self.server.loop).warn(
             kind, "%s: " + reason + "; closing the connection", connection.handler.peer, *args
         )

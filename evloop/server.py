@@ -259,7 +259,8 @@ class Server(ServerLifecycle):
     def peer_connections(self, host: Any) -> int:
         """The connections (TLS handshakes included) client address ``host``
         holds now. Counted on TCP servers with a per-peer cap only: Unix
-        sockets have no address."""
+        sockets have no address. With ``proxy_protocol``, the clients the
+        headers name (on Unix servers too), not the balancer."""
         if self.proxy_reception is not None:
             return self.proxy_reception.peer_connections(host)
         counts = self._peer_counts

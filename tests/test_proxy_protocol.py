@@ -475,6 +475,7 @@ def test_the_per_peer_cap_counts_the_clients_of_the_headers(served, caplog):
                 third.sendall(alice)
                 assert third.recv(100) == b""
         assert any("refused 203.0.113.5:1000" in r.getMessage() for r in caplog.records)
+        assert server.proxy_reception.refusals == {"max-connections-per-peer": 1}
         open_.pop().close()
         assert wait_on_loop(served, lambda: server.peer_connections("203.0.113.5") == 1)
         with socket.create_connection(server.address, timeout=10) as again:
@@ -642,6 +643,8 @@ def test_the_command_line_option(tmp_path):
                 break
     result = run_cli("serve", "tests.test_proxy_protocol:WhoIsIt", "--proxy-protocol", "10.0.0.0/33")
     assert result.returncode == 2 and "--proxy-protocol: not a network" in result.stderr
+    result = run_cli("serve", "tests.test_cli:Shout", "--udp", "--proxy-protocol", "any")
+    assert result.returncode == 2 and "--proxy-protocol applies to stream servers" in result.stderr
 
 
 def remote_addr(environ, start_response):

@@ -153,6 +153,7 @@ def test_a_header_too_slow_is_cut_at_the_handshake_timeout(running, records):
         ]
         assert len(timeouts) == 1  # rate-limited: one line per kind per window
         assert loop_warnings(running.loop).suppressed_total.get("proxy-header-timeout") == 1
+        assert server.proxy_reception.refusals == {"proxy-header-timeout": 2}
         still_served(good, 1)
     finally:
         good.close()
@@ -187,6 +188,7 @@ def test_a_flood_of_bad_headers_is_rate_limited_and_the_loop_serves_on(running, 
             running, lambda: warnings.suppressed_total.get("proxy-header-invalid", 0) == count - 1
         )
         assert len([m for m in records.at(logging.WARNING) if "bad PROXY protocol header" in m]) == 1
+        assert server.proxy_reception.refusals == {"proxy-header-invalid": count}
         assert not records.at(logging.ERROR)
         assert wait_on_loop(running, lambda: server.connections == 1)
     finally:
@@ -201,6 +203,7 @@ def test_untrusted_sources_are_refused_at_accept(running, records):
             assert closed_by_server(sock)
     assert Echo.setups == 0
     assert wait_on_loop(running, lambda: server.refused == 50 and server.connections == 0)
+    assert server.proxy_reception.refusals == {"proxy-untrusted": 50}
     assert len([m for m in records.at(logging.WARNING) if "not a trusted source" in m]) == 1
 
 
