@@ -77,7 +77,8 @@ def write_app(directory: Path, version: int) -> None:
 
 class ServerProcess:
     """``python -m evloop serve app:Handler --workers N`` in ``directory``
-    (``target`` replaces ``app:Handler``, e.g. ``["--wsgi", "app:application"]``);
+    (``target`` replaces ``app:Handler``, e.g. ``["--wsgi", "app:application"]``;
+    ``command`` replaces the whole command, which logs as the CLI does);
     its log lines are kept in :attr:`log` (a reader thread) and the port
     is read from its "listening on" line."""
 
@@ -87,10 +88,11 @@ class ServerProcess:
         workers: int = 2,
         target: Optional[List[str]] = None,
         extra: Optional[List[str]] = None,
+        command: Optional[List[str]] = None,
     ) -> None:
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join([str(directory), str(ROOT), env.get("PYTHONPATH", "")])
-        command = [
+        serve = [
             sys.executable,
             "-m",
             "evloop",
@@ -99,9 +101,9 @@ class ServerProcess:
             "--host",
             "127.0.0.1",
         ]
-        command += ["--port", "0", "--workers", str(workers), "--no-access-log", *(extra or [])]
+        serve += ["--port", "0", "--workers", str(workers), "--no-access-log", *(extra or [])]
         self.process = subprocess.Popen(
-            command,
+            command or serve,
             cwd=directory,
             env=env,
             stderr=subprocess.PIPE,

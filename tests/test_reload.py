@@ -7,6 +7,8 @@ every wait is on a condition (a log line, the version an answer names)."""
 import os
 import re
 import socket
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -131,3 +133,44 @@ def test_a_wsgi_application_reloads_too(tmp_path):
             totals = load.stop()
         assert (totals["failed"], totals["resets"]) == (0, 0), load.errors
         assert totals["answered"] > 0
+
+
+RUNNER = """\
+import logging, sys
+from evloop import serve_workers
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+def ready(w):
+    print(f"listening on 127.0.0.1:{w.port} with workers", file=sys.stderr, flush=True)
+
+
+serve_workers("app:Handler", "127.0.0.1", 0, workers=2, ready=ready)
+"""
+
+
+def test_serve_workers_given_a_module_name_imports_fresh_code_on_sighup(tmp_path):
+    write_app(tmp_path, 1)
+    (tmp_path / "runner.py").write_text(RUNNER)
+    with ServerProcess(tmp_path, command=[sys.executable, str(tmp_path / "runner.py")]) as server:
+        assert ask(server.port) == "version 1\n"
+        write_app(tmp_path, 2)
+        mark = len(server.log)
+        server.reload()
+        server.wait_for(r"reload: generation 2 \(pids [\d, ]+\) serving", start=mark)
+        answers(server.port, "version 2\n")
+
+
+def test_the_first_generation_failing_is_an_error_from_run(tmp_path):
+    script = (
+        "from evloop.workers import WorkerProcesses, WorkerStartError\n"
+        "try:\n"
+        "    WorkerProcesses('no_such_module:Handler', '127.0.0.1', 0, workers=2).run()\n"
+        "except WorkerStartError as exc:\n"
+        "    print('error:', exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=WAIT, cwd=tmp_path
+    )
+    assert re.search(
+        r"^error: worker \d \(pid \d+\): module not found: no_such_module$", result.stdout, re.M
+    ), result.stdout + result.stderr
