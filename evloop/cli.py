@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import socket
 import sys
 from typing import Any, List, NoReturn, Optional
 
@@ -143,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=port_number, default=8000, help="TCP or UDP port (default: 8000; 0 picks one)"
     )
     where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket at PATH instead")
+    where.add_argument(
+        "--systemd",
+        action="store_true",
+        help="serve the sockets systemd passed (socket activation: LISTEN_FDS) instead of binding",
+    )
+    where.add_argument(
+        "--systemd-socket",
+        action="append",
+        default=[],
+        metavar="NAME=MODULE:CLASS",
+        help="serve the passed socket(s) named NAME (FileDescriptorName=) with this handler (repeatable)",
+    )
     where.add_argument(
         "--udp", action="store_true", help="serve datagrams (the handler is a DatagramHandler)"
     )
@@ -339,13 +352,17 @@ def _ssl_context(args: argparse.Namespace) -> Any:
     return context
 
 
-def _serve_workers(args: argparse.Namespace, ssl_context: Any, limits: Any, proxy: Any) -> int:
+def _serve_workers(
+    args: argparse.Namespace, ssl_context: Any, limits: Any, proxy: Any = None, sock: Any = None
+) -> int:
     """``--workers N``: a supervisor that never imports the handler itself;
     each worker does after fork, so SIGHUP reloads the code on disk."""
+    from .handler import format_address
     from .workers import WorkerProcesses, WorkerStartError
 
     if args.unix or args.udp or ssl_context is not None:
         raise CommandError("--workers serves plain TCP; it does not combine with --unix, --udp or TLS")
+    where = {"sock": sock} if sock is not None else {}
     supervisor = WorkerProcesses(
         args.wsgi or args.handler,
         args.host,
@@ -356,13 +373,13 @@ def _serve_workers(args: argparse.Namespace, ssl_context: Any, limits: Any, prox
         limits=limits,
         proxy_protocol=proxy,
         loader=functools.partial(_load_handler_class, args),
+        **where,
     )
 
     def ready(processes: Any) -> None:
         logger.info(
-            "listening on %s:%d with %d workers (pid %d: SIGHUP reloads them)",
-            processes.host,
-            processes.port,
+            "listening on %s with %d workers (pid %d: SIGHUP reloads them)",
+            format_address(processes.address),
             args.workers,
             os.getpid(),
         )
@@ -425,11 +442,11 @@ def _check_handler(args: argparse.Namespace, handler_class: object) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .eventloop import EventLoop
     from .multiplexer import make_selector
-    from .shutdown import handle_signals
 
-    if not args.handler and not args.wsgi:
+    if args.systemd_socket and not args.systemd:
+        raise CommandError("--systemd-socket goes with --systemd")
+    if not args.handler and not args.wsgi and not args.systemd_socket:
         raise CommandError("give MODULE:HANDLER, or --wsgi MODULE:APP")
     if args.wsgi and args.handler:
         raise CommandError("give MODULE:HANDLER or --wsgi MODULE:APP, not both")
@@ -442,28 +459,54 @@ def serve(args: argparse.Namespace) -> int:
     ssl_context = _ssl_context(args)
     limits = _limits(args)
     proxy = _proxy_protocol(args)
+    if args.systemd:
+        return _serve_systemd(args, ssl_context, limits, proxy)
     if args.workers > 1:
         return _serve_workers(args, ssl_context, limits, proxy)
     handler_class = _load_handler_class(args)
     server = _make_server(args, ssl_context, limits, proxy)
-    where = args.unix or f"{server.host}:{server.port}"
-    event_loop = EventLoop(args.selector)
-    reporter = None
-    try:
-        event_loop.add_server(server, handler_class)
-        if args.stats:
-            from .stats import StatsReporter
+    return _run_loop(args, [(server, handler_class)])
 
-            reporter = StatsReporter(event_loop, args.stats)
-        # SIGTERM and Ctrl-C stop gracefully: no new clients, in-flight
-        # responses finish within --shutdown-timeout, the rest are cut; a
-        # second signal stops at once.
-        with handle_signals(event_loop):
-            logger.info("listening on %s", where)
-            event_loop.run()
-        logger.info("stopped")
-    finally:
-        if reporter is not None:
-            reporter.cancel()
-        event_loop.close()
+
+def _serve_systemd(args: argparse.Namespace, ssl_context: Any, limits: Any, proxy: Any) -> int:
+    """``--systemd``: serve the sockets systemd passed (evloop.activation),
+    each with its ``--systemd-socket NAME=...`` handler or MODULE:HANDLER."""
+    from .activation import listen_sockets, systemd_servers
+
+    if args.unix or args.udp:
+        raise CommandError("--systemd serves the sockets systemd passed; drop --unix and --udp")
+    try:
+        sockets = listen_sockets()
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"--systemd: {exc}") from None
+    if not sockets:
+        raise CommandError(
+            "--systemd: no sockets were passed (LISTEN_FDS and LISTEN_PID name no socket for us)"
+        )
+    named = dict(route.partition("=")[::2] for route in args.systemd_socket)
+    if args.workers > 1:
+        if len(sockets) != 1 or sockets[0][1].type != socket.SOCK_STREAM or named:
+            raise CommandError("--systemd with --workers serves exactly one stream socket")
+        return _serve_workers(args, ssl_context, limits, proxy, sock=sockets[0][1])
+    if proxy is not None:
+        raise CommandError("--proxy-protocol with --systemd needs --workers (not yet for one process)")
+    servers = systemd_servers(sockets, ssl=ssl_context, limits=limits)
+    pairs = []
+    for name, group in servers.items():
+        spec = named.get(name)
+        for server in group:
+            datagram = server.socket.type == socket.SOCK_DGRAM
+            if spec is None and not (args.handler or args.wsgi):
+                raise CommandError(f"no handler for the socket named {name!r} (--systemd-socket {name}=...)")
+            probe = argparse.Namespace(**{**vars(args), "udp": datagram, "handler": spec or args.handler})
+            if spec is not None:
+                probe.wsgi = None
+            pairs.append((server, _load_handler_class(probe)))
+    return _run_loop(args, pairs)
+
+
+def _run_loop(args: argparse.Namespace, pairs: List[Any]) -> int:
+    from .serve import run_servers
+
+    run_servers(pairs, selector=args.selector, stats=args.stats, names=[args.unix] if args.unix else None)
     return 0

@@ -41,7 +41,7 @@ from .errors import LocalProtocolError, RemoteProtocolError
 from .limits import DEFAULT_MAX_REQUEST_SIZE, Limits, limits_of
 from .logs import loop_warnings
 from .proxy_header import ProxyHeader
-from .states import BACKLOGGED, CLOSED, CLOSING, DIRTY, OPEN, STATE_MASK
+from .states import BACKLOGGED, CLOSED, CLOSING, DIRTY, OPEN, READ_PAUSED, READING, STATE_MASK
 
 __all__ = ["ClientHandler", "format_address"]
 
@@ -385,25 +385,41 @@ class ClientHandler:
 
     def shutdown_gracefully(self) -> bool:
         """The loop is shutting down gracefully: finish what is in flight,
-        then close. A connection with nothing in flight closes now (returns
-        True); one in the middle of a request is served that request; a
-        reply already queued goes out first. Returns False while something
-        is still in flight."""
+        then close. A request that has arrived unread is read and served;
+        one in the middle of arriving is served once complete; a reply
+        already queued goes out first. Then our side of the stream ends and
+        the connection reads (and drops) until the peer ends its own, for
+        at most LINGER_SECONDS, so nothing the peer sends meanwhile is met
+        with a reset (see :mod:`evloop.closing`). Returns True if nothing
+        was in flight (the connection is closed, or lingering), False while
+        a request is still being finished."""
         connection = self.connection
         if connection.closed:
             return True
         if connection.flags & STATE_MASK != OPEN and connection.flags & STATE_MASK != CLOSING:
             connection.close()  # still connecting or handshaking: nothing in flight
             return True
-        busy = connection.output is not None or connection.batch is not None
-        if not self.pending_input() and not busy:
-            connection.close()
-            return True
+        connection.drain_on_shutdown()  # closed once the request under way is answered
         if self.pending_input():
-            connection.drain_on_shutdown()  # closed once the request is answered
-        else:
+            return False
+        if connection.output is not None or connection.batch is not None:
             self.close_when_sent()
-        return False
+            return False
+        # A request may have come since the loop last read: serve it rather
+        # than drop it.
+        if connection.flags & READING and not connection.flags & READ_PAUSED:
+            try:
+                connection.handle_read()
+            except OSError:
+                connection.close()
+        if connection.closed:
+            return True
+        if connection.flags & STATE_MASK != OPEN or self.pending_input() or connection.output is not None:
+            return False  # a request came and is being answered
+        # Idle: close with a lingering read, so a request the peer sends
+        # before it sees our FIN meets no reset.
+        self.close_when_sent()
+        return True
 
     # -- starting (the server or the connector calls these) ------------------
 

@@ -7,10 +7,11 @@ own thread. It
 1. closes every server's listener, so nothing new is accepted (and another
    process may bind the port at once);
 2. asks each open connection to finish: one with nothing in flight (no
-   partial request buffered, no reply queued) closes at once; one with a
-   reply queued or being produced closes once it is sent; one in the middle
-   of receiving a request is served that request, then closes
-   (``ClientHandler.shutdown_gracefully``);
+   partial request buffered, no reply queued) closes at once, with a
+   lingering read until the peer's FIN so that a request it sends meanwhile
+   meets no reset; one with a reply queued or being produced closes once it
+   is sent; one in the middle of receiving a request is served that
+   request, then closes (``ClientHandler.shutdown_gracefully``);
 3. waits until every connection has closed, or until the deadline
    (``timeout``, else the largest ``Limits.shutdown_timeout`` of the loop's
    servers), when it cuts the connections still open;
@@ -36,6 +37,7 @@ from typing import Any, Dict, Iterator, Optional, Set
 
 from .eventloop import EventLoop
 from .limits import DEFAULT_LIMITS, limits_of
+from .states import LINGERING
 
 __all__ = ["GracefulShutdown", "begin_graceful_shutdown", "handle_signals"]
 
@@ -59,7 +61,8 @@ class GracefulShutdown:
         self.cut = 0
         self.done = False
         self._deadline: Any = None
-        self._waiting: Set[Any] = set()  # connections with something in flight
+        self._waiting: Set[Any] = set()  # connections not closed yet
+        self._lingering: Set[Any] = set()  # of those, the idle ones
         self._counting = False  # begin() is still going through the connections
 
     @property
@@ -82,16 +85,20 @@ class GracefulShutdown:
         )
         self._counting = True
         waiting = self._waiting
+        lingering = self._lingering
         for connection in connections:
             finish = getattr(connection, "shutdown_gracefully", None)
             if finish is None:
                 connection.close()  # a kind of connection that cannot finish by itself
                 self.idle += 1
-            elif finish():
-                self.idle += 1
-            elif not connection.closed:
-                waiting.add(connection)
-        self.in_flight = len(waiting)
+                continue
+            idle = finish()
+            self.idle += idle
+            if not connection.closed:
+                waiting.add(connection)  # idle ones close after a lingering read
+                if idle:
+                    lingering.add(connection)
+        self.in_flight = len(waiting) - len(lingering)
         self._counting = False
         if self.timeout > 0:
             self._deadline = loop.call_later(self.timeout, self._cut)
@@ -112,7 +119,10 @@ class GracefulShutdown:
         self._deadline = None
         if self.done:
             return
-        self.cut = sum(1 for connection in self._waiting if not connection.closed)
+        # Idle connections and those whose last reply is out (lingering
+        # until the peer's FIN) lost nothing: they are not counted as cut.
+        lingering = self._lingering
+        self.cut = sum(1 for c in self._waiting if not (c.closed or c in lingering or _state(c) == LINGERING))
         self._waiting.clear()
         # Whatever else is still open (a connection made during the
         # shutdown) goes too.
@@ -156,6 +166,11 @@ class GracefulShutdown:
             "seconds": elapsed,
             "timeout": self.timeout,
         }
+
+
+def _state(handler: Any) -> Any:
+    connection = getattr(handler, "connection", None)
+    return getattr(connection, "state", None)
 
 
 def begin_graceful_shutdown(loop: Any, timeout: Optional[float] = None) -> None:

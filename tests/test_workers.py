@@ -1,6 +1,7 @@
-"""workers=N: N forked single-threaded loops on one port (SO_REUSEPORT),
-supervised by a parent that replaces a dead worker and stops them all on
-SIGTERM or SIGINT. Each run is a real supervisor process on 127.0.0.1."""
+"""workers=N: N forked single-threaded loops accepting from one listening
+socket the supervisor owns, supervised by a parent that replaces a dead
+worker and stops them all on SIGTERM or SIGINT (reloads on SIGHUP:
+tests/test_reload.py). Each run is a real supervisor process on 127.0.0.1."""
 
 import os
 import queue
@@ -19,10 +20,7 @@ from tests.conftest import recv_all
 from tests.examples import ROOT
 
 WAIT = 10
-pytestmark = pytest.mark.skipif(
-    not hasattr(os, "fork") or not hasattr(socket, "SO_REUSEPORT"),
-    reason="worker processes need fork() and SO_REUSEPORT",
-)
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes need fork()")
 
 # Each worker answers with its pid; "slow" is answered half a second later
 # (a loop timer, not a sleep), to show a stopping worker finishes its requests.
@@ -100,8 +98,9 @@ class Supervisor:
             return int(recv_all(sock))
 
     def pids_answering(self, wanted, tries=300):
-        """Ask until every pid in ``wanted`` has answered (the kernel spreads
-        connections by a hash, so a few dozen tries see every worker)."""
+        """Ask until every pid in ``wanted`` has answered (a new connection
+        wakes every idle worker and the quickest takes it, so a few dozen
+        tries see every worker)."""
         seen = set()
         for _ in range(tries):
             seen.add(self.ask())
@@ -194,7 +193,7 @@ def test_the_port_is_fixed_before_any_worker_starts_and_workers_must_be_positive
     pool = WorkerProcesses(object, "127.0.0.1", 0, workers=2)
     try:
         assert pool.port > 0 and pool.host == "127.0.0.1"
-        # Held, not listening: nobody can connect before the workers are up.
+        # Bound, not listening yet: nobody can connect before run() starts the workers.
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", pool.port), timeout=WAIT)
     finally:
