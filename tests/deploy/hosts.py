@@ -45,7 +45,13 @@ def namespaces_unavailable() -> Optional[str]:
     made = _ip("netns", "add", probe, check=False)
     if made.returncode != 0:
         return f"`ip netns add` fails here: {made.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
+    try:
+        # Entering one (it mounts a /sys of its own) and making a veth pair.
+        ran = _ip("netns", "exec", probe, "ip", "link", "add", "evlprobe0", "type", "veth", check=False)
+        if ran.returncode != 0:
+            return f"`ip netns exec` or veth pairs fail here: {ran.stderr.strip()}"
+    finally:
+        _ip("netns", "del", probe, check=False)
     return None
 
 
