@@ -1,6 +1,7 @@
 """Zero-downtime reload under load: no request lost, no connection reset.
 
     python benchmarks/reload_run.py                      # 3 reloads, ~20 s of load
+    python benchmarks/reload_run.py --wrk 16             # and wrk beside, 16 connections
     python benchmarks/reload_run.py --reloads 3 --seconds 2 --clients 6   # a smoke test
 
 Theory of operation. It writes an HTTP application (a module with one route
@@ -24,13 +25,18 @@ wrong answer is a failure, and resets are also counted on their own.
 
 It prints requests sent, answered, failed, resets, retried and the version
 that answered last, and exits 1 if anything failed or the last version is
-not the newest. ``tests/test_reload.py`` runs :func:`reload_run` briefly.
+not the newest. ``--wrk N`` runs wrk (N keep-alive connections) against the
+same server for the whole run too, and prints its report; wrk counts any
+socket error (a reset, a connection closed without a response) and
+non-2xx answers, and the run fails if it reports one.
+``tests/test_reload.py`` runs :func:`reload_run` briefly.
 """
 
 import argparse
 import errno
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -296,15 +302,22 @@ class _CleanCloseError(Exception):
 
 
 def reload_run(
-    reloads: int = 3, seconds: float = 20.0, clients: int = 16, workers: int = 2, out: Any = sys.stdout
+    reloads: int = 3,
+    seconds: float = 20.0,
+    clients: int = 16,
+    workers: int = 2,
+    out: Any = sys.stdout,
+    wrk_connections: int = 0,
 ) -> Dict[str, Any]:
     """Run the load across ``reloads`` reloads; return the figures (the
-    counters, ``last_version``, ``versions`` expected, ``log``)."""
+    counters, ``last_version``, ``versions`` expected, ``log``, and with
+    ``wrk_connections`` wrk's own report as ``wrk``)."""
     with tempfile.TemporaryDirectory(prefix="evloop-reload-") as temporary:
         directory = Path(temporary)
         write_app(directory, 1)
         with ServerProcess(directory, workers) as server:
             load = LoadClients(server.port, clients).start()
+            wrk = _start_wrk(server.port, wrk_connections, seconds) if wrk_connections else None
             try:
                 _wait(lambda: load.all_answered_by(1), "every client answered by version 1")
                 phase = seconds / (reloads + 1)
@@ -322,12 +335,32 @@ def reload_run(
                 _sleep_under_load(phase, load)
             finally:
                 totals = load.stop()
+                wrk_report = _stop_wrk(wrk) if wrk is not None else ""
         figures: Dict[str, Any] = dict(totals)
+        figures["wrk"] = wrk_report
         figures["last_version"] = min(load.last_version.values(), default=0)
         figures["expected_version"] = reloads + 1
         figures["errors"] = load.errors
         figures["log"] = server.log
         return figures
+
+
+def _start_wrk(port: int, connections: int, seconds: float) -> "subprocess.Popen[str]":
+    """wrk against the same server for the whole run (its connections are
+    keep-alive; it counts a connection closed without a response as a
+    read error, and does not retry)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("--wrk needs wrk (apt-get install wrk)")
+    threads = str(min(2, connections))
+    # Longer than the run: it is stopped with SIGINT, and reports then.
+    duration = f"{seconds * 2 + 120:g}s"
+    command = ["wrk", "-t", threads, "-c", str(connections), "-d", duration, f"http://127.0.0.1:{port}/"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _stop_wrk(wrk: "subprocess.Popen[str]") -> str:
+    wrk.send_signal(signal.SIGINT)
+    return wrk.communicate(timeout=60)[0]
 
 
 def _sleep_under_load(seconds: float, load: LoadClients) -> None:
@@ -349,8 +382,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="load time in all (default: 20)")
     parser.add_argument("--clients", type=int, default=16, help="client threads (default: 16)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--wrk", type=int, default=0, metavar="CONNECTIONS", help="also run wrk with this many connections"
+    )
     args = parser.parse_args(argv)
-    figures = reload_run(args.reloads, args.seconds, args.clients, args.workers)
+    figures = reload_run(args.reloads, args.seconds, args.clients, args.workers, wrk_connections=args.wrk)
     for line in figures["log"]:
         if "reload" in line:
             print("server:", line)
@@ -362,6 +398,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     for error in figures["errors"]:
         print("error:", error)
     ok = figures["failed"] == 0 and figures["last_version"] == figures["expected_version"]
+    if figures["wrk"]:
+        print("wrk, beside the clients above:\n" + figures["wrk"].rstrip())
+        ok = ok and "Socket errors" not in figures["wrk"] and "Non-2xx" not in figures["wrk"]
     return 0 if ok else 1
 
 

@@ -41,7 +41,7 @@ from .errors import LocalProtocolError, RemoteProtocolError
 from .limits import DEFAULT_MAX_REQUEST_SIZE, Limits, limits_of
 from .logs import loop_warnings
 from .proxy_header import ProxyHeader
-from .states import BACKLOGGED, CLOSED, CLOSING, DIRTY, OPEN, READ_PAUSED, READING, STATE_MASK
+from .states import BACKLOGGED, CLOSED, CLOSING, DIRTY, DRAINING, OPEN, READ_PAUSED, READING, STATE_MASK
 
 __all__ = ["ClientHandler", "format_address"]
 
@@ -387,26 +387,27 @@ class ClientHandler:
         """The loop is shutting down gracefully: finish what is in flight,
         then close. A request that has arrived unread is read and served;
         one in the middle of arriving is served once complete; a reply
-        already queued goes out first. Then our side of the stream ends and
-        the connection reads (and drops) until the peer ends its own, for
-        at most LINGER_SECONDS, so nothing the peer sends meanwhile is met
-        with a reset (see :mod:`evloop.closing`). Returns True if nothing
-        was in flight (the connection is closed, or lingering), False while
-        a request is still being finished."""
+        already queued goes out. For the shutdown's short grace the
+        connection stays open, so that a request already on its way (a
+        client that just connected, a keep-alive client's next one) is
+        served, not dropped, and closes after it; at the grace's end
+        :meth:`close_between_requests`. Every close ends our side of the
+        stream first and reads (and drops) until the peer ends its own, for
+        at most LINGER_SECONDS, so nothing the peer sends meanwhile meets a
+        reset (see :mod:`evloop.closing`). Returns True if nothing was in
+        flight, False while something is."""
         connection = self.connection
         if connection.closed:
             return True
         if connection.flags & STATE_MASK != OPEN and connection.flags & STATE_MASK != CLOSING:
             connection.close()  # still connecting or handshaking: nothing in flight
             return True
-        connection.drain_on_shutdown()  # closed once the request under way is answered
+        connection.drain_on_shutdown()  # closed once the next request is answered
         if self.pending_input():
             return False
         if connection.output is not None or connection.batch is not None:
-            self.close_when_sent()
             return False
-        # A request may have come since the loop last read: serve it rather
-        # than drop it.
+        # A request may have come since the loop last read: serve it now.
         if connection.flags & READING and not connection.flags & READ_PAUSED:
             try:
                 connection.handle_read()
@@ -414,12 +415,23 @@ class ClientHandler:
                 connection.close()
         if connection.closed:
             return True
-        if connection.flags & STATE_MASK != OPEN or self.pending_input() or connection.output is not None:
-            return False  # a request came and is being answered
-        # Idle: close with a lingering read, so a request the peer sends
-        # before it sees our FIN meets no reset.
-        self.close_when_sent()
-        return True
+        return (
+            connection.flags & STATE_MASK == OPEN and not self.pending_input() and connection.output is None
+        )
+
+    def close_between_requests(self) -> None:
+        """The graceful shutdown's grace is over: close once the replies
+        queued are sent (with the lingering read); a request still arriving
+        is served first, as :meth:`shutdown_gracefully` arranged."""
+        if self.connection.flags & STATE_MASK == OPEN and not self.pending_input():
+            self.close_when_sent()
+
+    @property
+    def shutting_down(self) -> bool:
+        """Whether a graceful shutdown has asked this connection to finish:
+        a protocol that can say so tells its peer this reply is the last
+        (HTTP's ``Connection: close``)."""
+        return bool(self.connection.flags & DRAINING)
 
     # -- starting (the server or the connector calls these) ------------------
 

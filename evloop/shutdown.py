@@ -6,12 +6,15 @@ own thread. It
 
 1. closes every server's listener, so nothing new is accepted (and another
    process may bind the port at once);
-2. asks each open connection to finish: one with nothing in flight (no
-   partial request buffered, no reply queued) closes at once, with a
-   lingering read until the peer's FIN so that a request it sends meanwhile
-   meets no reset; one with a reply queued or being produced closes once it
-   is sent; one in the middle of receiving a request is served that
-   request, then closes (``ClientHandler.shutdown_gracefully``);
+2. asks each open connection to finish (``ClientHandler.shutdown_gracefully``):
+   one in the middle of receiving a request is served that request, then
+   closes; a reply queued or being produced goes out; and for
+   :data:`IDLE_GRACE` each may deliver one more request already on its way
+   (a client that just connected, a keep-alive client's next one), which
+   is served, and then it closes (HTTP says ``Connection: close`` on that
+   response). At the grace's end the others close once their replies are
+   out. Every close sends our FIN first and reads until the peer's (a
+   lingering close), so that a request sent meanwhile meets no reset;
 3. waits until every connection has closed, or until the deadline
    (``timeout``, else the largest ``Limits.shutdown_timeout`` of the loop's
    servers), when it cuts the connections still open;
@@ -39,9 +42,15 @@ from .eventloop import EventLoop
 from .limits import DEFAULT_LIMITS, limits_of
 from .states import LINGERING
 
-__all__ = ["GracefulShutdown", "begin_graceful_shutdown", "handle_signals"]
+__all__ = ["IDLE_GRACE", "GracefulShutdown", "begin_graceful_shutdown", "handle_signals"]
 
 logger = logging.getLogger("evloop")
+
+#: Seconds a connection is given, once a graceful shutdown begins, to
+#: deliver a request already on its way (a client that has just connected,
+#: a keep-alive client's next request): it is served, then the connection
+#: closes. Capped at half the shutdown's timeout.
+IDLE_GRACE = 0.5
 
 
 class GracefulShutdown:
@@ -102,6 +111,8 @@ class GracefulShutdown:
         self._counting = False
         if self.timeout > 0:
             self._deadline = loop.call_later(self.timeout, self._cut)
+            if waiting:
+                loop.call_later(min(IDLE_GRACE, self.timeout / 2), self._end_grace)
         else:
             self._cut()
         if not waiting:
@@ -114,6 +125,16 @@ class GracefulShutdown:
         waiting.discard(connection)
         if not waiting and not self.done and not self._counting:
             self._end()
+
+    def _end_grace(self) -> None:
+        """The grace is over: every connection closes once its queued
+        replies are sent, unless a request is still arriving."""
+        if self.done:
+            return
+        for connection in list(self._waiting):
+            close = getattr(connection, "close_between_requests", None)
+            if not connection.closed and close is not None:
+                close()
 
     def _cut(self) -> None:
         self._deadline = None
