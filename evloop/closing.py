@@ -14,7 +14,10 @@ refused connection (a protocol error, ``close_when_sent(linger=True)``)
 whose peer is still sending goes further: our side is shut, and the
 connection LINGERS, reading and dropping, until the peer ends its stream or
 :data:`LINGER_SECONDS` pass, so a client that is still uploading sees the
-error status. A TLS connection sends ``close_notify`` first, so the peer
+error status. A connection closed by a graceful shutdown lingers the same
+way even if the peer has sent nothing yet, until its end of stream: a
+keep-alive client may send a request before it sees our FIN, and that
+request must meet a FIN, not a RST. A TLS connection sends ``close_notify`` first, so the peer
 can tell a complete reply from a truncated one.
 
 These are methods of :class:`~evloop.connection.Connection`, kept in their

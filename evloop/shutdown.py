@@ -71,7 +71,7 @@ class GracefulShutdown:
         self.done = False
         self._deadline: Any = None
         self._waiting: Set[Any] = set()  # connections not closed yet
-        self._lingering: Set[Any] = set()  # of those, the idle ones
+        self._idle: Set[Any] = set()  # of those, the ones idle when it began
         self._counting = False  # begin() is still going through the connections
 
     @property
@@ -94,7 +94,7 @@ class GracefulShutdown:
         )
         self._counting = True
         waiting = self._waiting
-        lingering = self._lingering
+        idle_ones = self._idle
         for connection in connections:
             finish = getattr(connection, "shutdown_gracefully", None)
             if finish is None:
@@ -104,10 +104,10 @@ class GracefulShutdown:
             idle = finish()
             self.idle += idle
             if not connection.closed:
-                waiting.add(connection)  # idle ones close after a lingering read
+                waiting.add(connection)  # idle ones too: given the grace, then closed
                 if idle:
-                    lingering.add(connection)
-        self.in_flight = len(waiting) - len(lingering)
+                    idle_ones.add(connection)
+        self.in_flight = len(waiting) - len(idle_ones)
         self._counting = False
         if self.timeout > 0:
             self._deadline = loop.call_later(self.timeout, self._cut)
@@ -142,8 +142,8 @@ class GracefulShutdown:
             return
         # Idle connections and those whose last reply is out (lingering
         # until the peer's FIN) lost nothing: they are not counted as cut.
-        lingering = self._lingering
-        self.cut = sum(1 for c in self._waiting if not (c.closed or c in lingering or _state(c) == LINGERING))
+        idle_ones = self._idle
+        self.cut = sum(1 for c in self._waiting if not (c.closed or c in idle_ones or _state(c) == LINGERING))
         self._waiting.clear()
         # Whatever else is still open (a connection made during the
         # shutdown) goes too.

@@ -194,7 +194,8 @@ class WorkerProcesses:
             signal.signal(signal.SIGHUP, self._reload_signal)
             # A Python-level handler, so SIGCHLD writes to the wakeup fd.
             signal.signal(signal.SIGCHLD, _ignore_signal)
-            if self._sock.type == socket.SOCK_STREAM:
+            listening = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            if self._sock.type == socket.SOCK_STREAM and not listening:  # systemd's listens already
                 self._sock.listen(self.backlog)
             error = self._start_generation(range(self.workers))
             if error is not None and not self._stopping:

@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from evloop import Server, WorkerProcesses
-from tests.conftest import recv_all
+from tests.conftest import recv_all, recv_exactly
 from tests.examples import ROOT
 
 WAIT = 10
@@ -212,3 +212,46 @@ def test_workers_stop_by_themselves_when_the_supervisor_is_killed(supervisor):
     for pid in workers:
         assert f"worker {pid}: the supervisor is gone; stopping" in "\n".join(supervisor.log)
     assert port_is_free(supervisor.port)
+
+
+UNIX_APP = textwrap.dedent("""
+    import os, socket, sys
+    from evloop import WorkerProcesses
+    from evloop.protocols import LengthSepEcho
+
+    path = sys.argv[1]
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    pool = WorkerProcesses(LengthSepEcho, sock=listener, workers=2)
+    pool.run(lambda w: print("ready", flush=True))
+    print("socket file still there:", os.path.exists(path), flush=True)
+""")
+
+
+def test_workers_serve_a_unix_socket_given_to_them_and_leave_its_file(tmp_path):
+    path = str(tmp_path / "w.sock")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(
+        [sys.executable, "-c", UNIX_APP, path],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout.readline() == "ready\n"
+        for _ in range(4):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(WAIT)
+                client.connect(path)
+                client.sendall(b"2\nhi")
+                assert recv_exactly(client, 4) == b"2\nhi"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=WAIT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(WAIT)
+    # The workers closed their copies only; the file is the caller's to remove.
+    assert "socket file still there: True" in output
