@@ -3,82 +3,31 @@
 It imports a handler class, builds the server the options ask for, serves it
 on one loop until Ctrl-C or SIGTERM, and turns the errors a person makes
 (a module that is not there, a port in use, a port they may not bind) into
-one clear line instead of a traceback.
+one clear line instead of a traceback. The options themselves, and the
+checks of what is typed, are in :mod:`evloop.cli_options`.
 """
 
 import argparse
 import errno
+import functools
 import importlib
 import importlib.util
 import logging
 import os
-import re
+import socket
 import sys
-from typing import Any, List, NoReturn, Optional
+from typing import Any, List, Optional
 
-from . import __version__
+from .cli_options import build_parser
 from .metrics import MetricsAddressError
 
 __all__ = ["load_handler", "main"]
 
 logger = logging.getLogger("evloop")
 
-EXAMPLE = """\
-example:
-  python -m evloop serve evloop.protocols:LengthSepEcho --port 8000
-  printf '5\\nhello' | nc -q1 localhost 8000     # answers: 5\\nhello
-
-(-q1: nc quits a second after its input ends; the echo keeps the
-connection open for more requests.)
-
-MODULE:HANDLER names a handler class: a module on the path (protocols,
-myapp.handlers) or a file (examples/echo_lengthsep.py), then the class.
-A WSGI application (Flask, Django) instead: --wsgi myapp:app --threads 8.
-"""
-
 
 class CommandError(Exception):
     """A mistake on the command line or in the environment: one line, exit 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line (and exit status 2), like
-    every other error of the command line."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"evloop: error: {message} (see {self.prog} --help)\n")
-
-
-def port_number(text: str) -> int:
-    """argparse type for --port: an integer from 0 (pick one) to 65535."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is out of range (0 to 65535)")
-    return port
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type for --stats: a number of seconds above zero."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not seconds > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
-    return seconds
-
-
-def host_and_port(text: str) -> "tuple[str, int]":
-    """argparse type for --metrics: ``HOST:PORT`` (``[::1]:9100`` for IPv6)."""
-    host, colon, port = text.rpartition(":")
-    if not colon or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port_number(port)
 
 
 def load_handler(spec: str) -> Any:
@@ -108,135 +57,6 @@ def load_handler(spec: str) -> Any:
         return getattr(module, attribute)
     except AttributeError:
         raise CommandError(f"module {module_name!r} has no attribute {attribute!r}") from None
-
-
-def _add_wsgi_arguments(serve: argparse.ArgumentParser) -> None:
-    wsgi = serve.add_argument_group("a WSGI application (PEP 3333), e.g. Flask or Django")
-    wsgi.add_argument("--wsgi", metavar="MODULE:APP", help="serve this WSGI application instead of a handler")
-    wsgi.add_argument(
-        "--threads", type=int, metavar="N", help="threads the application runs in, per process (default: 8)"
-    )
-    wsgi.add_argument(
-        "--websocket",
-        action="append",
-        default=[],
-        metavar="PATH=MODULE:CLASS",
-        help="answer PATH with this WebSocketHandler, before the application (repeatable)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="evloop",
-        description="Serve a protocol handler on a single-threaded event loop.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"evloop {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    serve = commands.add_parser(
-        "serve",
-        help="serve MODULE:HANDLER",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    serve.add_argument(
-        "handler", metavar="MODULE:HANDLER", nargs="?", help="the handler class to serve (or --wsgi)"
-    )
-    _add_wsgi_arguments(serve)
-    where = serve.add_argument_group("where to listen")
-    where.add_argument(
-        "--host",
-        default="localhost",
-        help="address to bind (default: localhost; 0.0.0.0 or :: for every interface)",
-    )
-    where.add_argument(
-        "--port", type=port_number, default=8000, help="TCP or UDP port (default: 8000; 0 picks one)"
-    )
-    where.add_argument("--unix", metavar="PATH", help="listen on a Unix socket at PATH instead")
-    where.add_argument(
-        "--udp", action="store_true", help="serve datagrams (the handler is a DatagramHandler)"
-    )
-    where.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain (PEM)")
-    where.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
-    where.add_argument(
-        "--proxy-protocol",
-        action="append",
-        metavar="CIDR",
-        help="every client sends a PROXY protocol header (v1 or v2) first, from this trusted "
-        "network only (repeatable; 'any': every source, only where a firewall keeps the port "
-        "to the load balancers; a Unix socket's file permissions decide instead)",
-    )
-    how = serve.add_argument_group("how to run")
-    how.add_argument(
-        "--selector", default=None, help="select, poll, epoll, kqueue (default: the best this platform has)"
-    )
-    how.add_argument(
-        "--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default: 1)"
-    )
-    limits = serve.add_argument_group(
-        "limits and timeouts",
-        "per-connection bounds; see docs/security.md (seconds; 0 switches a timeout off)",
-    )
-    limits.add_argument(
-        "--max-connections",
-        type=int,
-        metavar="N",
-        help="connections held at once (default: from the descriptor limit)",
-    )
-    limits.add_argument(
-        "--max-connections-per-peer",
-        type=int,
-        metavar="N",
-        help="connections one client IP address holds at once; 0: no cap, behind a proxy (default: 256)",
-    )
-    limits.add_argument(
-        "--max-request-size",
-        type=int,
-        metavar="BYTES",
-        help="bytes one incomplete request may buffer (default: the protocol's own)",
-    )
-    limits.add_argument(
-        "--max-clients-memory",
-        type=_byte_size,
-        metavar="BYTES",
-        help="bytes all clients may hold in buffers at once, e.g. 512mb; past it the biggest "
-        "holders are closed first; 0: no budget (default: 1gb)",
-    )
-    for name, default in (("idle", 300), ("request", 60), ("write", 60), ("handshake", 10)):
-        limits.add_argument(
-            f"--{name}-timeout", type=float, metavar="SECONDS", help=f"{name} timeout (default: {default})"
-        )
-    limits.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        metavar="SECONDS",
-        help="how long a graceful stop lets responses finish (default: 10)",
-    )
-    how.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error", "critical"])
-    how.add_argument(
-        "--no-access-log",
-        action="store_true",
-        help="do not write the HTTP access log (one Common Log Format line per request, to stderr)",
-    )
-    how.add_argument(
-        "--http-parser",
-        choices=["auto", "httptools", "h11"],
-        help="the HTTP request parser (default: httptools when installed, else h11; sets EVLOOP_HTTP_PARSER)",
-    )
-    how.add_argument(
-        "--stats",
-        type=positive_seconds,
-        metavar="SECONDS",
-        help="log a one-line report (connections, requests/s, bytes, loop lag) this often",
-    )
-    how.add_argument(
-        "--metrics",
-        type=host_and_port,
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (every worker's, with --workers)",
-    )
-    return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -291,18 +111,6 @@ def _describe_os_error(exc: OSError, args: argparse.Namespace) -> str:
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"{args.host} is not an address of this machine"
     return f"{where}: {exc.strerror or exc}"
-
-
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "m": 1024**2, "mb": 1024**2, "g": 1024**3, "gb": 1024**3}
-
-
-def _byte_size(text: str) -> int:
-    """``"512mb"`` -> 536870912: a size as Redis's configuration writes it
-    (k, kb, m, mb, g, gb: powers of 1024; any case)."""
-    match = re.fullmatch(r"\s*(\d+)\s*([a-z]*)\s*", text.lower())
-    if match is None or match.group(2) not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"not a size in bytes (such as 1048576, 512kb, 64mb, 1gb): {text!r}")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
 def _limits(args: argparse.Namespace) -> Any:
@@ -377,14 +185,18 @@ def _ssl_context(args: argparse.Namespace) -> Any:
 
 
 def _serve_workers(
-    args: argparse.Namespace, handler_class: Any, ssl_context: Any, limits: Any, proxy: Any
+    args: argparse.Namespace, ssl_context: Any, limits: Any, proxy: Any = None, sock: Any = None
 ) -> int:
-    from .workers import WorkerProcesses
+    """``--workers N``: a supervisor that never imports the handler itself;
+    each worker does after fork, so SIGHUP reloads the code on disk."""
+    from .handler import format_address
+    from .workers import WorkerProcesses, WorkerStartError
 
     if args.unix or args.udp or ssl_context is not None:
         raise CommandError("--workers serves plain TCP; it does not combine with --unix, --udp or TLS")
+    where = {"sock": sock} if sock is not None else {}
     supervisor = WorkerProcesses(
-        handler_class,
+        args.wsgi or args.handler,
         args.host,
         args.port,
         workers=args.workers,
@@ -393,13 +205,33 @@ def _serve_workers(
         limits=limits,
         metrics=args.metrics,
         proxy_protocol=proxy,
+        loader=functools.partial(_load_handler_class, args),
+        **where,
     )
 
     def ready(processes: Any) -> None:
-        logger.info("listening on %s:%d with %d workers", processes.host, processes.port, args.workers)
+        logger.info(
+            "listening on %s with %d workers (pid %d: SIGHUP reloads them)",
+            format_address(processes.address),
+            args.workers,
+            os.getpid(),
+        )
 
-    supervisor.run(ready)
+    try:
+        supervisor.run(ready)
+    except WorkerStartError as exc:
+        raise CommandError(f"the workers did not start: {exc}") from None
     return 0
+
+
+def _load_handler_class(args: argparse.Namespace) -> Any:
+    """Import and check the handler (or the WSGI application) ``args`` name.
+    Raises CommandError with a one-line reason."""
+    if args.wsgi:
+        return _wsgi_handler(args)
+    handler_class = load_handler(args.handler)
+    _check_handler(args, handler_class)
+    return handler_class
 
 
 def _wsgi_handler(args: argparse.Namespace) -> Any:
@@ -443,17 +275,14 @@ def _check_handler(args: argparse.Namespace, handler_class: object) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .eventloop import EventLoop
     from .multiplexer import make_selector
-    from .shutdown import handle_signals
 
-    if not args.handler and not args.wsgi:
+    if args.systemd_socket and not args.systemd:
+        raise CommandError("--systemd-socket goes with --systemd")
+    if not args.handler and not args.wsgi and not args.systemd_socket:
         raise CommandError("give MODULE:HANDLER, or --wsgi MODULE:APP")
-    if args.wsgi:
-        handler_class = _wsgi_handler(args)
-    else:
-        handler_class = load_handler(args.handler)
-        _check_handler(args, handler_class)
+    if args.wsgi and args.handler:
+        raise CommandError("give MODULE:HANDLER or --wsgi MODULE:APP, not both")
     if args.workers < 1:
         raise CommandError("--workers must be at least 1")
     try:
@@ -463,32 +292,53 @@ def serve(args: argparse.Namespace) -> int:
     ssl_context = _ssl_context(args)
     limits = _limits(args)
     proxy = _proxy_protocol(args)
+    if args.systemd:
+        return _serve_systemd(args, ssl_context, limits, proxy)
     if args.workers > 1:
-        return _serve_workers(args, handler_class, ssl_context, limits, proxy)
+        return _serve_workers(args, ssl_context, limits, proxy)
+    handler_class = _load_handler_class(args)
     server = _make_server(args, ssl_context, limits, proxy)
-    where = args.unix or f"{server.host}:{server.port}"
-    event_loop = EventLoop(args.selector)
-    reporter = None
+    return _run_loop(args, [(server, handler_class)])
+
+
+def _serve_systemd(args: argparse.Namespace, ssl_context: Any, limits: Any, proxy: Any) -> int:
+    """``--systemd``: serve the sockets systemd passed (evloop.activation),
+    each with its ``--systemd-socket NAME=...`` handler or MODULE:HANDLER."""
+    from .activation import listen_sockets, systemd_servers
+
+    if args.unix or args.udp:
+        raise CommandError("--systemd serves the sockets systemd passed; drop --unix and --udp")
     try:
-        event_loop.add_server(server, handler_class)
-        if args.stats:
-            from .stats import StatsReporter
+        sockets = listen_sockets()
+    except (ValueError, OSError) as exc:
+        raise CommandError(f"--systemd: {exc}") from None
+    if not sockets:
+        raise CommandError(
+            "--systemd: no sockets were passed (LISTEN_FDS and LISTEN_PID name no socket for us)"
+        )
+    named = dict(route.partition("=")[::2] for route in args.systemd_socket)
+    if args.workers > 1:
+        if len(sockets) != 1 or sockets[0][1].type != socket.SOCK_STREAM or named:
+            raise CommandError("--systemd with --workers serves exactly one stream socket")
+        return _serve_workers(args, ssl_context, limits, proxy, sock=sockets[0][1])
+    servers = systemd_servers(sockets, ssl=ssl_context, limits=limits, proxy_protocol=proxy)
+    pairs = []
+    for name, group in servers.items():
+        spec = named.get(name)
+        for server in group:
+            datagram = server.socket.type == socket.SOCK_DGRAM
+            if spec is None and not (args.handler or args.wsgi):
+                raise CommandError(f"no handler for the socket named {name!r} (--systemd-socket {name}=...)")
+            probe = argparse.Namespace(**{**vars(args), "udp": datagram, "handler": spec or args.handler})
+            if spec is not None:
+                probe.wsgi = None
+            pairs.append((server, _load_handler_class(probe)))
+    return _run_loop(args, pairs)
 
-            reporter = StatsReporter(event_loop, args.stats)
-        if args.metrics:
-            from .metrics import serve_metrics
 
-            metrics = serve_metrics(event_loop, *args.metrics)
-            logger.info("metrics on http://%s:%d/metrics", metrics.host, metrics.port)
-        # SIGTERM and Ctrl-C stop gracefully: no new clients, in-flight
-        # responses finish within --shutdown-timeout, the rest are cut; a
-        # second signal stops at once.
-        with handle_signals(event_loop):
-            logger.info("listening on %s", where)
-            event_loop.run()
-        logger.info("stopped")
-    finally:
-        if reporter is not None:
-            reporter.cancel()
-        event_loop.close()
+def _run_loop(args: argparse.Namespace, pairs: List[Any]) -> int:
+    from .serve import run_servers
+
+    names = [args.unix] if args.unix else None
+    run_servers(pairs, selector=args.selector, stats=args.stats, metrics=args.metrics, names=names)
     return 0

@@ -14,7 +14,10 @@ refused connection (a protocol error, ``close_when_sent(linger=True)``)
 whose peer is still sending goes further: our side is shut, and the
 connection LINGERS, reading and dropping, until the peer ends its stream or
 :data:`LINGER_SECONDS` pass, so a client that is still uploading sees the
-error status. A TLS connection sends ``close_notify`` first, so the peer
+error status. A connection closed by a graceful shutdown lingers the same
+way even if the peer has sent nothing yet, until its end of stream: a
+keep-alive client may send a request before it sees our FIN, and that
+request must meet a FIN, not a RST. A TLS connection sends ``close_notify`` first, so the peer
 can tell a complete reply from a truncated one.
 
 These are methods of :class:`~evloop.connection.Connection`, kept in their
@@ -113,8 +116,10 @@ class ConnectionClosing:
         self.schedule_flush()
 
     def drain_on_shutdown(self) -> None:
-        """A graceful shutdown: close once the request under way is answered."""
-        self.flags |= DRAINING
+        """A graceful shutdown: close once the request under way is answered,
+        and linger until the peer's end of stream (a keep-alive client may
+        send its next request before it sees our FIN: it must meet no RST)."""
+        self.flags |= DRAINING | LINGER
 
     def _finish_closing(self) -> None:
         """CLOSING, everything sent: close. Bytes the peer sent that are
@@ -133,7 +138,12 @@ class ConnectionClosing:
                 sock.shutdown(socket.SHUT_WR)
             # With nothing unread, close() alone sends the FIN on a plain
             # socket: a shutdown(SHUT_WR) first would be one more call.
-            still_sending = self.flags & READING and self._drain() == LINGER_DRAIN_MORE
+            drained = self._drain() if self.flags & READING else LINGER_DRAIN_EOF
+            # A graceful shutdown waits for the peer's FIN even if it sent
+            # nothing yet; a refused connection only if it is still sending.
+            still_sending = drained == LINGER_DRAIN_MORE or (
+                self.flags & DRAINING and drained != LINGER_DRAIN_EOF
+            )
         except OSError:
             still_sending = False
         if still_sending and self.flags & LINGER:

@@ -343,7 +343,8 @@ class DatagramServer(ServerLifecycle):
 
 class UnixDatagramServer(DatagramServer):
     """A Unix datagram server at ``path``. Stale socket files are replaced
-    and the file is removed on close, as for :class:`~evloop.unix.UnixServer`.
+    and the file is removed on close (unless ``remove_file=False``), as for
+    :class:`~evloop.unix.UnixServer`.
     To get replies, a client binds a path of its own; a reply to a client
     that did not is logged and dropped."""
 
@@ -354,13 +355,15 @@ class UnixDatagramServer(DatagramServer):
         mode: Optional[int] = None,
         sock: Optional[socket.socket] = None,
         max_size: Optional[int] = None,
+        remove_file: bool = True,
     ) -> None:
         if sock is None:
             if path is None:
                 raise TypeError("UnixDatagramServer needs a path or a sock")
             sock = bind_unix(path, socket.SOCK_DGRAM, mode=mode)
         self._init_socket(sock, max_size)
-        self._socket_file = _SocketFile(self.address)
+        # remove_file=False: the socket is not ours alone (systemd's).
+        self._socket_file = _SocketFile(self.address if remove_file else None)
 
     @property
     def path(self) -> Union[str, bytes]:

@@ -41,7 +41,18 @@ from .errors import LocalProtocolError, RemoteProtocolError, RequestTooLargeErro
 from .limits import DEFAULT_MAX_REQUEST_SIZE, Limits, limits_of
 from .logs import loop_warnings
 from .proxy_header import ProxyHeader
-from .states import BACKLOGGED, CLOSED, CLOSING, DIRTY, OPEN, STATE_MASK
+from .states import (
+    BACKLOGGED,
+    CLOSED,
+    CLOSING,
+    DIRTY,
+    DRAINING,
+    OPEN,
+    PROXY_HEADER,
+    READ_PAUSED,
+    READING,
+    STATE_MASK,
+)
 
 __all__ = ["ClientHandler", "format_address"]
 
@@ -91,8 +102,7 @@ class ClientHandler:
     busy_reply: Optional[bytes] = None
     max_offloaded = 16
 
-    # Slots keep an idle connection small (a subclass without __slots__ still
-    # gets a __dict__ for its own attributes).
+    # Slots keep an idle connection small (a subclass without them gets a __dict__).
     __slots__ = ("server", "client_address", "incoming", "connection", "_scanned", "proxy_header")
 
     def __init__(self, server: Any, client_socket: socket.socket, client_address: Any) -> None:
@@ -106,9 +116,8 @@ class ClientHandler:
         #: The engine's side of this connection (:class:`~evloop.connection.Connection`).
         self.connection = Connection(server.loop, self, client_socket, high)
         self._scanned = 0  # where find() resumes in incoming
-        #: The :class:`~evloop.proxy_protocol.ProxyHeader` the load balancer
-        #: sent, on a server with ``proxy_protocol`` (None otherwise); then
-        #: ``client_address`` is the client it names (see evloop.proxy_reception).
+        #: The :class:`~evloop.proxy_protocol.ProxyHeader` the load balancer sent
+        #: (None without ``proxy_protocol``); ``client_address`` is the client it names.
         self.proxy_header: Optional[ProxyHeader] = None
 
     # -- the connection, as the handler sees it -------------------------------
@@ -393,36 +402,65 @@ class ClientHandler:
         return len(self.incoming)
 
     def held_memory(self) -> int:
-        """Bytes of input this handler holds in memory now, for the server's
-        client memory budget (``Limits.max_clients_memory``; the engine adds
-        the connection's queued output). By default what
-        :meth:`pending_input` says, so a handler that overrides that one is
-        counted too; one that holds more than the request under way (a
+        """Bytes of input held in memory now, for the client memory budget
+        (``Limits.max_clients_memory``; the engine adds the queued output).
+        By default :meth:`pending_input`; a handler that holds more (a
         message being assembled, a body waiting for an application) says
         how much here."""
         return self.pending_input()
 
     def shutdown_gracefully(self) -> bool:
         """The loop is shutting down gracefully: finish what is in flight,
-        then close. A connection with nothing in flight closes now (returns
-        True); one in the middle of a request is served that request; a
-        reply already queued goes out first. Returns False while something
-        is still in flight."""
+        then close. A request that has arrived unread is read and served;
+        one in the middle of arriving is served once complete; a reply
+        already queued goes out. For the shutdown's short grace the
+        connection stays open, so that a request already on its way (a
+        client that just connected, a keep-alive client's next one) is
+        served, not dropped, and closes after it; at the grace's end
+        :meth:`close_between_requests`. Every close ends our side of the
+        stream first and reads (and drops) until the peer ends its own, for
+        at most LINGER_SECONDS, so nothing the peer sends meanwhile meets a
+        reset (see :mod:`evloop.closing`). Returns True if nothing was in
+        flight, False while something is."""
         connection = self.connection
         if connection.closed:
             return True
-        if connection.flags & STATE_MASK != OPEN and connection.flags & STATE_MASK != CLOSING:
+        state = connection.flags & STATE_MASK
+        if state != OPEN and state != CLOSING and state != PROXY_HEADER:
             connection.close()  # still connecting or handshaking: nothing in flight
             return True
-        busy = connection.output is not None or connection.batch is not None
-        if not self.pending_input() and not busy:
-            connection.close()
-            return True
+        connection.drain_on_shutdown()  # closed once the next request is answered
+        if state == PROXY_HEADER:
+            return False  # a request may follow its PROXY header: served, then closed
         if self.pending_input():
-            connection.drain_on_shutdown()  # closed once the request is answered
-        else:
+            return False
+        if connection.output is not None or connection.batch is not None:
+            return False
+        # A request may have come since the loop last read: serve it now.
+        if connection.flags & READING and not connection.flags & READ_PAUSED:
+            try:
+                connection.handle_read()
+            except OSError:
+                connection.close()
+        if connection.closed:
+            return True
+        return (
+            connection.flags & STATE_MASK == OPEN and not self.pending_input() and connection.output is None
+        )
+
+    def close_between_requests(self) -> None:
+        """The graceful shutdown's grace is over: close once the replies
+        queued are sent (with the lingering read); a request still arriving
+        is served first, as :meth:`shutdown_gracefully` arranged."""
+        if self.connection.flags & STATE_MASK == OPEN and not self.pending_input():
             self.close_when_sent()
-        return False
+
+    @property
+    def shutting_down(self) -> bool:
+        """Whether a graceful shutdown has asked this connection to finish:
+        a protocol that can say so tells its peer this reply is the last
+        (HTTP's ``Connection: close``)."""
+        return bool(self.connection.flags & DRAINING)
 
     # -- starting (the server or the connector calls these) ------------------
 

@@ -5,14 +5,16 @@ Theory of operation. With worker processes (:mod:`evloop.workers`,
 must show them all. The supervisor makes a :class:`WorkerMetrics` before
 it forks anything:
 
-- a :class:`MetricsBoard`, an anonymous shared ``mmap``: one slot per
-  worker, each a fixed row of 64-bit fields (a cache line apart), so every
+- a :class:`MetricsBoard`, an anonymous shared ``mmap``: two slots per
+  worker (a reload's old and new generation overlap, and every living
+  worker needs a slot of its own; the supervisor hands a free one to each
+  worker it forks), each a fixed row of 64-bit fields (a cache line apart), so every
   process forked afterwards sees the same memory, with no file and no lock;
 - the endpoint's listening socket, bound at once (port 0 becomes a real
   port, :attr:`WorkerMetrics.port`).
 
 Each worker publishes its loop's :class:`~evloop.stats.LoopStats` into its
-slot when it starts, every ``interval`` seconds (a
+slot (its place on the board) when it starts, every ``interval`` seconds (a
 :class:`~evloop.stats.StatsSampler`, whose timer also measures the lag),
 and once more when its loop closes. A write is a seqlock: the slot's
 sequence number goes odd, the fields are written, it goes even again; a
@@ -22,11 +24,13 @@ before it writes, and meanwhile readers skip that slot.
 
 One exporter process, forked by the supervisor before the workers, serves
 ``GET /metrics`` (:func:`evloop.metrics.serve_metrics`, on its own loop)
-and renders every published slot with a ``worker="i"`` label. So a scrape
+and renders every published slot with a ``worker="i"`` label, ``i`` the
+place (so a reload moves the workers to the other half of the places). So a scrape
 is complete (it reads every slot), each worker's series are consistent
 (one write each) and at most ``interval`` old, and the endpoint answers
-while workers are busy, restarting or reloading. A replaced worker starts
-its slot from zero, a counter reset as Prometheus' ``rate()`` expects;
+while workers are busy, restarting or reloading. A worker keeps its last
+publication on the board after it ends (its totals still count in a sum)
+until a new worker takes the place and starts it from zero, a counter reset as Prometheus' ``rate()`` expects;
 ``evloop_worker_start_time_seconds`` marks it, and
 ``evloop_worker_publish_age_seconds`` grows for a worker that stopped
 publishing (dead, or stuck in one long handler). The exporter stops on
@@ -216,7 +220,9 @@ class WorkerMetrics:
     exporter."""
 
     def __init__(self, workers: int, host: str, port: int, *, interval: float = 1.0) -> None:
-        self.board = MetricsBoard(workers)
+        # Two slots per worker: during a reload the old and the new
+        # generation both publish, each worker into a slot of its own.
+        self.board = MetricsBoard(2 * workers)
         self.interval = interval
         try:
             self._sock: socket.socket = bind_inet(host, port, backlog=128)
@@ -249,10 +255,12 @@ class WorkerMetrics:
         self._sock.close()  # the exporter's now; workers forked later do not inherit it
         logger.info("metrics on http://%s:%d/metrics (exporter pid %d)", self.host, self.port, pid)
 
-    def worker_started(self, loop: EventLoop, index: int) -> None:
-        """In worker ``index``, once its loop exists: publish into its slot."""
+    def worker_started(self, loop: EventLoop, place: Optional[int]) -> None:
+        """In a worker, once its loop exists: publish into slot ``place``
+        (one no other living worker writes to; None: do not publish)."""
         self._sock.close()
-        BoardPublisher(self.board, index, loop, self.interval)
+        if place is not None:
+            BoardPublisher(self.board, place, loop, self.interval)
 
     def close(self, timeout: float = 5.0) -> None:
         """Let go of the endpoint; reap the exporter, SIGTERM first (and

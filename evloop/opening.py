@@ -68,7 +68,10 @@ class ConnectionOpening(ConnectionClosing):
     def start_proxy_header(self) -> None:
         """NEW -> PROXY_HEADER: the header is read first (:mod:`evloop.proxy_reception`)."""
         self._move(PROXY_HEADER)
-        self.loop.connection_opened(self)
+        # The idle clock starts now: a header under way is not idle since 0.0.
+        loop = self.loop
+        self.active = loop.pass_time if loop.is_running() else loop.time()
+        loop.connection_opened(self)
         self._watch(EVENT_READ)
 
     def proxy_header_read(self, handshake_timeout: Optional[float]) -> None:

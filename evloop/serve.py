@@ -9,7 +9,7 @@ program configured logging itself or passed ``default_logging=False``.
 import contextlib
 import logging
 import selectors
-from typing import Iterator, Optional, Type, Union
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 from .datagram import DatagramHandler, DatagramServer
 from .eventloop import EventLoop
@@ -17,7 +17,7 @@ from .handler import ClientHandler, format_address
 from .server import Server
 from .shutdown import handle_signals
 
-__all__ = ["DEFAULT_LOG_FORMAT", "loop"]
+__all__ = ["DEFAULT_LOG_FORMAT", "loop", "run_servers"]
 
 logger = logging.getLogger("evloop")
 
@@ -64,6 +64,47 @@ def loop(
                 logger.info("interrupted; closing %d connections", len(event_loop.handlers))
         finally:
             event_loop.close()
+
+
+def run_servers(
+    pairs: Sequence[Tuple[Any, Any]],
+    *,
+    selector: Union[str, selectors.BaseSelector, None] = None,
+    stats: Optional[float] = None,
+    metrics: Optional[Tuple[str, int]] = None,
+    names: Optional[List[str]] = None,
+) -> None:
+    """Serve each ``(server, handler_class)`` of ``pairs`` on one new loop
+    until SIGTERM or Ctrl-C (graceful: no new clients, in-flight responses
+    finish within ``Limits.shutdown_timeout``, the rest are cut; a second
+    signal stops at once), then close it. ``stats``: log a report this
+    often (seconds). ``metrics=(host, port)``: serve Prometheus metrics at
+    ``http://host:port/metrics`` (:mod:`evloop.metrics`). ``names``: how the log names the servers (default:
+    their addresses). Used by ``python -m evloop serve``."""
+    event_loop = EventLoop(selector)
+    reporter = None
+    try:
+        for server, handler_class in pairs:
+            event_loop.add_server(server, handler_class)
+        if stats:
+            from .stats import StatsReporter
+
+            reporter = StatsReporter(event_loop, stats)
+        if metrics:
+            from .metrics import serve_metrics
+
+            endpoint = serve_metrics(event_loop, *metrics)
+            logger.info("metrics on http://%s:%d/metrics", endpoint.host, endpoint.port)
+        with handle_signals(event_loop):
+            for index, (server, _) in enumerate(pairs):
+                name = names[index] if names else format_address(server.address)
+                logger.info("listening on %s", name)
+            event_loop.run()
+        logger.info("stopped")
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+        event_loop.close()
 
 
 @contextlib.contextmanager

@@ -6,11 +6,15 @@ own thread. It
 
 1. closes every server's listener, so nothing new is accepted (and another
    process may bind the port at once);
-2. asks each open connection to finish: one with nothing in flight (no
-   partial request buffered, no reply queued) closes at once; one with a
-   reply queued or being produced closes once it is sent; one in the middle
-   of receiving a request is served that request, then closes
-   (``ClientHandler.shutdown_gracefully``);
+2. asks each open connection to finish (``ClientHandler.shutdown_gracefully``):
+   one in the middle of receiving a request is served that request, then
+   closes; a reply queued or being produced goes out; and for
+   :data:`IDLE_GRACE` each may deliver one more request already on its way
+   (a client that just connected, a keep-alive client's next one), which
+   is served, and then it closes (HTTP says ``Connection: close`` on that
+   response). At the grace's end the others close once their replies are
+   out. Every close sends our FIN first and reads until the peer's (a
+   lingering close), so that a request sent meanwhile meets no reset;
 3. waits until every connection has closed, or until the deadline
    (``timeout``, else the largest ``Limits.shutdown_timeout`` of the loop's
    servers), when it cuts the connections still open;
@@ -36,10 +40,17 @@ from typing import Any, Dict, Iterator, Optional, Set
 
 from .eventloop import EventLoop
 from .limits import DEFAULT_LIMITS, limits_of
+from .states import LINGERING
 
-__all__ = ["GracefulShutdown", "begin_graceful_shutdown", "handle_signals"]
+__all__ = ["IDLE_GRACE", "GracefulShutdown", "begin_graceful_shutdown", "handle_signals"]
 
 logger = logging.getLogger("evloop")
+
+#: Seconds a connection is given, once a graceful shutdown begins, to
+#: deliver a request already on its way (a client that has just connected,
+#: a keep-alive client's next request): it is served, then the connection
+#: closes. Capped at half the shutdown's timeout.
+IDLE_GRACE = 0.5
 
 
 class GracefulShutdown:
@@ -59,7 +70,8 @@ class GracefulShutdown:
         self.cut = 0
         self.done = False
         self._deadline: Any = None
-        self._waiting: Set[Any] = set()  # connections with something in flight
+        self._waiting: Set[Any] = set()  # connections not closed yet
+        self._idle: Set[Any] = set()  # of those, the ones idle when it began
         self._counting = False  # begin() is still going through the connections
 
     @property
@@ -82,19 +94,25 @@ class GracefulShutdown:
         )
         self._counting = True
         waiting = self._waiting
+        idle_ones = self._idle
         for connection in connections:
             finish = getattr(connection, "shutdown_gracefully", None)
             if finish is None:
                 connection.close()  # a kind of connection that cannot finish by itself
                 self.idle += 1
-            elif finish():
-                self.idle += 1
-            elif not connection.closed:
-                waiting.add(connection)
-        self.in_flight = len(waiting)
+                continue
+            idle = finish()
+            self.idle += idle
+            if not connection.closed:
+                waiting.add(connection)  # idle ones too: given the grace, then closed
+                if idle:
+                    idle_ones.add(connection)
+        self.in_flight = len(waiting) - len(idle_ones)
         self._counting = False
         if self.timeout > 0:
             self._deadline = loop.call_later(self.timeout, self._cut)
+            if waiting:
+                loop.call_later(min(IDLE_GRACE, self.timeout / 2), self._end_grace)
         else:
             self._cut()
         if not waiting:
@@ -108,11 +126,24 @@ class GracefulShutdown:
         if not waiting and not self.done and not self._counting:
             self._end()
 
+    def _end_grace(self) -> None:
+        """The grace is over: every connection closes once its queued
+        replies are sent, unless a request is still arriving."""
+        if self.done:
+            return
+        for connection in list(self._waiting):
+            close = getattr(connection, "close_between_requests", None)
+            if not connection.closed and close is not None:
+                close()
+
     def _cut(self) -> None:
         self._deadline = None
         if self.done:
             return
-        self.cut = sum(1 for connection in self._waiting if not connection.closed)
+        # Idle connections and those whose last reply is out (lingering
+        # until the peer's FIN) lost nothing: they are not counted as cut.
+        idle_ones = self._idle
+        self.cut = sum(1 for c in self._waiting if not (c.closed or c in idle_ones or _state(c) == LINGERING))
         self._waiting.clear()
         # Whatever else is still open (a connection made during the
         # shutdown) goes too.
@@ -156,6 +187,11 @@ class GracefulShutdown:
             "seconds": elapsed,
             "timeout": self.timeout,
         }
+
+
+def _state(handler: Any) -> Any:
+    connection = getattr(handler, "connection", None)
+    return getattr(connection, "state", None)
 
 
 def begin_graceful_shutdown(loop: Any, timeout: Optional[float] = None) -> None:

@@ -147,7 +147,8 @@ class UnixServer(Server):
     ``FileExistsError``. ``mode`` sets the file's permission bits (who may
     connect). ``sock`` serves an already bound listening socket instead (its
     file is then removed on close as well). The file is removed when the
-    server closes. ``ssl`` and ``limits`` are as for :class:`Server`, and
+    server closes, unless ``remove_file=False`` (a socket other processes
+    share). ``ssl`` and ``limits`` are as for :class:`Server`, and
     so is ``proxy_protocol``, except that its ``trusted`` networks are not
     consulted: a Unix peer has no address, and the file's permissions
     (``mode``) decide who may connect and so who may send the header.
@@ -163,6 +164,7 @@ class UnixServer(Server):
         ssl: Optional[SSLContext] = None,
         limits: Any = None,
         proxy_protocol: Optional[ProxyProtocol] = None,
+        remove_file: bool = True,
     ) -> None:
         if sock is None:
             if path is None:
@@ -174,7 +176,8 @@ class UnixServer(Server):
                 sock.close()
                 raise
         super().__init__(sock=sock, ssl=ssl, limits=limits, proxy_protocol=proxy_protocol)
-        self._socket_file = _SocketFile(self.address)
+        # remove_file=False: the socket is shared (a worker's, systemd's).
+        self._socket_file = _SocketFile(self.address if remove_file else None)
 
     @property
     def path(self) -> Union[str, bytes]:

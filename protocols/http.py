@@ -153,6 +153,7 @@ class HTTPHandler(ClientHandler):
         "_body_size",
         "_busy",
         "_ending",
+        "_going_away",
         "_keep_alive",
         "_responding",
         "_router",
@@ -176,6 +177,8 @@ class HTTPHandler(ClientHandler):
         self._keep_alive = True
         # We asked the engine to close once the output is sent.
         self._ending = False
+        # A graceful shutdown: the next response says Connection: close.
+        self._going_away = False
         self._router: Any = None
 
     # -- hooks --------------------------------------------------------------
@@ -256,6 +259,10 @@ class HTTPHandler(ClientHandler):
         if self.upgraded is not None and not self.closed:
             self.upgraded.going_away("server shutting down")
             return False
+        # RFC 9112 section 9.6: a request served from now on is the last,
+        # and its response says so (Connection: close), so a keep-alive
+        # client learns of the close with its answer, not from a FIN.
+        self._going_away = True
         return super().shutdown_gracefully()
 
     def resume_writing(self) -> None:
@@ -312,7 +319,7 @@ class HTTPHandler(ClientHandler):
 
     def _begin(self, head: RequestHead) -> Request:
         request = self.request = Request(head.method, head.target, head.headers, head.http_version, b"", self)
-        self._keep_alive = head.keep_alive
+        self._keep_alive = head.keep_alive and not self._going_away
         self._responding = False
         self._body_size = 0
         # Refuse a declared oversize body before any of it is read (RFC 9110

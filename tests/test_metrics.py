@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -487,7 +488,7 @@ def test_two_workers_one_scrape_shows_each_workers_exact_counts_and_a_replaced_o
     handler.write_text(WHO_AM_I)
     server = CommandLine(f"{handler}:WhoAmI", "--port", "0", "--workers", "2", "--metrics", "127.0.0.1:0")
     try:
-        started = dict(re.findall(r"worker (\d) \(pid (\d+)\) listening", "".join(server.log)))
+        started = dict(re.findall(r"worker (\d) \(pid (\d+), generation 1\) listening", "".join(server.log)))
         worker_of = {int(pid): index for index, pid in started.items()}
         first = scrape(server.metrics_port)
         assert {labels[0][1] for (name, labels) in first if name == "evloop_requests_total"} == {"0", "1"}
@@ -532,6 +533,63 @@ def test_two_workers_one_scrape_shows_each_workers_exact_counts_and_a_replaced_o
     finally:
         server.stop()
     assert not [line for line in server.log if "ERROR" in line and "exporter" in line]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes need fork()")
+def test_a_reload_moves_the_workers_to_free_places_and_the_old_generations_totals_stay(tmp_path):
+    handler = tmp_path / "whoami.py"
+    handler.write_text(WHO_AM_I)
+    server = CommandLine(f"{handler}:WhoAmI", "--port", "0", "--workers", "2", "--metrics", "127.0.0.1:0")
+    try:
+
+        def ask_all(count):
+            pids = []
+            for _ in range(count):
+                with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                    sock.sendall(b"who?\n")
+                    pids.append(int(recv_line(sock)))
+            return pids
+
+        def requests_by_place(samples):
+            return {
+                labels[0][1]: number
+                for (name, labels), number in samples.items()
+                if name == "evloop_requests_total"
+            }
+
+        before = ask_all(10)
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not re.search(r"reload: generation 2 \(pids .*\) serving", "".join(server.log)):
+            assert time.monotonic() < deadline, "".join(server.log)
+            time.sleep(0.05)  # another process's log: nothing to wait on but the pipe's reader
+        after = ask_all(6)
+        generation = {
+            int(pid): int(gen)
+            for pid, gen in re.findall(
+                r"worker \d \(pid (\d+), generation (\d)\) listening", "".join(server.log)
+            )
+        }
+        first = sum(1 for pid in before + after if generation[pid] == 1)
+        second = sum(1 for pid in before + after if generation[pid] == 2)
+        assert first >= 10 and first + second == 16
+
+        # Generation 2 took places 2 and 3: generation 1's were still in use.
+        # Generation 1's last publication (at its loop's close) stays, so a
+        # sum over the places still counts every request served.
+        def settled(samples):
+            places = requests_by_place(samples)
+            old = places.get("0", 0) + places.get("1", 0)
+            new = places.get("2", 0) + places.get("3", 0)
+            return set(places) == {"0", "1", "2", "3"} and (old, new) == (first, second)
+
+        now = wait_for_scrape(server.metrics_port, settled)
+        places = requests_by_place(now)
+        assert set(places) == {"0", "1", "2", "3"}
+        assert places["0"] + places["1"] == first
+        assert places["2"] + places["3"] == second
+    finally:
+        server.stop()
 
 
 def recv_line(sock):

@@ -1,6 +1,7 @@
-"""workers=N: N forked single-threaded loops on one port (SO_REUSEPORT),
-supervised by a parent that replaces a dead worker and stops them all on
-SIGTERM or SIGINT. Each run is a real supervisor process on 127.0.0.1."""
+"""workers=N: N forked single-threaded loops accepting from one listening
+socket the supervisor owns, supervised by a parent that replaces a dead
+worker and stops them all on SIGTERM or SIGINT (reloads on SIGHUP:
+tests/test_reload.py). Each run is a real supervisor process on 127.0.0.1."""
 
 import os
 import queue
@@ -15,14 +16,11 @@ import threading
 import pytest
 
 from evloop import Server, WorkerProcesses
-from tests.conftest import recv_all
+from tests.conftest import recv_all, recv_exactly
 from tests.examples import ROOT
 
 WAIT = 10
-pytestmark = pytest.mark.skipif(
-    not hasattr(os, "fork") or not hasattr(socket, "SO_REUSEPORT"),
-    reason="worker processes need fork() and SO_REUSEPORT",
-)
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes need fork()")
 
 # Each worker answers with its pid; "slow" is answered half a second later
 # (a loop timer, not a sleep), to show a stopping worker finishes its requests.
@@ -47,7 +45,7 @@ APP = textwrap.dedent("""
     print("supervisor exits", flush=True)
 """)
 
-STARTED = re.compile(r"worker (\d) \(pid (\d+)\) listening")
+STARTED = re.compile(r"worker (\d) \(pid (\d+), generation \d+\) listening")
 
 
 class Supervisor:
@@ -100,8 +98,9 @@ class Supervisor:
             return int(recv_all(sock))
 
     def pids_answering(self, wanted, tries=300):
-        """Ask until every pid in ``wanted`` has answered (the kernel spreads
-        connections by a hash, so a few dozen tries see every worker)."""
+        """Ask until every pid in ``wanted`` has answered (a new connection
+        wakes every idle worker and the quickest takes it, so a few dozen
+        tries see every worker)."""
         seen = set()
         for _ in range(tries):
             seen.add(self.ask())
@@ -162,7 +161,7 @@ def test_two_workers_answer_a_killed_one_is_replaced_and_sigterm_stops_all(super
 
     os.kill(first[0], signal.SIGKILL)
     supervisor.wait_for(rf"worker 0 \(pid {first[0]}\) was killed by SIGKILL")
-    supervisor.wait_for(r"worker 0 \(pid \d+\) listening")
+    supervisor.wait_for(r"worker 0 \(pid \d+, generation 1\) listening")
     replacement = supervisor.workers[0]
     assert replacement != first[0] and gone(first[0])
     assert supervisor.pids_answering({replacement, first[1]}) == {replacement, first[1]}
@@ -194,7 +193,7 @@ def test_the_port_is_fixed_before_any_worker_starts_and_workers_must_be_positive
     pool = WorkerProcesses(object, "127.0.0.1", 0, workers=2)
     try:
         assert pool.port > 0 and pool.host == "127.0.0.1"
-        # Held, not listening: nobody can connect before the workers are up.
+        # Bound, not listening yet: nobody can connect before run() starts the workers.
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", pool.port), timeout=WAIT)
     finally:
@@ -213,3 +212,46 @@ def test_workers_stop_by_themselves_when_the_supervisor_is_killed(supervisor):
     for pid in workers:
         assert f"worker {pid}: the supervisor is gone; stopping" in "\n".join(supervisor.log)
     assert port_is_free(supervisor.port)
+
+
+UNIX_APP = textwrap.dedent("""
+    import os, socket, sys
+    from evloop import WorkerProcesses
+    from evloop.protocols import LengthSepEcho
+
+    path = sys.argv[1]
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    pool = WorkerProcesses(LengthSepEcho, sock=listener, workers=2)
+    pool.run(lambda w: print("ready", flush=True))
+    print("socket file still there:", os.path.exists(path), flush=True)
+""")
+
+
+def test_workers_serve_a_unix_socket_given_to_them_and_leave_its_file(tmp_path):
+    path = str(tmp_path / "w.sock")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(
+        [sys.executable, "-c", UNIX_APP, path],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout.readline() == "ready\n"
+        for _ in range(4):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(WAIT)
+                client.connect(path)
+                client.sendall(b"2\nhi")
+                assert recv_exactly(client, 4) == b"2\nhi"
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=WAIT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(WAIT)
+    # The workers closed their copies only; the file is the caller's to remove.
+    assert "socket file still there: True" in output

@@ -18,7 +18,7 @@ PAGE = ROOT / "docs" / "api.md"
 PACKAGES = ["evloop", "evloop.protocols"]
 # Modules with public names that the packages do not re-export (optional
 # extras, or tools), documented under their own heading.
-EXTRA_MODULES = ["evloop.testing"]
+EXTRA_MODULES = ["evloop.testing", "evloop.activation"]
 
 HEADER = """# API reference
 
