@@ -28,7 +28,7 @@ COMMANDS = [
     # The command line's help; `serve evloop.protocols:LengthSepEcho` is
     # what echo_lengthsep.py --persistent serves.
     (
-        "evloop/cli.py",
+        "evloop/cli_options.py",
         ["echo_lengthsep.py", "--persistent"],
         "printf '5\\nhello' | nc -q1 localhost 8000",
         "5\nhello",
