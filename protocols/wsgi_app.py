@@ -26,7 +26,7 @@ import re
 import stat
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote
 
 from .wsgi_io import END, ErrorStream, FileWrapper, InputStream, ResponseAbortedError, ResponseChannel
 
@@ -69,8 +69,8 @@ class Exchange:
     """One request and its response, shared by the loop and a worker.
 
     ``fixed`` holds the environ entries that are the same for every request
-    on the connection; ``method``, ``target``, ``headers`` and
-    ``http_version`` are h11's bytes."""
+    on the connection; ``method``, ``target``, ``headers`` (lower-case
+    names) and ``http_version`` are the parser's, as latin-1 str."""
 
     __slots__ = (
         "app",
@@ -91,7 +91,7 @@ class Exchange:
         fixed: Dict[str, Any],
         script_name: str,
         peer: str,
-        event: Any,
+        head: Any,
         body: InputStream,
         channel: ResponseChannel,
     ) -> None:
@@ -99,10 +99,10 @@ class Exchange:
         self.fixed = fixed
         self.script_name = script_name
         self.peer = peer
-        self.method: bytes = event.method
-        self.target: bytes = event.target
-        self.headers: List[Tuple[bytes, bytes]] = event.headers
-        self.http_version: bytes = event.http_version
+        self.method: str = head.method
+        self.target: str = head.target
+        self.headers: List[Tuple[str, str]] = head.headers
+        self.http_version: str = head.http_version
         self.input = body
         self.channel = channel
 
@@ -110,41 +110,46 @@ class Exchange:
 def build_environ(exchange: Exchange) -> Dict[str, Any]:
     """The PEP 3333 environ for ``exchange``'s request."""
     target = exchange.target
-    if target[:1] != b"/" and b"://" in target[:10]:
+    if target[:1] != "/" and "://" in target[:10]:
         # Absolute form (RFC 9112 section 3.2.2): the path starts after the authority.
-        slash = target.find(b"/", target.find(b"://") + 3)
-        target = target[slash:] if slash >= 0 else b"/"
-    path, _, query = target.partition(b"?")
-    # PEP 3333: PATH_INFO is decoded bytes, as latin-1 ("bytes-as-unicode").
-    path_info = unquote_to_bytes(path).decode("latin-1")
+        slash = target.find("/", target.find("://") + 3)
+        target = target[slash:] if slash >= 0 else "/"
+    path, _, query = target.partition("?")
+    # PEP 3333: PATH_INFO is decoded bytes, as latin-1 ("bytes-as-unicode");
+    # the target is latin-1 already, so only %XX escapes need decoding.
+    path_info = unquote(path, "latin-1") if "%" in path else path
     script_name = exchange.script_name
     if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
         path_info = path_info[len(script_name) :]
-    environ = dict(exchange.fixed)
-    environ["REQUEST_METHOD"] = exchange.method.decode("ascii")
+    environ = exchange.fixed.copy()
+    environ["REQUEST_METHOD"] = exchange.method
     environ["SCRIPT_NAME"] = script_name
     environ["PATH_INFO"] = path_info
-    environ["QUERY_STRING"] = query.decode("latin-1")
-    environ["SERVER_PROTOCOL"] = "HTTP/" + exchange.http_version.decode("ascii")
+    environ["QUERY_STRING"] = query
+    environ["SERVER_PROTOCOL"] = "HTTP/" + exchange.http_version
     environ["wsgi.input"] = exchange.input
-    for raw_name, raw_value in exchange.headers:
-        name = raw_name.decode("latin-1")
-        if "_" in name:
-            # "X_User" and "X-User" would both be HTTP_X_USER: a proxy that
-            # checked one could be fooled by the other (nginx drops them too).
-            continue
-        value = raw_value.decode("latin-1")
-        if name == "content-type":
-            key = "CONTENT_TYPE"
-        elif name == "content-length":
-            key = "CONTENT_LENGTH"
-        else:
+    keys = _ENVIRON_KEYS
+    for name, value in exchange.headers:
+        key = keys.get(name)
+        if key is None:
+            if "_" in name:
+                # "X_User" and "X-User" would both be HTTP_X_USER: a proxy that
+                # checked one could be fooled by the other (nginx drops them too).
+                continue
             key = "HTTP_" + name.upper().replace("-", "_")
+            if len(keys) < _ENVIRON_KEYS_MAX:
+                keys[name] = key
         if key in environ:
             # RFC 9110 section 5.3: repeated fields join with commas.
             value = environ[key] + ", " + value
         environ[key] = value
     return environ
+
+
+# Header name (lower case) to its environ key, learnt as names come;
+# bounded, so a peer sending made-up names cannot grow it.
+_ENVIRON_KEYS: Dict[str, str] = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+_ENVIRON_KEYS_MAX = 512
 
 
 class _Responder:
@@ -212,7 +217,7 @@ def run_application(exchange: Exchange) -> None:
     """Call the application for ``exchange`` and hand its response to the
     loop; runs in a worker thread. Returns when the response is all in the
     channel (or the connection closed); never raises."""
-    head_only = exchange.method == b"HEAD"
+    head_only = exchange.method == "HEAD"
     responder = _Responder(exchange.channel, head_only)
     result: Any = None
     handed_over = False
@@ -282,8 +287,8 @@ def _failed(exchange: Exchange, responder: _Responder) -> None:
     logger.error(
         "%s: error in the WSGI application answering %s %r",
         exchange.peer,
-        exchange.method.decode("ascii", "replace"),
-        exchange.target.decode("latin-1"),
+        exchange.method,
+        exchange.target,
         exc_info=sys.exc_info(),
     )
     channel = exchange.channel

@@ -24,6 +24,10 @@ from tests.conftest import RunningLoop, connect, recv_all
 
 pytest.importorskip("h11")
 
+# Every test here runs once with each request parser (tests/conftest.py):
+# the WSGI server behaves the same on h11 and on httptools.
+pytestmark = pytest.mark.usefixtures("http_parser")
+
 
 @pytest.fixture
 def running():
