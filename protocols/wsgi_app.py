@@ -45,14 +45,18 @@ _BAD_VALUE = re.compile(r"[\r\n\0]")
 
 class Head:
     """A response's status line and headers, as ``start_response`` got them
-    (names and values encoded as latin-1)."""
+    (names and values encoded as latin-1); ``length`` is the Content-Length
+    the application declared, if it did."""
 
-    __slots__ = ("headers", "reason", "status")
+    __slots__ = ("headers", "length", "reason", "status")
 
-    def __init__(self, status: int, reason: bytes, headers: List[Tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, status: int, reason: bytes, headers: List[Tuple[bytes, bytes]], length: Optional[int] = None
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
+        self.length = length
 
 
 class SendFile:
@@ -155,13 +159,15 @@ _ENVIRON_KEYS_MAX = 512
 class _Responder:
     """``start_response`` and ``write`` for one request (PEP 3333)."""
 
-    __slots__ = ("channel", "head", "head_sent", "head_only")
+    __slots__ = ("channel", "head", "head_only", "head_sent", "remaining")
 
     def __init__(self, channel: ResponseChannel, head_only: bool) -> None:
         self.channel = channel
         self.head: Optional[Head] = None
         self.head_sent = False
         self.head_only = head_only
+        # Body bytes still owed to a declared Content-Length, once the head is out.
+        self.remaining: Optional[int] = None
 
     def start_response(self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
         if exc_info is not None:
@@ -178,27 +184,58 @@ class _Responder:
 
     def write(self, data: bytes) -> None:
         """The legacy ``write()`` callable: ``data`` goes out before it returns
-        (as far as the bounded channel goes)."""
+        (as far as the bounded channel goes). The head, held until the first
+        piece (PEP 3333), goes over with it: one hand-off, one send."""
         if self.head is None:
             raise AssertionError("write() before start_response()")
         if not isinstance(data, (bytes, bytearray)):
             raise TypeError(f"a WSGI body is bytes, not {type(data).__name__}")
-        if not self.head_sent:
-            self.send_head()
+        items: List[Any] = [] if self.head_sent else [self._take_head()]
+        size = 0
         if data and not self.head_only:
-            self.channel.put(bytes(data), len(data))
+            items.append(bytes(data))
+            size = len(data)
+            if self.remaining is not None:
+                self.remaining -= size
+        if items:
+            self.channel.put_all(items, size)
+
+    def completes(self, piece: Any) -> bool:
+        """Whether ``piece`` is exactly what the declared Content-Length
+        still lacks (the response is whole with it)."""
+        if self.head_only or type(piece) is not bytes:
+            return False
+        if self.head_sent:
+            return self.remaining == len(piece)
+        return self.head is not None and self.head.length == len(piece)
+
+    def finish(self, last: Optional[bytes]) -> None:
+        """The end of the response, with the head if it is still here and
+        ``last``, the final piece held back for it."""
+        items: List[Any] = [] if self.head_sent else [self._take_head()]
+        size = 0
+        if last:
+            items.append(last)
+            size = len(last)
+        items.append(END)
+        self.channel.put_all(items, size)
 
     def send_head(self) -> None:
+        self.channel.put(self._take_head())
+
+    def _take_head(self) -> Head:
         if self.head is None:
             raise AssertionError("the application did not call start_response()")
         self.head_sent = True
-        self.channel.put(self.head)
+        self.remaining = self.head.length
+        return self.head
 
 
 def _make_head(status: str, headers: List[Tuple[str, str]]) -> Head:
     if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
         raise ValueError(f"a WSGI status is a str like '200 OK', not {status!r}")
     encoded = []
+    length = None
     for name, value in headers:
         if type(name) is not str or type(value) is not str:
             raise TypeError(f"WSGI headers are (str, str) pairs, not ({name!r}, {value!r})")
@@ -206,11 +243,13 @@ def _make_head(status: str, headers: List[Tuple[str, str]]) -> Head:
         # value, or the application could split the response in two.
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise ValueError(f"invalid response header {name!r}: {value!r}")
+        if len(name) == 14 and name.lower() == "content-length" and value.isdigit():
+            length = int(value)
         encoded.append((name.encode("latin-1"), value.encode("latin-1")))
     reason = status[4:]
     if _BAD_VALUE.search(reason):
         raise ValueError(f"invalid status {status!r}")
-    return Head(int(status[:3]), reason.encode("latin-1"), encoded)
+    return Head(int(status[:3]), reason.encode("latin-1"), encoded, length)
 
 
 def run_application(exchange: Exchange) -> None:
@@ -231,12 +270,7 @@ def run_application(exchange: Exchange) -> None:
             _send_whole(responder, result)
             return
         if not handed_over:
-            for piece in result:
-                if piece:
-                    responder.write(piece)
-            if not responder.head_sent:
-                responder.send_head()
-            exchange.channel.put(END)
+            _send_iterated(responder, result)
     except ResponseAbortedError:
         pass
     except Exception:
@@ -244,6 +278,26 @@ def run_application(exchange: Exchange) -> None:
     finally:
         if not handed_over:
             _close_result(exchange, result)
+
+
+def _send_iterated(responder: _Responder, result: Any) -> None:
+    """Each piece goes over as the application yields it (PEP 3333: no
+    block is delayed), but for the one that completes a declared
+    Content-Length: that one waits for the end of the iteration, which
+    comes at once in the common case (an iterator over a list), so the
+    loop is woken once for the whole response, not twice."""
+    held = None
+    for piece in result:
+        if not piece:
+            continue
+        if held is not None:
+            responder.write(held)  # more than declared: the loop will refuse it
+            held = None
+        if responder.completes(piece):
+            held = piece
+        else:
+            responder.write(piece)
+    responder.finish(held)
 
 
 def _send_whole(responder: _Responder, pieces: Any) -> None:
