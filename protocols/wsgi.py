@@ -159,7 +159,7 @@ class WSGIHandler(ClientHandler):
         dispatcher = _dispatchers.get(loop)
         if dispatcher is None or dispatcher.executor is not executor:  # new, or the pool was replaced
             limit = threads or DEFAULT_MAX_WORKERS
-            dispatcher = _dispatchers[loop] = TaskDispatcher(executor, limit)
+            dispatcher = _dispatchers[loop] = TaskDispatcher(executor, limit, loop.call_later)
         self._executor = dispatcher
 
     def finish(self) -> None:

@@ -666,3 +666,50 @@ def test_dispatcher_gives_blocked_calls_more_threads_up_to_its_limit():
     assert sorted(done) == [0, 1, 2, 3, 4]
     with pytest.raises(RuntimeError):
         dispatcher.submit(blocking, 5)
+
+
+def test_dispatcher_on_the_loop_wakes_threads_only_for_blocked_calls(running):
+    """With the loop's call_later, calls that merely queue behind a busy
+    thread wait for it (one thread serves them all), and calls behind
+    blocked threads get more threads, one per stall interval, up to the limit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evloop.protocols.wsgi_io import TaskDispatcher
+
+    executor = ThreadPoolExecutor(8)
+    quick = TaskDispatcher(executor, 3, running.loop.call_later, stall=5.0)
+    threads = []
+    all_ran = threading.Semaphore(0)
+
+    def record(number):
+        threads.append(threading.get_ident())
+        all_ran.release()
+
+    def submit_all(dispatcher, func, count):
+        for number in range(count):
+            dispatcher.submit(func, number)
+
+    running.call(submit_all, quick, record, 20)
+    for _ in range(20):
+        assert all_ran.acquire(timeout=10)
+    assert len(set(threads)) == 1, "quick calls were handed to more than one thread"
+
+    blocked = TaskDispatcher(executor, 3, running.loop.call_later, stall=0.01)
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    done = []
+
+    def blocking(number):
+        started.release()
+        release.wait(10)
+        done.append(number)
+
+    running.call(submit_all, blocked, blocking, 5)
+    for _ in range(3):  # stalled: a thread more per check, up to the limit
+        assert started.acquire(timeout=10)
+    assert not started.acquire(timeout=0.2)
+    release.set()
+    for _ in range(2):
+        assert started.acquire(timeout=10)
+    executor.shutdown(wait=True)
+    assert sorted(done) == [0, 1, 2, 3, 4]
