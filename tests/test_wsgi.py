@@ -358,6 +358,40 @@ def test_bad_request_gets_400_and_the_server_goes_on(running):
     assert connection.getresponse().status == 200
 
 
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        (b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nHost: x\n\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    ],
+)
+def test_refusals_are_the_parsers_shared_rules(running, request_bytes, status):
+    """The same statuses whichever parser reads (the module runs once per
+    parser), the connection closed after, and the application never called."""
+    called = []
+
+    def app(environ, start_response):
+        called.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    server = serve(running, app)
+    with connect(server) as sock:
+        sock.sendall(request_bytes)
+        reply = recv_all(sock)  # to the end: the server closed
+    assert reply.startswith(b"HTTP/1.1 %d " % status), reply[:80]
+    assert b"Connection: close" in reply
+    assert called == []
+
+
 def test_write_callable_and_close_is_always_called(running):
     closed = []
     both_closed = threading.Event()
