@@ -14,7 +14,10 @@ server process is pinned to one core (``taskset -c 0``) and wrk to another
 - gunicorn gthread: one worker with ``--threads N``.
 
 For each server and path: wrk's requests/s and its p50/p99 latency, best of
-``--runs``. The table is printed as Markdown. Servers that are not
+``--runs``, and the server's CPU time per request (user + system, all its
+threads and child processes, over that run, from ``/proc``): on a machine
+that is not quiet, requests/s say little, CPU per request still compares
+the servers. The table is printed as Markdown. Servers that are not
 installed are skipped with a note. Nothing is asserted here: the numbers
 only mean something on a quiet machine.
 """
@@ -103,8 +106,13 @@ def _to_ms(value: str) -> float:
 
 
 def parse_wrk(output: str) -> Dict[str, Optional[float]]:
-    """requests/s, p50 and p99 (ms) and the error count from wrk --latency."""
-    found: Dict[str, Optional[float]] = {"rps": None, "p50": None, "p99": None, "errors": 0.0}
+    """requests/s, p50 and p99 (ms), the error count and the number of
+    requests from wrk --latency."""
+    found: Dict[str, Optional[float]] = dict.fromkeys(("rps", "p50", "p99", "requests"))
+    found["errors"] = 0.0
+    match = re.search(r"^\s*(\d+) requests in ", output, re.M)
+    if match:
+        found["requests"] = float(match.group(1))
     match = re.search(r"Requests/sec:\s+([\d.]+)", output)
     if match:
         found["rps"] = float(match.group(1))
@@ -121,7 +129,25 @@ def parse_wrk(output: str) -> Dict[str, Optional[float]]:
     return found
 
 
-def run_wrk(port: int, path: str, args: argparse.Namespace) -> Dict[str, Optional[float]]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid``, its threads and its living
+    descendants (gunicorn's worker), from /proc; 0 where there is none."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def run_wrk(port: int, path: str, args: argparse.Namespace, pid: int) -> Dict[str, Optional[float]]:
     command = pinned(
         [
             "wrk", f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
@@ -129,8 +155,12 @@ def run_wrk(port: int, path: str, args: argparse.Namespace) -> Dict[str, Optiona
         ],
         1,
     )  # fmt: skip
+    before = cpu_seconds(pid)
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
-    return parse_wrk(done.stdout)
+    found = parse_wrk(done.stdout)
+    cpu = cpu_seconds(pid) - before
+    found["cpu_us"] = cpu / found["requests"] * 1e6 if found["requests"] and cpu > 0 else None
+    return found
 
 
 def measure(name: str, command: List[str], args: argparse.Namespace, port: int) -> Dict[str, Dict]:
@@ -142,7 +172,7 @@ def measure(name: str, command: List[str], args: argparse.Namespace, port: int) 
         for label, path in PATHS.items():
             if label not in args.paths:
                 continue
-            runs = [run_wrk(port, path, args) for _ in range(args.runs)]
+            runs = [run_wrk(port, path, args, process.pid) for _ in range(args.runs)]
             results[label] = max(runs, key=lambda run: run["rps"] or 0)
     finally:
         process.terminate()
@@ -155,13 +185,17 @@ def measure(name: str, command: List[str], args: argparse.Namespace, port: int) 
 
 
 def table(all_results: Dict[str, Dict[str, Dict]]) -> str:
-    lines = ["| server | path | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| server | path | requests/s | p50 ms | p99 ms | server CPU µs/request | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, results in all_results.items():
         for label, found in results.items():
             rps = f"{found['rps']:,.0f}" if found["rps"] else "-"
             p50 = f"{found['p50']:.2f}" if found["p50"] is not None else "-"
             p99 = f"{found['p99']:.2f}" if found["p99"] is not None else "-"
-            lines.append(f"| {name} | {label} | {rps} | {p50} | {p99} | {found['errors']:.0f} |")
+            cpu = f"{found['cpu_us']:.0f}" if found.get("cpu_us") is not None else "-"
+            lines.append(f"| {name} | {label} | {rps} | {p50} | {p99} | {cpu} | {found['errors']:.0f} |")
     return "\n".join(lines)
 
 

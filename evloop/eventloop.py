@@ -63,7 +63,10 @@ RECV_BUFFER_SIZE = 256 * 1024
 
 
 class _Waker:
-    """The read end of a socketpair in the selector; a byte on it wakes the loop."""
+    """The read end of a socketpair in the selector; a byte on it wakes the
+    loop. One byte at a time: while one is pending (the loop has not read it
+    yet), more wake-ups would add nothing, and each costs a system call in
+    the waking thread (an offloaded call's Future completing, say)."""
 
     closed = False
 
@@ -71,8 +74,12 @@ class _Waker:
         self._reader, self._writer = socket.socketpair()
         self._reader.setblocking(False)
         self._writer.setblocking(False)
+        self._pending = False
 
     def wake(self) -> None:
+        if self._pending:
+            return
+        self._pending = True
         try:
             self._writer.send(b"\0")
         except OSError:
@@ -86,6 +93,9 @@ class _Waker:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
+        # Cleared once drained: a wake() skipped until now scheduled its
+        # callback before this, so this pass runs it; a later one sends a byte.
+        self._pending = False
 
     def handle_write(self) -> None:  # never registered for writing
         pass

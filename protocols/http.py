@@ -49,6 +49,7 @@ from evloop import ClientHandler, LocalProtocolError, RemoteProtocolError
 from evloop.logs import loop_warnings
 
 from .http_access import AccessLog
+from .http_cycle import run_guarded
 from .http_message import (
     HTTPError,
     Request,
@@ -373,7 +374,7 @@ class HTTPHandler(ClientHandler):
         except Exception as exc:
             placeholder.set_exception(exc)
             return
-        self._process_guarded()
+        run_guarded(self, self._process)
 
     # -- sending --------------------------------------------------------------
 
@@ -518,17 +519,7 @@ class HTTPHandler(ClientHandler):
     def _resume(self) -> None:
         self._clear_busy()
         self._response_done()
-        self._process_guarded()
-
-    def _process_guarded(self) -> None:
-        # Outside an I/O callback the engine does not sort our exceptions:
-        # do what it would, so a bad pipelined request still gets its 400.
-        if self.closed:
-            return
-        try:
-            self._process()
-        except Exception as exc:
-            self.handle_error(exc)
+        run_guarded(self, self._process)
 
     def _response_done(self) -> None:
         if self._busy:

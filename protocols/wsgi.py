@@ -1,7 +1,10 @@
 """Host a WSGI application (PEP 3333) on the loop, WebSocket beside it.
 
-Theory of operation. One :class:`WSGIHandler` serves one connection. h11
-parses what the loop reads; each request head starts one call of
+Theory of operation. One :class:`WSGIHandler` serves one connection. The
+request parser the HTTP handler uses (:mod:`~.http_parser`: httptools
+when installed, else h11, or as ``http_parser`` or ``EVLOOP_HTTP_PARSER``
+say; the same smuggling and limit rules either way) reads what the loop
+reads; each request head starts one call of
 :func:`~.wsgi_app.run_application` in the loop's offload pool (``threads``
 sets its size; a :class:`~.wsgi_io.TaskDispatcher` feeds it), which calls
 the application, iterates its result and closes it, all in that worker
@@ -23,7 +26,7 @@ sections 9.3.2, 6.4.1). A ``wsgi.file_wrapper`` around a regular file
 goes out with ``os.sendfile``.
 
 Order. One request is served at a time per connection: the requests
-pipelined behind it wait unparsed in h11's buffer, and past
+pipelined behind it wait unparsed in the parser's buffer, and past
 ``max_pipelined`` bytes in the socket (reading pauses), so they are
 answered in order (RFC 9112 section 9.3.2).
 
@@ -34,8 +37,9 @@ connection belongs to an instance of that class (ws4py's
 ``WebSocketWSGIApplication`` role); every other path goes to the
 application.
 
-Errors. A malformed request gets 400 (431 for a head over
-``max_head_size``, 413 for a body over ``max_body_size``) and that
+Errors. A malformed request gets the parser's status (400; 431 for a
+head over ``max_head_size``; 501, 505; 413 for a body over
+``max_body_size``) and that
 connection closes, with a warning naming the peer. An exception from the
 application becomes a 500 with the traceback logged, or, once its head is
 out, a closed connection.
@@ -43,14 +47,15 @@ out, a closed connection.
 
 import logging
 import weakref
-from typing import Any, Dict, List, Optional, cast
-
-import h11
+from typing import Any, Dict, List, Optional
 
 from evloop import ClientHandler, RemoteProtocolError
 from evloop.offload import DEFAULT_MAX_WORKERS, offload_executor, set_offload_executor
 
-from .http_message import HTTPError, Request, SwitchProtocols, error_response, http_date, reason_phrase
+from .http_cycle import closing_error_reply, run_guarded
+from .http_message import HTTPError, Request, SwitchProtocols, error_response, reason_phrase
+from .http_parser import CLOSED, NEED_DATA, ParseError, RequestHead, parser_class
+from .http_parser import END as REQUEST_END
 from .wsgi_app import FAILED, Exchange, Head, SendFile, fixed_environ, run_application
 from .wsgi_framing import FramingError, ResponseFramer
 from .wsgi_io import EMPTY_INPUT, END, ErrorStream, FileWrapper, InputStream, ResponseChannel, TaskDispatcher
@@ -80,6 +85,9 @@ class WSGIHandler(ClientHandler):
       (None: leave the pool as it is, by default ``min(32, cpus + 4)``);
     - ``max_head_size`` (16 KiB, 431 beyond) and ``max_body_size``
       (1 GiB, 413 beyond): bytes of a request's head and body;
+    - ``http_parser``: ``"httptools"``, ``"h11"`` or None (the
+      ``EVLOOP_HTTP_PARSER`` environment variable, else httptools when it
+      is installed, else h11), as for :class:`~evloop.protocols.http.HTTPHandler`;
     - ``input_buffer_size``: body bytes held for an application that has not
       read them yet (reading the socket pauses beyond it);
     - ``output_buffer_size``: response bytes the application may run ahead
@@ -100,6 +108,7 @@ class WSGIHandler(ClientHandler):
     script_name = ""
     multiprocess = False
     server_name = "evloop"
+    http_parser: Optional[str] = None
 
     __slots__ = (
         "_body_size",
@@ -110,24 +119,22 @@ class WSGIHandler(ClientHandler):
         "_paused",
         "_request_done",
         "_response_done",
-        "_unparsed",
-        "_upgrade_event",
+        "_upgrade_head",
         "_upgrade_to",
         "_framer",
         "_server_name",
-        "conn",
+        "parser",
         "upgraded",
     )
 
     def __init__(self, server: Any, client_socket: Any, client_address: Any) -> None:
         super().__init__(server, client_socket, client_address)
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
+        self.parser = parser_class(self.http_parser)(self.max_head_size)
         self.upgraded: Any = None
         self._exchange: Optional[Exchange] = None
         self._executor: Any = None
         self._fixed: Optional[Dict[str, Any]] = None
         self._body_size = 0
-        self._unparsed = 0
         self._request_done = True
         self._response_done = True
         self._input_full = False
@@ -135,7 +142,7 @@ class WSGIHandler(ClientHandler):
         self._framer = ResponseFramer(True, False, True, b"")
         self._server_name = self.server_name.encode("ascii")
         self._upgrade_to: Any = None
-        self._upgrade_event: Any = None
+        self._upgrade_head: Optional[RequestHead] = None
 
     # -- what the engine calls ----------------------------------------------
 
@@ -152,7 +159,7 @@ class WSGIHandler(ClientHandler):
         dispatcher = _dispatchers.get(loop)
         if dispatcher is None or dispatcher.executor is not executor:  # new, or the pool was replaced
             limit = threads or DEFAULT_MAX_WORKERS
-            dispatcher = _dispatchers[loop] = TaskDispatcher(executor, limit)
+            dispatcher = _dispatchers[loop] = TaskDispatcher(executor, limit, loop.call_later)
         self._executor = dispatcher
 
     def finish(self) -> None:
@@ -169,10 +176,9 @@ class WSGIHandler(ClientHandler):
         if self.upgraded is not None:
             self.upgraded.data_received(data)
             return
-        self._unparsed += len(data)
-        self.conn.receive_data(data)
+        self.parser.feed(data)
         if self._request_done and not self._response_done:
-            # Pipelined requests wait in h11's buffer, unparsed, up to a bound.
+            # Pipelined requests wait in the parser's buffer, unparsed, up to a bound.
             self._update_reading()
             return
         self._process()
@@ -181,11 +187,11 @@ class WSGIHandler(ClientHandler):
         if self.upgraded is not None:
             self.upgraded.eof_received()
             return None
-        # h11 raises "peer unexpectedly closed" if this cuts a request short.
-        self.conn.receive_data(b"")
+        # The parser refuses a request this cuts short.
+        self.parser.feed_eof()
         if self._request_done and not self._response_done:
             # Stay open for the answer and for requests pipelined before the
-            # end: h11 reports the end (and we close) once they are served.
+            # end: the parser reports the end (and we close) once they are served.
             return True
         self._process()
         return None
@@ -199,7 +205,7 @@ class WSGIHandler(ClientHandler):
             return 1 + self._body_size
         if not self._response_done:
             return 0
-        return self._unparsed
+        return self.parser.buffered
 
     def held_memory(self) -> int:
         """Bytes held for the server's client memory budget: input not yet
@@ -214,10 +220,11 @@ class WSGIHandler(ClientHandler):
         if self.upgraded is not None and kind == "idle":
             self.upgraded.idle_timed_out(seconds)
             return
-        if kind == "request" and self._response_done and self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if kind == "request" and self._response_done and self._exchange is None:
             # RFC 9110 section 15.5.9: say why before closing.
             logger.warning("%s: request not complete within %gs; 408", self.peer, seconds)
-            self.send(self._error_reply(408))
+            self.send(closing_error_reply(408, self.server_name))
+            self.parser.stop()
             self.close_when_sent()
             return
         super().handle_timeout(kind, seconds)
@@ -237,69 +244,60 @@ class WSGIHandler(ClientHandler):
     # -- the request cycle ----------------------------------------------------
 
     def _process(self) -> None:
-        """Turn h11's events into calls of the application until h11 needs
-        more bytes, the application must catch up, or a response is due."""
-        conn = self.conn
+        """Turn the parser's events into calls of the application until it
+        needs more bytes, the application must catch up, or a response is
+        due (the requests pipelined behind one wait, unparsed)."""
+        parser = self.parser
         while self.upgraded is None and not self.closed and not self._input_full:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._refuse(exc.error_status_hint, str(exc))
+            if self._request_done and not self._response_done:
                 return
-            kind = type(event)
-            if kind is h11.Data:
-                self._body_received(cast(h11.Data, event).data)
-            elif kind is h11.Request:
-                self._begin(cast(h11.Request, event))
-            elif kind is h11.EndOfMessage:
+            try:
+                event = parser.next_event()
+            except ParseError as exc:
+                self._refuse(exc.status, exc.detail)
+                return
+            if event.__class__ is bytes:
+                self._body_received(event)
+            elif event is NEED_DATA:
+                return
+            elif event is REQUEST_END:
                 self._request_complete()
-            elif kind is h11.ConnectionClosed:
+            elif event is CLOSED:
                 self.close_when_sent()
                 return
-            else:  # NEED_DATA, or PAUSED until this response is out
-                return
+            else:
+                head: RequestHead = event  # type: ignore[assignment]
+                self._begin(head)
+                if not head.body_length and not self.closed:
+                    self._request_complete()  # whole with its head (a GET)
 
-    def _begin(self, event: h11.Request) -> None:
-        self._unparsed = 0
+    def _begin(self, head: RequestHead) -> None:
         self._body_size = 0
         self._request_done = self._response_done = False
-        # h11 bounds a head still incomplete; one that came whole is measured here.
-        size = len(event.target) + 16 + sum(len(name) + len(value) + 4 for name, value in event.headers)
-        if size > self.max_head_size:
-            self._refuse(431, f"request head of about {size} bytes over {self.max_head_size}")
-        path = event.target.partition(b"?")[0].decode("latin-1")
+        path = head.target.partition("?")[0]
         if self.websocket and path in self.websocket:
-            self._upgrade_to, self._upgrade_event = self.websocket[path], event
+            self._upgrade_to, self._upgrade_head = self.websocket[path], head
             return
-        length = None
-        has_body = False
-        for name, value in event.headers:
-            if name == b"content-length":
-                length = int(value)  # h11 checked it is digits
-                has_body = length > 0
-            elif name == b"transfer-encoding":
-                has_body = True
-        if length is not None and length > self.max_body_size:
+        if head.body_length > self.max_body_size:
             # RFC 9110 section 15.5.14: refuse before reading any of it.
-            self._refuse(413, f"Content-Length {length} over {self.max_body_size} bytes")
-        if self.conn.they_are_waiting_for_100_continue:
+            self._refuse(413, f"Content-Length {head.body_length} over {self.max_body_size} bytes")
+        if head.expects_continue and head.body_length:
             # RFC 9110 section 10.1.1: the client waits for this to send the body.
-            self.send(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-        body = InputStream(self.input_buffer_size, self._input_drained_soon) if has_body else EMPTY_INPUT
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = EMPTY_INPUT
+        if head.body_length:
+            body = InputStream(self.input_buffer_size, self._input_drained_soon)
         exchange = self._exchange = Exchange(
             type(self).application,  # from the class: a plain function stays unbound
             self._fixed or self._make_fixed(),
             self.script_name,
             self.peer,
-            event,
+            head,
             body,
             ResponseChannel(self.output_buffer_size),
         )
         self._framer = ResponseFramer(
-            event.http_version == b"1.1",
-            event.method == b"HEAD",
-            b"close" not in get_comma_header_value(event.headers, b"connection"),
-            self._server_name,
+            head.http_version == "1.1", head.method == "HEAD", head.keep_alive, self._server_name
         )
         # The loop's offload pool, through a dispatcher rather than
         # offload(): a connection has one call at a time here, offload()'s
@@ -321,7 +319,6 @@ class WSGIHandler(ClientHandler):
 
     def _request_complete(self) -> None:
         self._request_done = True
-        self._unparsed = 0
         self.loop.requests += 1
         if self._upgrade_to is not None:
             self._upgrade()
@@ -339,7 +336,7 @@ class WSGIHandler(ClientHandler):
     def _input_drained(self) -> None:
         self._input_full = False
         self._update_reading()
-        self._process_guarded()
+        run_guarded(self, self._process)
 
     def _update_reading(self) -> None:
         """Read while a request is coming in and its reader keeps up; pause
@@ -348,7 +345,7 @@ class WSGIHandler(ClientHandler):
         flight (the rest stay in the socket, and TCP pushes back). Not
         pausing for a few pipelined bytes saves two system calls a request."""
         pause = self._input_full or (
-            self._request_done and not self._response_done and self._unparsed > self.max_pipelined
+            self._request_done and not self._response_done and self.parser.buffered > self.max_pipelined
         )
         if pause != self._paused:
             self._paused = pause
@@ -373,38 +370,18 @@ class WSGIHandler(ClientHandler):
             self._next_cycle()
         else:
             self._update_reading()
-            self._process_guarded()
+            run_guarded(self, self._process)
 
     def _next_cycle(self) -> None:
         """Request and response are both done: on to the next request, or
-        close. Responses are framed here, not by h11, so h11 does not know
-        this one ended: a fresh h11 connection takes over the bytes that
-        followed the request (``trailing_data``), which costs less than
-        h11's own serialisation would have."""
-        old = self.conn
-        if not self._framer.keep_alive or old.their_state is not h11.DONE:
+        close."""
+        if not self._framer.keep_alive:
+            self.parser.stop()
             self.close_when_sent()
             return
-        trailing, closed = old.trailing_data
-        conn = self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
-        if trailing:
-            conn.receive_data(trailing)
-        if closed:
-            conn.receive_data(b"")
         self._exchange = None
-        self._unparsed = len(trailing)
         self._update_reading()
-        self._process_guarded()
-
-    def _process_guarded(self) -> None:
-        # Outside an I/O callback the engine does not sort our exceptions:
-        # do what it would, so a bad pipelined request still gets its 400.
-        if self.closed:
-            return
-        try:
-            self._process()
-        except Exception as exc:
-            self.handle_error(exc)
+        run_guarded(self, self._process)
 
     def _make_fixed(self) -> Dict[str, Any]:
         server = self.server
@@ -469,9 +446,10 @@ class WSGIHandler(ClientHandler):
     # -- WebSocket routes -------------------------------------------------------
 
     def _upgrade(self) -> None:
-        handler_class, event = self._upgrade_to, self._upgrade_event
-        self._upgrade_to = self._upgrade_event = None
-        request = Request.from_h11(event, self)
+        handler_class, head = self._upgrade_to, self._upgrade_head
+        self._upgrade_to = self._upgrade_head = None
+        assert head is not None
+        request = Request(head.method, head.target, head.headers, head.http_version, b"", self)
         try:
             answer = handler_class.accept_upgrade(request)
         except HTTPError as exc:
@@ -479,62 +457,42 @@ class WSGIHandler(ClientHandler):
         if not isinstance(answer, SwitchProtocols):
             body = str(answer.body).encode("utf-8")
             headers = [("Content-Type", "text/plain; charset=utf-8"), *answer.headers]
-            head = Head(answer.status, reason_phrase(answer.status).encode(), _encode(headers))
-            self._framer = ResponseFramer(event.http_version == b"1.1", False, True, self._server_name)
-            framed, _ = self._frame([head, body, END])
+            status = Head(answer.status, reason_phrase(answer.status).encode(), _encode(headers))
+            version_11 = head.http_version == "1.1"
+            self._framer = ResponseFramer(version_11, False, head.keep_alive, self._server_name)
+            framed, _ = self._frame([status, body, END])
             self.send(framed)
             self._response_done = True
             self._next_cycle()
             return
-        conn = self.conn
-        self.send(
-            conn.send(
-                h11.InformationalResponse(
-                    status_code=101, headers=answer.headers, reason=b"Switching Protocols"
-                )
-            )
-        )
-        trailing, _ = conn.trailing_data
+        lines = "".join(f"{name}: {value}\r\n" for name, value in answer.headers)
+        self.send(_encode_head(f"HTTP/1.1 101 Switching Protocols\r\n{lines}\r\n"))
+        trailing = self.parser.take_buffered()
         self._response_done = True
         self._update_reading()
         upgraded = self.upgraded = answer.make_protocol(self)
-        upgraded.switched(bytes(trailing))
+        upgraded.switched(trailing)
 
     # -- errors -------------------------------------------------------------------
 
     def _refuse(self, status: int, detail: str) -> None:
         """The peer broke HTTP: answer ``status`` if no response is under way,
         and let the engine log, send it and close."""
+        self.parser.stop()
         exchange = self._exchange
         if exchange is not None:
             exchange.input.fail(OSError(f"bad request body: {detail}"))
         # A response of this cycle is out or on its way: no second one.
-        reply = None if exchange is not None else self._error_reply(status)
+        reply = None if exchange is not None else closing_error_reply(status, self.server_name)
         raise RemoteProtocolError(f"HTTP {status}: {detail}", reply=reply)
 
-    def _error_reply(self, status: int) -> Optional[bytes]:
-        """A closing error response, if one can still start; else None."""
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return None
-        text = f"{status} {reason_phrase(status)}\n".encode()
-        headers = [
-            ("Date", http_date()),
-            ("Server", self.server_name),
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(text))),
-            ("Connection", "close"),
-        ]
-        try:
-            conn = self.conn
-            reply = conn.send(h11.Response(status_code=status, reason=reason_phrase(status), headers=headers))
-            return reply + conn.send(h11.Data(data=text)) + conn.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:
-            return None
 
-
-def get_comma_header_value(headers: Any, name: bytes) -> bytes:
-    """The lower-cased values of header ``name`` joined with commas."""
-    return b",".join(value.lower() for key, value in headers if key == name)
+def _encode_head(text: str) -> bytes:
+    """A head the handler frames; a CR or LF inside a header would split it
+    (RFC 9112 section 2.2)."""
+    if text.count("\r") != text.count("\n"):
+        raise ValueError(f"CR or LF inside a response header: {text!r}")
+    return text.encode("latin-1")
 
 
 def _encode(headers: Any) -> Any:

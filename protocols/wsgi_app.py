@@ -26,7 +26,7 @@ import re
 import stat
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote
 
 from .wsgi_io import END, ErrorStream, FileWrapper, InputStream, ResponseAbortedError, ResponseChannel
 
@@ -45,14 +45,18 @@ _BAD_VALUE = re.compile(r"[\r\n\0]")
 
 class Head:
     """A response's status line and headers, as ``start_response`` got them
-    (names and values encoded as latin-1)."""
+    (names and values encoded as latin-1); ``length`` is the Content-Length
+    the application declared, if it did."""
 
-    __slots__ = ("headers", "reason", "status")
+    __slots__ = ("headers", "length", "reason", "status")
 
-    def __init__(self, status: int, reason: bytes, headers: List[Tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, status: int, reason: bytes, headers: List[Tuple[bytes, bytes]], length: Optional[int] = None
+    ) -> None:
         self.status = status
         self.reason = reason
         self.headers = headers
+        self.length = length
 
 
 class SendFile:
@@ -69,8 +73,8 @@ class Exchange:
     """One request and its response, shared by the loop and a worker.
 
     ``fixed`` holds the environ entries that are the same for every request
-    on the connection; ``method``, ``target``, ``headers`` and
-    ``http_version`` are h11's bytes."""
+    on the connection; ``method``, ``target``, ``headers`` (lower-case
+    names) and ``http_version`` are the parser's, as latin-1 str."""
 
     __slots__ = (
         "app",
@@ -91,7 +95,7 @@ class Exchange:
         fixed: Dict[str, Any],
         script_name: str,
         peer: str,
-        event: Any,
+        head: Any,
         body: InputStream,
         channel: ResponseChannel,
     ) -> None:
@@ -99,10 +103,10 @@ class Exchange:
         self.fixed = fixed
         self.script_name = script_name
         self.peer = peer
-        self.method: bytes = event.method
-        self.target: bytes = event.target
-        self.headers: List[Tuple[bytes, bytes]] = event.headers
-        self.http_version: bytes = event.http_version
+        self.method: str = head.method
+        self.target: str = head.target
+        self.headers: List[Tuple[str, str]] = head.headers
+        self.http_version: str = head.http_version
         self.input = body
         self.channel = channel
 
@@ -110,36 +114,35 @@ class Exchange:
 def build_environ(exchange: Exchange) -> Dict[str, Any]:
     """The PEP 3333 environ for ``exchange``'s request."""
     target = exchange.target
-    if target[:1] != b"/" and b"://" in target[:10]:
+    if target[:1] != "/" and "://" in target[:10]:
         # Absolute form (RFC 9112 section 3.2.2): the path starts after the authority.
-        slash = target.find(b"/", target.find(b"://") + 3)
-        target = target[slash:] if slash >= 0 else b"/"
-    path, _, query = target.partition(b"?")
-    # PEP 3333: PATH_INFO is decoded bytes, as latin-1 ("bytes-as-unicode").
-    path_info = unquote_to_bytes(path).decode("latin-1")
+        slash = target.find("/", target.find("://") + 3)
+        target = target[slash:] if slash >= 0 else "/"
+    path, _, query = target.partition("?")
+    # PEP 3333: PATH_INFO is decoded bytes, as latin-1 ("bytes-as-unicode");
+    # the target is latin-1 already, so only %XX escapes need decoding.
+    path_info = unquote(path, "latin-1") if "%" in path else path
     script_name = exchange.script_name
     if script_name and (path_info == script_name or path_info.startswith(script_name + "/")):
         path_info = path_info[len(script_name) :]
-    environ = dict(exchange.fixed)
-    environ["REQUEST_METHOD"] = exchange.method.decode("ascii")
+    environ = exchange.fixed.copy()
+    environ["REQUEST_METHOD"] = exchange.method
     environ["SCRIPT_NAME"] = script_name
     environ["PATH_INFO"] = path_info
-    environ["QUERY_STRING"] = query.decode("latin-1")
-    environ["SERVER_PROTOCOL"] = "HTTP/" + exchange.http_version.decode("ascii")
+    environ["QUERY_STRING"] = query
+    environ["SERVER_PROTOCOL"] = "HTTP/" + exchange.http_version
     environ["wsgi.input"] = exchange.input
-    for raw_name, raw_value in exchange.headers:
-        name = raw_name.decode("latin-1")
-        if "_" in name:
-            # "X_User" and "X-User" would both be HTTP_X_USER: a proxy that
-            # checked one could be fooled by the other (nginx drops them too).
-            continue
-        value = raw_value.decode("latin-1")
-        if name == "content-type":
-            key = "CONTENT_TYPE"
-        elif name == "content-length":
-            key = "CONTENT_LENGTH"
-        else:
+    keys = _ENVIRON_KEYS
+    for name, value in exchange.headers:
+        key = keys.get(name)
+        if key is None:
+            if "_" in name:
+                # "X_User" and "X-User" would both be HTTP_X_USER: a proxy that
+                # checked one could be fooled by the other (nginx drops them too).
+                continue
             key = "HTTP_" + name.upper().replace("-", "_")
+            if len(keys) < _ENVIRON_KEYS_MAX:
+                keys[name] = key
         if key in environ:
             # RFC 9110 section 5.3: repeated fields join with commas.
             value = environ[key] + ", " + value
@@ -147,16 +150,24 @@ def build_environ(exchange: Exchange) -> Dict[str, Any]:
     return environ
 
 
+# Header name (lower case) to its environ key, learnt as names come;
+# bounded, so a peer sending made-up names cannot grow it.
+_ENVIRON_KEYS: Dict[str, str] = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+_ENVIRON_KEYS_MAX = 512
+
+
 class _Responder:
     """``start_response`` and ``write`` for one request (PEP 3333)."""
 
-    __slots__ = ("channel", "head", "head_sent", "head_only")
+    __slots__ = ("channel", "head", "head_only", "head_sent", "remaining")
 
     def __init__(self, channel: ResponseChannel, head_only: bool) -> None:
         self.channel = channel
         self.head: Optional[Head] = None
         self.head_sent = False
         self.head_only = head_only
+        # Body bytes still owed to a declared Content-Length, once the head is out.
+        self.remaining: Optional[int] = None
 
     def start_response(self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
         if exc_info is not None:
@@ -173,27 +184,58 @@ class _Responder:
 
     def write(self, data: bytes) -> None:
         """The legacy ``write()`` callable: ``data`` goes out before it returns
-        (as far as the bounded channel goes)."""
+        (as far as the bounded channel goes). The head, held until the first
+        piece (PEP 3333), goes over with it: one hand-off, one send."""
         if self.head is None:
             raise AssertionError("write() before start_response()")
         if not isinstance(data, (bytes, bytearray)):
             raise TypeError(f"a WSGI body is bytes, not {type(data).__name__}")
-        if not self.head_sent:
-            self.send_head()
+        items: List[Any] = [] if self.head_sent else [self._take_head()]
+        size = 0
         if data and not self.head_only:
-            self.channel.put(bytes(data), len(data))
+            items.append(bytes(data))
+            size = len(data)
+            if self.remaining is not None:
+                self.remaining -= size
+        if items:
+            self.channel.put_all(items, size)
+
+    def completes(self, piece: Any) -> bool:
+        """Whether ``piece`` is exactly what the declared Content-Length
+        still lacks (the response is whole with it)."""
+        if self.head_only or type(piece) is not bytes:
+            return False
+        if self.head_sent:
+            return self.remaining == len(piece)
+        return self.head is not None and self.head.length == len(piece)
+
+    def finish(self, last: Optional[bytes]) -> None:
+        """The end of the response, with the head if it is still here and
+        ``last``, the final piece held back for it."""
+        items: List[Any] = [] if self.head_sent else [self._take_head()]
+        size = 0
+        if last:
+            items.append(last)
+            size = len(last)
+        items.append(END)
+        self.channel.put_all(items, size)
 
     def send_head(self) -> None:
+        self.channel.put(self._take_head())
+
+    def _take_head(self) -> Head:
         if self.head is None:
             raise AssertionError("the application did not call start_response()")
         self.head_sent = True
-        self.channel.put(self.head)
+        self.remaining = self.head.length
+        return self.head
 
 
 def _make_head(status: str, headers: List[Tuple[str, str]]) -> Head:
     if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
         raise ValueError(f"a WSGI status is a str like '200 OK', not {status!r}")
     encoded = []
+    length = None
     for name, value in headers:
         if type(name) is not str or type(value) is not str:
             raise TypeError(f"WSGI headers are (str, str) pairs, not ({name!r}, {value!r})")
@@ -201,18 +243,20 @@ def _make_head(status: str, headers: List[Tuple[str, str]]) -> Head:
         # value, or the application could split the response in two.
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise ValueError(f"invalid response header {name!r}: {value!r}")
+        if len(name) == 14 and name.lower() == "content-length" and value.isdigit():
+            length = int(value)
         encoded.append((name.encode("latin-1"), value.encode("latin-1")))
     reason = status[4:]
     if _BAD_VALUE.search(reason):
         raise ValueError(f"invalid status {status!r}")
-    return Head(int(status[:3]), reason.encode("latin-1"), encoded)
+    return Head(int(status[:3]), reason.encode("latin-1"), encoded, length)
 
 
 def run_application(exchange: Exchange) -> None:
     """Call the application for ``exchange`` and hand its response to the
     loop; runs in a worker thread. Returns when the response is all in the
     channel (or the connection closed); never raises."""
-    head_only = exchange.method == b"HEAD"
+    head_only = exchange.method == "HEAD"
     responder = _Responder(exchange.channel, head_only)
     result: Any = None
     handed_over = False
@@ -226,12 +270,7 @@ def run_application(exchange: Exchange) -> None:
             _send_whole(responder, result)
             return
         if not handed_over:
-            for piece in result:
-                if piece:
-                    responder.write(piece)
-            if not responder.head_sent:
-                responder.send_head()
-            exchange.channel.put(END)
+            _send_iterated(responder, result)
     except ResponseAbortedError:
         pass
     except Exception:
@@ -239,6 +278,26 @@ def run_application(exchange: Exchange) -> None:
     finally:
         if not handed_over:
             _close_result(exchange, result)
+
+
+def _send_iterated(responder: _Responder, result: Any) -> None:
+    """Each piece goes over as the application yields it (PEP 3333: no
+    block is delayed), but for the one that completes a declared
+    Content-Length: that one waits for the end of the iteration, which
+    comes at once in the common case (an iterator over a list), so the
+    loop is woken once for the whole response, not twice."""
+    held = None
+    for piece in result:
+        if not piece:
+            continue
+        if held is not None:
+            responder.write(held)  # more than declared: the loop will refuse it
+            held = None
+        if responder.completes(piece):
+            held = piece
+        else:
+            responder.write(piece)
+    responder.finish(held)
 
 
 def _send_whole(responder: _Responder, pieces: Any) -> None:
@@ -282,8 +341,8 @@ def _failed(exchange: Exchange, responder: _Responder) -> None:
     logger.error(
         "%s: error in the WSGI application answering %s %r",
         exchange.peer,
-        exchange.method.decode("ascii", "replace"),
-        exchange.target.decode("latin-1"),
+        exchange.method,
+        exchange.target,
         exc_info=sys.exc_info(),
     )
     channel = exchange.channel

@@ -307,32 +307,69 @@ class ResponseChannel:
 
 class TaskDispatcher:
     """Runs calls in an executor's threads, at most ``limit`` at once, and
-    wakes a thread only when no running one is free to take the call.
+    wakes a thread only when the running ones cannot take the call.
 
     Each thread the executor lends runs a loop that takes calls from one
     shared queue until it is empty. Under load a few threads go from call
     to call without sleeping, instead of one executor hand-off (a futex
-    wake and a context switch on a busy core) per call; a call that
-    blocks (a generator that sleeps) still gets another thread for the
-    calls behind it, up to ``limit``. ``submit`` raises what the
-    executor's does once it is shut down."""
+    wake and a context switch on a busy core) per call. ``submit`` raises
+    what the executor's does once it is shut down.
 
-    __slots__ = ("_busy", "_lock", "_running", "_tasks", "executor", "limit")
+    Without ``call_later`` a call that finds every running thread busy
+    wakes another one (up to ``limit``). With it (the loop's
+    ``call_later``; ``submit`` then runs on the loop's thread), the call
+    waits for a busy thread to finish its own, and a check ``stall``
+    seconds later wakes one more thread only if no call was taken in
+    between: the running threads are blocked (a generator that sleeps, a
+    slow database), not merely busy. Waking threads that would only take
+    turns at the GIL costs a hand-off per call and gains nothing; a
+    blocked call still gets another thread for the calls behind it."""
 
-    def __init__(self, executor: Any, limit: int) -> None:
+    __slots__ = (
+        "_busy",
+        "_call_later",
+        "_checking",
+        "_lock",
+        "_running",
+        "_taken",
+        "_tasks",
+        "executor",
+        "limit",
+        "stall",
+    )
+
+    def __init__(
+        self, executor: Any, limit: int, call_later: Optional[Callable[..., Any]] = None, stall: float = 0.002
+    ) -> None:
         self.executor = executor
         self.limit = limit
+        self.stall = stall
+        self._call_later = call_later
         self._lock = threading.Lock()
         self._tasks: Deque[Any] = collections.deque()
         self._running = 0  # threads in _drain
         self._busy = 0  # of those, running a call
+        self._taken = 0  # calls taken so far: progress, for the stall check
+        self._checking = False  # a stall check is scheduled
 
     def submit(self, func: Callable[[Any], None], argument: Any) -> None:
+        call_later = self._call_later
+        check = False
         with self._lock:
             self._tasks.append((func, argument))
             if self._running - self._busy >= len(self._tasks) or self._running >= self.limit:
                 return  # a free thread will take it, or one will be free soon
-            self._running += 1
+            if self._running and call_later is not None:
+                # Busy threads take it next, unless they are blocked: check.
+                if self._checking:
+                    return
+                self._checking = check = True
+            else:
+                self._running += 1
+            taken = self._taken
+        if call_later is not None and check:
+            call_later(self.stall, self._check_stall, taken)
+            return
         try:
             self.executor.submit(self._drain)
         except BaseException:
@@ -340,6 +377,27 @@ class TaskDispatcher:
                 self._running -= 1
                 self._tasks.pop()
             raise
+
+    def _check_stall(self, taken_before: int) -> None:
+        """On the loop: one more thread if calls wait and none was taken
+        since ``taken_before``; looks again while calls wait."""
+        with self._lock:
+            self._checking = False
+            if not self._tasks:
+                return
+            stalled = self._taken == taken_before and self._running < self.limit
+            if stalled:
+                self._running += 1
+            self._checking = True
+            taken = self._taken
+        assert self._call_later is not None
+        self._call_later(self.stall, self._check_stall, taken)
+        if stalled:
+            try:
+                self.executor.submit(self._drain)
+            except RuntimeError:  # the pool is shut down: the loop is stopping
+                with self._lock:
+                    self._running -= 1
 
     def _drain(self) -> None:
         lock = self._lock
@@ -351,6 +409,7 @@ class TaskDispatcher:
                     return
                 func, argument = tasks.popleft()
                 self._busy += 1
+                self._taken += 1
             try:
                 func(argument)
             finally:

@@ -24,6 +24,10 @@ from tests.conftest import RunningLoop, connect, recv_all
 
 pytest.importorskip("h11")
 
+# Every test here runs once with each request parser (tests/conftest.py):
+# the WSGI server behaves the same on h11 and on httptools.
+pytestmark = pytest.mark.usefixtures("http_parser")
+
 
 @pytest.fixture
 def running():
@@ -354,6 +358,40 @@ def test_bad_request_gets_400_and_the_server_goes_on(running):
     assert connection.getresponse().status == 200
 
 
+@pytest.mark.parametrize(
+    "request_bytes, status",
+    [
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"BREW / HTTP/1.1\r\nHost: x\r\n\r\n", 501),
+        (b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nHost: x\n\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    ],
+)
+def test_refusals_are_the_parsers_shared_rules(running, request_bytes, status):
+    """The same statuses whichever parser reads (the module runs once per
+    parser), the connection closed after, and the application never called."""
+    called = []
+
+    def app(environ, start_response):
+        called.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    server = serve(running, app)
+    with connect(server) as sock:
+        sock.sendall(request_bytes)
+        reply = recv_all(sock)  # to the end: the server closed
+    assert reply.startswith(b"HTTP/1.1 %d " % status), reply[:80]
+    assert b"Connection: close" in reply
+    assert called == []
+
+
 def test_write_callable_and_close_is_always_called(running):
     closed = []
     both_closed = threading.Event()
@@ -662,3 +700,50 @@ def test_dispatcher_gives_blocked_calls_more_threads_up_to_its_limit():
     assert sorted(done) == [0, 1, 2, 3, 4]
     with pytest.raises(RuntimeError):
         dispatcher.submit(blocking, 5)
+
+
+def test_dispatcher_on_the_loop_wakes_threads_only_for_blocked_calls(running):
+    """With the loop's call_later, calls that merely queue behind a busy
+    thread wait for it (one thread serves them all), and calls behind
+    blocked threads get more threads, one per stall interval, up to the limit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evloop.protocols.wsgi_io import TaskDispatcher
+
+    executor = ThreadPoolExecutor(8)
+    quick = TaskDispatcher(executor, 3, running.loop.call_later, stall=5.0)
+    threads = []
+    all_ran = threading.Semaphore(0)
+
+    def record(number):
+        threads.append(threading.get_ident())
+        all_ran.release()
+
+    def submit_all(dispatcher, func, count):
+        for number in range(count):
+            dispatcher.submit(func, number)
+
+    running.call(submit_all, quick, record, 20)
+    for _ in range(20):
+        assert all_ran.acquire(timeout=10)
+    assert len(set(threads)) == 1, "quick calls were handed to more than one thread"
+
+    blocked = TaskDispatcher(executor, 3, running.loop.call_later, stall=0.01)
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    done = []
+
+    def blocking(number):
+        started.release()
+        release.wait(10)
+        done.append(number)
+
+    running.call(submit_all, blocked, blocking, 5)
+    for _ in range(3):  # stalled: a thread more per check, up to the limit
+        assert started.acquire(timeout=10)
+    assert not started.acquire(timeout=0.2)
+    release.set()
+    for _ in range(2):
+        assert started.acquire(timeout=10)
+    executor.shutdown(wait=True)
+    assert sorted(done) == [0, 1, 2, 3, 4]

@@ -33,7 +33,13 @@ Transfer/sec:    700.00KB
 
 
 def test_wrk_report_is_read_right():
-    assert parse_wrk(WRK_OUTPUT) == {"rps": 4899.5, "p50": 0.78, "p99": 1200.0, "errors": 7.0}
+    assert parse_wrk(WRK_OUTPUT) == {
+        "rps": 4899.5,
+        "p50": 0.78,
+        "p99": 1200.0,
+        "errors": 7.0,
+        "requests": 4900.0,
+    }
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
@@ -54,6 +60,7 @@ def test_the_benchmark_runs_end_to_end():
     assert done.returncode == 0, done.stderr
     rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ")][1:]
     assert {row[0].strip() for row in rows} == set(servers)
-    for name, path, rps, _p50, _p99, errors in rows:
+    for name, path, rps, _p50, _p99, cpu, errors in rows:
         assert float(rps.replace(",", "")) > 0, (name, path)
+        assert float(cpu) > 0, (name, path)
         assert errors.strip() == "0", (name, path)

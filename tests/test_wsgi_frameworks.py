@@ -23,6 +23,10 @@ pytest.importorskip("h11")
 pytest.importorskip("wsproto")
 ws_client = pytest.importorskip("websockets.sync.client")
 
+# Every test here runs once with each request parser (tests/conftest.py):
+# the WSGI server behaves the same on h11 and on httptools.
+pytestmark = pytest.mark.usefixtures("http_parser")
+
 from evloop.protocols.websocket import WebSocketHandler  # noqa: E402
 
 STREAM_GATE = threading.Event()
