@@ -122,6 +122,7 @@ class WSGIHandler(ClientHandler):
         "_upgrade_head",
         "_upgrade_to",
         "_framer",
+        "_going_away",
         "_server_name",
         "parser",
         "upgraded",
@@ -139,6 +140,8 @@ class WSGIHandler(ClientHandler):
         self._response_done = True
         self._input_full = False
         self._paused = False
+        # A graceful shutdown: the next response says Connection: close.
+        self._going_away = False
         self._framer = ResponseFramer(True, False, True, b"")
         self._server_name = self.server_name.encode("ascii")
         self._upgrade_to: Any = None
@@ -171,6 +174,11 @@ class WSGIHandler(ClientHandler):
                     item.file.close()
         if self.upgraded is not None:
             self.upgraded.connection_lost()
+
+    def discard_input(self) -> None:
+        """The connection closed: the parser's buffer goes now."""
+        super().discard_input()
+        self.parser.take_buffered()
 
     def data_received(self, data: bytes) -> None:
         if self.upgraded is not None:
@@ -214,7 +222,7 @@ class WSGIHandler(ClientHandler):
         if self.upgraded is not None:
             return int(self.upgraded.held_memory())
         exchange = self._exchange
-        return self._unparsed + (exchange.input.buffered if exchange is not None else 0)
+        return self.parser.buffered + (exchange.input.buffered if exchange is not None else 0)
 
     def handle_timeout(self, kind: str, seconds: float) -> None:
         if self.upgraded is not None and kind == "idle":
@@ -233,6 +241,10 @@ class WSGIHandler(ClientHandler):
         if self.upgraded is not None and not self.closed:
             self.upgraded.going_away("server shutting down")
             return False
+        # As protocols.http: a response started from now on is the last and
+        # says so (Connection: close), so a keep-alive client hears of the
+        # close with its answer.
+        self._going_away = True
         return super().shutdown_gracefully()
 
     def handle_error(self, exc: BaseException) -> None:
@@ -297,7 +309,10 @@ class WSGIHandler(ClientHandler):
             ResponseChannel(self.output_buffer_size),
         )
         self._framer = ResponseFramer(
-            head.http_version == "1.1", head.method == "HEAD", head.keep_alive, self._server_name
+            head.http_version == "1.1",
+            head.method == "HEAD",
+            head.keep_alive and not self._going_away,
+            self._server_name,
         )
         # The loop's offload pool, through a dispatcher rather than
         # offload(): a connection has one call at a time here, offload()'s

@@ -67,6 +67,23 @@ def recv_stepping(loop, sock, count):
     raise AssertionError("the server never answered")
 
 
+def recv_until(loop, sock, ending):
+    """Read until what came ends with ``ending``, stepping the loop."""
+    sock.setblocking(False)
+    data = bytearray()
+    for _ in range(20000):
+        if data.endswith(ending):
+            return bytes(data)
+        try:
+            chunk = sock.recv(1 << 16)
+        except BlockingIOError:
+            loop.run_once(0.01)
+            continue
+        assert chunk, f"the server closed after {bytes(data)!r}"
+        data += chunk
+    raise AssertionError("the server never answered")
+
+
 def closed_by_server(loop, sock):
     """Read ``sock`` to its end: whether the server closed it (EOF or reset)."""
     while True:
@@ -288,3 +305,50 @@ def test_discard_input_runs_once_the_connection_closed_after_finish():
             handlers[0].close()
             assert server.memory_budget.held == 0
     assert calls == [("finish", 40), ("discard_input", 0)]
+
+
+def body_length(request):
+    return str(len(request.body))
+
+
+def wsgi_body_length(environ, start_response):
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(len(body)).encode()]
+
+
+@pytest.mark.parametrize("kind", ["http", "wsgi"])
+def test_http_and_wsgi_charge_their_parsers_buffer_and_the_body_held(kind):
+    # A head still arriving sits in the shared request parser's buffer; a
+    # body held for the handler (HTTP) or for the application (WSGI, whose
+    # input buffer is made larger than the budget here) is charged too.
+    if kind == "http":
+        from evloop.protocols.http import HTTPHandler
+
+        class Sizes(HTTPHandler):
+            routes = {"/": body_length}
+            max_body_size = 8 * MIB
+
+        handler = Sizes
+    else:
+        pytest.importorskip("h11")
+        from evloop.protocols.wsgi import wsgi_handler
+
+        handler = wsgi_handler(wsgi_body_length, threads=2, input_buffer_size=8 * MIB, max_body_size=8 * MIB)
+    with EventLoop() as loop:
+        server = Server("127.0.0.1", 0, limits=Limits(max_clients_memory=MIB))
+        loop.add_server(server, handler)
+        budget = server.memory_budget
+        big, small = connect(server), connect(server)
+        with big, small:
+            half_head = b"POST / HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"p" * (8 * KIB)
+            send_stepping(loop, small, half_head)
+            step_until(loop, lambda: budget.held >= 8 * KIB, "the half head charged")
+            big_head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (4 * MIB)
+            send_stepping(loop, big, big_head + b"b" * (3 * MIB // 2))
+            step_until(loop, lambda: budget.cut == 1, "the budget was enforced")
+            assert closed_by_server(loop, big)
+            send_stepping(loop, small, b"\r\nContent-Length: 2\r\n\r\nok")
+            reply = recv_until(loop, small, b"\r\n\r\n2")
+            assert reply.startswith(b"HTTP/1.1 200")
+            step_until(loop, lambda: budget.held == 0, "nothing held once all is answered")

@@ -13,6 +13,7 @@ from concurrent.futures import Future
 
 import pytest
 from evloop.protocols import LengthSepEcho
+from evloop.protocols.http import HTTPHandler
 
 from evloop import EventLoop, Server
 from evloop.limits import Limits
@@ -124,6 +125,48 @@ def test_a_second_graceful_stop_does_not_start_another(shutting_loop):
     loop.stop(graceful=True)
     shutting_loop.thread.join(10)
     assert not shutting_loop.thread.is_alive() and loop.last_shutdown["idle"] == 0
+
+
+class Hello(HTTPHandler):
+    def handle_request(self, request):
+        return "hello"
+
+
+def hello_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+@pytest.mark.parametrize("kind", ["http", "wsgi"])
+def test_an_http_request_served_during_a_graceful_stop_says_connection_close(shutting_loop, kind):
+    """RFC 9112 section 9.6: the last response on a keep-alive connection
+    says so, and the connection closes after it."""
+    if kind == "http":
+        handler = Hello
+    else:
+        pytest.importorskip("h11")
+        from evloop.protocols.wsgi import wsgi_handler
+
+        handler = wsgi_handler(hello_app, threads=2)
+    server = shutting_loop.serve(handler)
+    loop = shutting_loop.loop
+    with connect(server) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while not first.endswith(b"hello"):
+            first += sock.recv(4096)
+        assert b"connection: close" not in first.lower()  # kept alive
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # the next one, half sent
+        assert wait_on_loop(shutting_loop, lambda: sum(h.pending_input() for h in loop.handlers) > 0)
+        loop.stop(graceful=True, timeout=10)
+        assert wait_on_loop(shutting_loop, lambda: server.closed)  # the shutdown has begun
+        sock.sendall(b"\r\n")
+        last = recv_all(sock)  # the answer, then the end of the stream
+    head, _, body = last.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"hello"
+    assert b"\r\nconnection: close" in head.lower()
+    shutting_loop.thread.join(10)
+    assert not shutting_loop.thread.is_alive()
 
 
 def test_graceful_stop_on_an_embedded_loop_with_run_once():
