@@ -8,7 +8,8 @@ Every server serves the same Flask application (benchmarks/wsgi_apps.py):
 server process is pinned to one core (``taskset -c 0``) and wrk to another
 (``-c 1``); every threaded server gets the same ``--threads``:
 
-- evloop: ``python -m evloop serve --wsgi ... --threads N``;
+- evloop: ``python -m evloop serve --wsgi ... --threads N --no-access-log``
+  (the others write no access log by default either);
 - waitress: ``waitress-serve --threads N``;
 - gunicorn sync: one worker process (the sync worker has no threads);
 - gunicorn gthread: one worker with ``--threads N``.
@@ -46,7 +47,7 @@ def server_commands(threads: int, port: int) -> Dict[str, List[str]]:
     return {
         "evloop": [
             python, "-m", "evloop", "serve", "--wsgi", APP, "--host", "127.0.0.1", "--port", str(port),
-            "--threads", str(threads), "--log-level", "warning",
+            "--threads", str(threads), "--log-level", "warning", "--no-access-log",
         ],
         "waitress": [
             python, "-m", "waitress", f"--listen={bind}", f"--threads={threads}", APP,

@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _access_log(on: bool) -> None:
-    """HTTP handlers log each request to "evloop.access" (see
+    """HTTP and WSGI handlers log each request to "evloop.access" (see
     evloop.protocols.http_access): on, its lines go to stderr as they are,
     whatever --log-level says; off, the logger is disabled."""
     access = logging.getLogger("evloop.access")

@@ -43,6 +43,11 @@ head over ``max_head_size``; 501, 505; 413 for a body over
 connection closes, with a warning naming the peer. An exception from the
 application becomes a 500 with the traceback logged, or, once its head is
 out, a closed connection.
+
+Access log. Each response's head, as it is framed, writes one line through
+``access_log`` (:class:`~.http_access.AccessLog`, the Common Log Format
+to the ``evloop.access`` logger, as for the HTTP handler); a refusal
+writes one too.
 """
 
 import logging
@@ -52,6 +57,7 @@ from typing import Any, Dict, List, Optional
 from evloop import ClientHandler, RemoteProtocolError
 from evloop.offload import DEFAULT_MAX_WORKERS, offload_executor, set_offload_executor
 
+from .http_access import AccessLog
 from .http_cycle import closing_error_reply, run_guarded
 from .http_message import HTTPError, Request, SwitchProtocols, error_response, reason_phrase
 from .http_parser import CLOSED, NEED_DATA, ParseError, RequestHead, parser_class
@@ -93,7 +99,9 @@ class WSGIHandler(ClientHandler):
     - ``output_buffer_size``: response bytes the application may run ahead
       of the client (its thread waits beyond it);
     - ``script_name``: the mount point, SCRIPT_NAME; ``multiprocess``:
-      ``wsgi.multiprocess``.
+      ``wsgi.multiprocess``;
+    - ``access_log``: an :class:`~evloop.protocols.http_access.AccessLog`
+      (a line per request to ``evloop.access`` at INFO), or None for none.
     """
 
     close_when_done = False
@@ -109,6 +117,7 @@ class WSGIHandler(ClientHandler):
     multiprocess = False
     server_name = "evloop"
     http_parser: Optional[str] = None
+    access_log: Optional[AccessLog] = AccessLog()
 
     __slots__ = (
         "_body_size",
@@ -231,7 +240,9 @@ class WSGIHandler(ClientHandler):
         if kind == "request" and self._response_done and self._exchange is None:
             # RFC 9110 section 15.5.9: say why before closing.
             logger.warning("%s: request not complete within %gs; 408", self.peer, seconds)
-            self.send(closing_error_reply(408, self.server_name))
+            reply = closing_error_reply(408, self.server_name)
+            self._log_access(None, 408, reply)
+            self.send(reply)
             self.parser.stop()
             self.close_when_sent()
             return
@@ -430,9 +441,10 @@ class WSGIHandler(ClientHandler):
         # Pulled again only once all of it was sent: the next request may go.
         self.loop.call_soon(self._response_finished)
 
-    def _frame(self, items: List[Any]) -> Any:
+    def _frame(self, items: List[Any], request: Any = None) -> Any:
         """The wire bytes (and files) for channel items, and END or FAILED
-        if the response ended (None if more is to come)."""
+        if the response ended (None if more is to come). ``request`` (the
+        current exchange by default) is what the access log names."""
         framer = self._framer
         out: List[Any] = []
         try:
@@ -445,6 +457,10 @@ class WSGIHandler(ClientHandler):
                     if items[-1] is END:  # the whole body is here: say its length
                         whole = sum(len(piece) for piece in items if type(piece) is bytes)
                     out.append(framer.head(item.status, item.reason, item.headers, whole))
+                    access = self.access_log
+                    if access is not None and access.enabled():
+                        exchange = request or self._exchange
+                        access.log(self, exchange, item.status, framer.announced_length())
                 elif item is END:
                     out.append(framer.end())
                     return out, END
@@ -475,12 +491,15 @@ class WSGIHandler(ClientHandler):
             status = Head(answer.status, reason_phrase(answer.status).encode(), _encode(headers))
             version_11 = head.http_version == "1.1"
             self._framer = ResponseFramer(version_11, False, head.keep_alive, self._server_name)
-            framed, _ = self._frame([status, body, END])
+            framed, _ = self._frame([status, body, END], request)
             self.send(framed)
             self._response_done = True
             self._next_cycle()
             return
         lines = "".join(f"{name}: {value}\r\n" for name, value in answer.headers)
+        access = self.access_log
+        if access is not None and access.enabled():
+            access.log(self, request, 101, None)
         self.send(_encode_head(f"HTTP/1.1 101 Switching Protocols\r\n{lines}\r\n"))
         trailing = self.parser.take_buffered()
         self._response_done = True
@@ -489,6 +508,12 @@ class WSGIHandler(ClientHandler):
         upgraded.switched(trailing)
 
     # -- errors -------------------------------------------------------------------
+
+    def _log_access(self, request: Any, status: int, reply: bytes) -> None:
+        """The access log's line for a whole ``reply`` the loop wrote."""
+        access = self.access_log
+        if access is not None and access.enabled():
+            access.log(self, request, status, len(reply.partition(b"\r\n\r\n")[2]))
 
     def _refuse(self, status: int, detail: str) -> None:
         """The peer broke HTTP: answer ``status`` if no response is under way,
@@ -499,6 +524,8 @@ class WSGIHandler(ClientHandler):
             exchange.input.fail(OSError(f"bad request body: {detail}"))
         # A response of this cycle is out or on its way: no second one.
         reply = None if exchange is not None else closing_error_reply(status, self.server_name)
+        if reply is not None:
+            self._log_access(None, status, reply)
         raise RemoteProtocolError(f"HTTP {status}: {detail}", reply=reply)
 
 

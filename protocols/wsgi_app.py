@@ -110,6 +110,13 @@ class Exchange:
         self.input = body
         self.channel = channel
 
+    def header(self, name: str, default: str) -> str:
+        """The first value of header ``name`` (lower case), for the access log."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return default
+
 
 def build_environ(exchange: Exchange) -> Dict[str, Any]:
     """The PEP 3333 environ for ``exchange``'s request."""

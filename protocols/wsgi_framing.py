@@ -100,6 +100,14 @@ class ResponseFramer:
         lines.append(b"\r\n")
         return b"".join(lines)
 
+    def announced_length(self) -> Optional[int]:
+        """Once the head is framed: the body's size as the head tells it (0
+        for none), None when it is chunked or runs until the close."""
+        mode = self._mode
+        if mode == _NONE:
+            return 0
+        return self._remaining if mode == _LENGTH else None
+
     def data(self, piece: bytes) -> bytes:
         """``piece`` framed for the wire (empty after HEAD and the like).
         Raises FramingError past the declared Content-Length."""

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -747,3 +748,53 @@ def test_dispatcher_on_the_loop_wakes_threads_only_for_blocked_calls(running):
         assert started.acquire(timeout=10)
     executor.shutdown(wait=True)
     assert sorted(done) == [0, 1, 2, 3, 4]
+
+
+def test_access_log_one_line_per_response_and_per_refusal(running, caplog):
+    from evloop.protocols.http_access import AccessLog
+
+    released = threading.Event()
+
+    def pieces():
+        yield b"a"
+        released.wait(10)  # the head went out with the first piece alone
+        yield b"b"
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/stream":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return pieces()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        return [b"hello"]
+
+    plain = serve(running, app)
+    combined = serve(running, app, access_log=AccessLog(AccessLog.COMBINED))
+    quiet = serve(running, app, access_log=None)
+    with caplog.at_level(logging.INFO, logger="evloop.access"):
+        with connect(plain) as sock:
+            sock.sendall(b"GET /a?x=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+            seen = b""
+            while not seen.endswith(b"\r\n1\r\na\r\n"):
+                seen += sock.recv(4096)
+            released.set()
+            sock.sendall(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\nGET /q\x22 HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n")  # no Host: refused
+            recv_all(sock)
+        with connect(combined) as sock:
+            sock.sendall(
+                b"GET / HTTP/1.1\r\nHost: x\r\nReferer: http://r/\r\nUser-Agent: probe/1\r\n"
+                b"Connection: close\r\n\r\n"
+            )
+            recv_all(sock)
+        with connect(quiet) as sock:
+            sock.sendall(b"GET /quiet HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            recv_all(sock)
+    lines = [record.getMessage() for record in caplog.records if record.name == "evloop.access"]
+    assert len(lines) == 6, lines
+    time_field = r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\]"
+    assert re.fullmatch(r"127\.0\.0\.1 - - " + time_field + r' "GET /a\?x=1 HTTP/1\.1" 200 5', lines[0])
+    assert lines[1].endswith('"GET /stream HTTP/1.1" 200 -')  # chunked: not known ahead
+    assert lines[2].endswith('"HEAD /h HTTP/1.1" 200 0')
+    assert lines[3].endswith('"GET /q\\" HTTP/1.1" 200 5')  # the client cannot forge a line
+    assert lines[4].endswith('"-" 400 16')
+    assert lines[5].endswith('"GET / HTTP/1.1" 200 5 "http://r/" "probe/1"')
