@@ -672,6 +672,30 @@ def test_a_graceful_stop_lets_the_response_in_flight_finish(running):
     assert not running.thread.is_alive()
 
 
+class BlockingCalls:
+    """Calls that block until released, for a dispatcher with a limit of 3."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.started = threading.Semaphore(0)
+        self.done = []
+
+    def blocking(self, number):
+        self.started.release()
+        self.release.wait(10)
+        self.done.append(number)
+
+    def three_run_two_wait(self):
+        """Three of five calls run at once, each in its own thread; the
+        other two start once those are released."""
+        for _ in range(3):
+            assert self.started.acquire(timeout=10)
+        assert not self.started.acquire(timeout=0.2)
+        self.release.set()
+        for _ in range(2):
+            assert self.started.acquire(timeout=10)
+
+
 def test_dispatcher_gives_blocked_calls_more_threads_up_to_its_limit():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -679,28 +703,14 @@ def test_dispatcher_gives_blocked_calls_more_threads_up_to_its_limit():
 
     executor = ThreadPoolExecutor(8)
     dispatcher = TaskDispatcher(executor, 3)
-    release = threading.Event()
-    started = threading.Semaphore(0)
-    done = []
-
-    def blocking(number):
-        started.release()
-        release.wait(10)
-        done.append(number)
-
+    calls = BlockingCalls()
     for number in range(5):
-        dispatcher.submit(blocking, number)
-    # Three run at once (the limit), each in its own thread; two wait.
-    for _ in range(3):
-        assert started.acquire(timeout=10)
-    assert not started.acquire(timeout=0.2)
-    release.set()
-    for _ in range(2):
-        assert started.acquire(timeout=10)
+        dispatcher.submit(calls.blocking, number)
+    calls.three_run_two_wait()
     executor.shutdown(wait=True)
-    assert sorted(done) == [0, 1, 2, 3, 4]
+    assert sorted(calls.done) == [0, 1, 2, 3, 4]
     with pytest.raises(RuntimeError):
-        dispatcher.submit(blocking, 5)
+        dispatcher.submit(calls.blocking, 5)
 
 
 def test_dispatcher_on_the_loop_wakes_threads_only_for_blocked_calls(running):
@@ -730,24 +740,11 @@ def test_dispatcher_on_the_loop_wakes_threads_only_for_blocked_calls(running):
     assert len(set(threads)) == 1, "quick calls were handed to more than one thread"
 
     blocked = TaskDispatcher(executor, 3, running.loop.call_later, stall=0.01)
-    release = threading.Event()
-    started = threading.Semaphore(0)
-    done = []
-
-    def blocking(number):
-        started.release()
-        release.wait(10)
-        done.append(number)
-
-    running.call(submit_all, blocked, blocking, 5)
-    for _ in range(3):  # stalled: a thread more per check, up to the limit
-        assert started.acquire(timeout=10)
-    assert not started.acquire(timeout=0.2)
-    release.set()
-    for _ in range(2):
-        assert started.acquire(timeout=10)
+    calls = BlockingCalls()
+    running.call(submit_all, blocked, calls.blocking, 5)
+    calls.three_run_two_wait()  # stalled: a thread more per check, up to the limit
     executor.shutdown(wait=True)
-    assert sorted(done) == [0, 1, 2, 3, 4]
+    assert sorted(calls.done) == [0, 1, 2, 3, 4]
 
 
 def test_access_log_one_line_per_response_and_per_refusal(running, caplog):
