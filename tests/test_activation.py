@@ -193,15 +193,17 @@ def test_serve_systemd_without_sockets_is_one_clear_line():
     )
 
 
+def echo_on_one_activated_socket(*options):
+    """``serve LengthSepEcho --systemd *options`` started as systemd would,
+    on one TCP socket named "web": the process and the socket's address."""
+    serve = [sys.executable, "-m", "evloop", "serve", "evloop.protocols:LengthSepEcho"]
+    command = [*serve, "--systemd", *options]
+    with socket.create_server(("127.0.0.1", 0)) as tcp:
+        return activated(["web"], [tcp], command), tcp.getsockname()
+
+
 def test_systemd_in_one_process_reads_proxy_headers_on_its_stream_sockets():
-    tcp = socket.create_server(("127.0.0.1", 0))
-    command = [
-        sys.executable, "-m", "evloop", "serve", "evloop.protocols:LengthSepEcho",
-        "--systemd", "--proxy-protocol", "127.0.0.1/32",
-    ]  # fmt: skip
-    with tcp:
-        process = activated(["web"], [tcp], command)
-        address = tcp.getsockname()
+    process, address = echo_on_one_activated_socket("--proxy-protocol", "127.0.0.1/32")
     try:
         with socket.create_connection(address, timeout=WAIT) as sock:
             sock.sendall(b"PROXY TCP4 192.0.2.7 192.0.2.1 41000 80\r\n5\nhello")
@@ -218,14 +220,7 @@ def test_systemd_in_one_process_reads_proxy_headers_on_its_stream_sockets():
 
 
 def test_systemd_with_workers_shares_the_one_socket_and_reloads(tmp_path):
-    tcp = socket.create_server(("127.0.0.1", 0))
-    command = [
-        sys.executable, "-m", "evloop", "serve", "evloop.protocols:LengthSepEcho",
-        "--systemd", "--workers", "2",
-    ]  # fmt: skip
-    with tcp:
-        process = activated(["web"], [tcp], command)
-        address = tcp.getsockname()
+    process, address = echo_on_one_activated_socket("--workers", "2")
     try:
         assert echo_over(socket.AF_INET, address) == b"5\nhello"
         process.send_signal(signal.SIGHUP)

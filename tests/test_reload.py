@@ -32,6 +32,15 @@ def ask(port, request=b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     return body.decode()
 
 
+def reload_until_answered(server, generation, wanted):
+    """SIGHUP the supervisor, wait for the new generation to serve, then
+    ask until the answer is ``wanted``."""
+    mark = len(server.log)
+    server.reload()
+    server.wait_for(rf"reload: generation {generation} \(pids [\d, ]+\) serving", start=mark)
+    answers(server.port, wanted)
+
+
 def answers(port, wanted, tries=200):
     """Ask until the answer is ``wanted`` (an old worker may still hold a
     connection the kernel gave it just before the reload); the answers."""
@@ -75,10 +84,7 @@ def test_a_generation_that_cannot_start_leaves_the_old_one_serving(tmp_path):
         assert ask(server.port) == "version 1\n"
         # Fixed, the next SIGHUP works.
         write_app(tmp_path, 2)
-        mark = len(server.log)
-        server.reload()
-        server.wait_for(r"reload: generation 2 \(pids [\d, ]+\) serving", start=mark)
-        answers(server.port, "version 2\n")
+        reload_until_answered(server, 2, "version 2\n")
     assert server.process.returncode == 0
 
 
@@ -125,10 +131,7 @@ def test_a_wsgi_application_reloads_too(tmp_path):
         try:
             assert ask(server.port) == "version 1\n"
             (tmp_path / "app.py").write_text(WSGI_APP.format(version=2))
-            mark = len(server.log)
-            server.reload()
-            server.wait_for(r"reload: generation 2 \(pids [\d, ]+\) serving", start=mark)
-            answers(server.port, "version 2\n")
+            reload_until_answered(server, 2, "version 2\n")
         finally:
             totals = load.stop()
         assert (totals["failed"], totals["resets"]) == (0, 0), load.errors
@@ -154,10 +157,7 @@ def test_serve_workers_given_a_module_name_imports_fresh_code_on_sighup(tmp_path
     with ServerProcess(tmp_path, command=[sys.executable, str(tmp_path / "runner.py")]) as server:
         assert ask(server.port) == "version 1\n"
         write_app(tmp_path, 2)
-        mark = len(server.log)
-        server.reload()
-        server.wait_for(r"reload: generation 2 \(pids [\d, ]+\) serving", start=mark)
-        answers(server.port, "version 2\n")
+        reload_until_answered(server, 2, "version 2\n")
 
 
 def test_the_first_generation_failing_is_an_error_from_run(tmp_path):
