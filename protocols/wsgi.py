@@ -16,7 +16,11 @@ pauses. The response comes back through a bounded
 queue takes what the worker produced, frames it and yields it,
 and waits (on a Future the worker completes) when there is nothing yet.
 The engine pulls that generator only when the socket has taken what came
-before, so the client's pace bounds the memory a response uses.
+before, so the client's pace bounds the memory a response uses. A worker
+that fills the channel (``output_buffer_size``) while iterating the
+result parks the rest of the iteration and returns its thread to the
+pool; taking from the channel resumes it in a worker thread. A client
+that reads slowly, or not at all, holds no thread.
 
 Framing (:mod:`~.wsgi_framing`, by hand: cheaper than h11's serialiser).
 A response whose whole body is ready when its head is framed gets a
@@ -52,6 +56,7 @@ writes one too.
 
 import logging
 import weakref
+from functools import partial
 from typing import Any, Dict, List, Optional
 
 from evloop import ClientHandler, RemoteProtocolError
@@ -64,7 +69,16 @@ from .http_parser import CLOSED, NEED_DATA, ParseError, RequestHead, parser_clas
 from .http_parser import END as REQUEST_END
 from .wsgi_app import FAILED, Exchange, Head, SendFile, fixed_environ, run_application
 from .wsgi_framing import FramingError, ResponseFramer
-from .wsgi_io import EMPTY_INPUT, END, ErrorStream, FileWrapper, InputStream, ResponseChannel, TaskDispatcher
+from .wsgi_io import (
+    EMPTY_INPUT,
+    END,
+    ErrorStream,
+    FileWrapper,
+    InputStream,
+    ResponseChannel,
+    TaskDispatcher,
+    run_continuation,
+)
 
 __all__ = ["FileWrapper", "WSGIHandler", "serve_wsgi", "wsgi_handler"]
 
@@ -97,7 +111,8 @@ class WSGIHandler(ClientHandler):
     - ``input_buffer_size``: body bytes held for an application that has not
       read them yet (reading the socket pauses beyond it);
     - ``output_buffer_size``: response bytes the application may run ahead
-      of the client (its thread waits beyond it);
+      of the client (beyond it the iteration of its result is parked and
+      resumed when the client has taken them; ``write()`` waits);
     - ``script_name``: the mount point, SCRIPT_NAME; ``multiprocess``:
       ``wsgi.multiprocess``;
     - ``access_log``: an :class:`~evloop.protocols.http_access.AccessLog`
@@ -317,7 +332,7 @@ class WSGIHandler(ClientHandler):
             self.peer,
             head,
             body,
-            ResponseChannel(self.output_buffer_size),
+            ResponseChannel(self.output_buffer_size, partial(self._executor.submit, run_continuation)),
         )
         self._framer = ResponseFramer(
             head.http_version == "1.1",

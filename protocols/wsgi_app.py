@@ -6,6 +6,9 @@ runs :func:`run_application` with it in the offload pool. That one call
 builds the ``environ`` (PEP 3333 "environ Variables"), calls the
 application, iterates its result and closes it, so a small response costs
 the loop a single hand-off and a generator that sleeps sleeps in the worker.
+When the response channel is full, the iteration is parked (the thread
+returns to the pool) and :func:`_resume_iteration` carries it on in a
+worker thread once the loop has taken what was handed over.
 
 What the application produces goes into the :class:`~.wsgi_io.ResponseChannel`
 in order: a :class:`Head` once the first non-empty body piece (or the end)
@@ -25,7 +28,8 @@ import os
 import re
 import stat
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from functools import partial
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import unquote
 
 from .wsgi_io import END, ErrorStream, FileWrapper, InputStream, ResponseAbortedError, ResponseChannel
@@ -193,6 +197,18 @@ class _Responder:
         """The legacy ``write()`` callable: ``data`` goes out before it returns
         (as far as the bounded channel goes). The head, held until the first
         piece (PEP 3333), goes over with it: one hand-off, one send."""
+        items, size = self._pieces(data)
+        if items:
+            self.channel.put_all(items, size)
+
+    def offer(self, data: bytes, continuation: Callable[[], None]) -> bool:
+        """A piece of the iterated body, as :meth:`write` but without
+        waiting: False when the channel is full and ``continuation`` was
+        parked (see :meth:`ResponseChannel.offer`)."""
+        items, size = self._pieces(data)
+        return not items or self.channel.offer(items, size, continuation)
+
+    def _pieces(self, data: bytes) -> Tuple[List[Any], int]:
         if self.head is None:
             raise AssertionError("write() before start_response()")
         if not isinstance(data, (bytes, bytearray)):
@@ -204,8 +220,7 @@ class _Responder:
             size = len(data)
             if self.remaining is not None:
                 self.remaining -= size
-        if items:
-            self.channel.put_all(items, size)
+        return items, size
 
     def completes(self, piece: Any) -> bool:
         """Whether ``piece`` is exactly what the declared Content-Length
@@ -266,7 +281,7 @@ def run_application(exchange: Exchange) -> None:
     head_only = exchange.method == "HEAD"
     responder = _Responder(exchange.channel, head_only)
     result: Any = None
-    handed_over = False
+    handed_over = parked = False
     try:
         result = exchange.app(build_environ(exchange), responder.start_response)
         if type(result) is FileWrapper:
@@ -277,24 +292,45 @@ def run_application(exchange: Exchange) -> None:
             _send_whole(responder, result)
             return
         if not handed_over:
-            _send_iterated(responder, result)
+            parked = _send_iterated(exchange, responder, result, iter(result))
     except ResponseAbortedError:
         pass
     except Exception:
         _failed(exchange, responder)
     finally:
-        if not handed_over:
+        if not handed_over and not parked:
             _close_result(exchange, result)
 
 
-def _send_iterated(responder: _Responder, result: Any) -> None:
+def _resume_iteration(exchange: Exchange, responder: _Responder, result: Any, pieces: Iterator[Any]) -> None:
+    """A parked iteration, resumed in a worker thread once the loop has
+    taken what was handed over (or the connection closed: then only the
+    result is closed)."""
+    parked = False
+    try:
+        if not responder.channel.closed:
+            parked = _send_iterated(exchange, responder, result, pieces)
+    except ResponseAbortedError:
+        pass
+    except Exception:
+        _failed(exchange, responder)
+    finally:
+        if not parked:
+            _close_result(exchange, result)
+
+
+def _send_iterated(exchange: Exchange, responder: _Responder, result: Any, pieces: Iterator[Any]) -> bool:
     """Each piece goes over as the application yields it (PEP 3333: no
     block is delayed), but for the one that completes a declared
     Content-Length: that one waits for the end of the iteration, which
     comes at once in the common case (an iterator over a list), so the
-    loop is woken once for the whole response, not twice."""
+    loop is woken once for the whole response, not twice.
+
+    When a piece fills the channel, the rest of the iteration is parked
+    (:meth:`ResponseChannel.offer`) and this returns True: the thread goes
+    back to the pool instead of waiting for a slow client."""
     held = None
-    for piece in result:
+    for piece in pieces:
         if not piece:
             continue
         if held is not None:
@@ -302,9 +338,10 @@ def _send_iterated(responder: _Responder, result: Any) -> None:
             held = None
         if responder.completes(piece):
             held = piece
-        else:
-            responder.write(piece)
+        elif not responder.offer(piece, partial(_resume_iteration, exchange, responder, result, pieces)):
+            return True
     responder.finish(held)
+    return False
 
 
 def _send_whole(responder: _Responder, pieces: Any) -> None:

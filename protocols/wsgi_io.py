@@ -41,6 +41,7 @@ __all__ = [
     "ResponseAbortedError",
     "ResponseChannel",
     "TaskDispatcher",
+    "run_continuation",
 ]
 
 
@@ -240,15 +241,27 @@ class FileWrapper:
 END = object()
 
 
+def run_continuation(continuation: Callable[[], None]) -> None:
+    """What a worker thread runs for a parked response (see :meth:`ResponseChannel.offer`)."""
+    continuation()
+
+
 class ResponseChannel:
     """The response's pieces from the worker thread to the loop, bounded.
 
     Items are whatever the two sides agree on (the head, bytes, a file,
-    :data:`END`); ``put`` counts ``size`` bytes for each."""
+    :data:`END`); ``put`` counts ``size`` bytes for each.
 
-    __slots__ = ("_closed", "_items", "_lock", "_size", "_space", "_waiter", "limit")
+    Past ``limit`` bytes not yet taken, :meth:`put_all` makes its thread
+    wait (the ``write()`` callable's case), while :meth:`offer` parks the
+    rest of the work instead: the worker's thread goes back to the pool,
+    and the loop hands the parked continuation to ``resume`` once it has
+    taken what is here (or the connection has closed). A response that
+    waits on a slow client then holds no thread."""
 
-    def __init__(self, limit: int) -> None:
+    __slots__ = ("_closed", "_items", "_lock", "_parked", "_size", "_space", "_waiter", "limit", "resume")
+
+    def __init__(self, limit: int, resume: Optional[Callable[[Callable[[], None]], Any]] = None) -> None:
         self._lock = threading.Lock()
         # Made by the worker the first time it must wait: most responses never do.
         self._space: Optional[threading.Condition] = None
@@ -256,7 +269,10 @@ class ResponseChannel:
         self._size = 0
         self._waiter: Optional[Future[None]] = None
         self._closed = False
+        self._parked: Optional[Callable[[], None]] = None
         self.limit = limit
+        # Runs a parked continuation (the handler's dispatcher: submit).
+        self.resume = resume
 
     def put(self, item: Any, size: int = 0) -> None:
         """Hand ``item`` to the loop, waiting while the loop is more than
@@ -280,19 +296,45 @@ class ResponseChannel:
         if waiter is not None:
             waiter.set_result(None)  # wakes the loop (its output waits on it)
 
+    def offer(self, items: List[Any], size: int, continuation: Callable[[], None]) -> bool:
+        """Hand items over without waiting. Returns False if that took the
+        channel past ``limit``: ``continuation`` is then parked, to be
+        resumed by the loop, and the caller returns. Raises
+        :class:`ResponseAbortedError` once the loop side has closed."""
+        with self._lock:
+            if self._closed:
+                raise ResponseAbortedError("the connection closed")
+            self._items.extend(items)
+            size = self._size = self._size + size
+            parked = size > self.limit
+            if parked:
+                self._parked = continuation
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.set_result(None)
+        return not parked
+
+    @property
+    def closed(self) -> bool:
+        """Whether the loop side has closed (the worker should stop)."""
+        return self._closed
+
     def take(self) -> Union[List[Any], "Future[None]"]:
         """On the loop: every item put so far, or, when there is none, a
-        Future that the next put completes."""
+        Future that the next put completes. Resumes a parked continuation."""
         with self._lock:
             items = self._items
-            if items:
-                self._items = []
-                if self._space is not None:
-                    self._space.notify()
-                self._size = 0
-                return items
-            waiter = self._waiter = Future()
-            return waiter
+            if not items:
+                waiter = self._waiter = Future()
+                return waiter
+            self._items = []
+            if self._space is not None:
+                self._space.notify()
+            self._size = 0
+            parked, self._parked = self._parked, None
+        if parked is not None:
+            self._resume(parked)
+        return items
 
     def close(self) -> List[Any]:
         """The loop side is gone: the worker's next put raises. Returns the
@@ -302,7 +344,22 @@ class ResponseChannel:
             items, self._items = self._items, []
             if self._space is not None:
                 self._space.notify_all()
+            parked, self._parked = self._parked, None
+        if parked is not None:
+            self._resume(parked)  # it sees the channel closed and closes the result
         return items
+
+    def _resume(self, continuation: Callable[[], None]) -> None:
+        resume = self.resume
+        try:
+            if resume is None:
+                raise RuntimeError("no resume")
+            resume(continuation)
+        except RuntimeError:
+            # The pool is shut down: the response cannot go on. Run it here
+            # to close the application's result (it sees the channel closed).
+            self._closed = True
+            continuation()
 
 
 class TaskDispatcher:

@@ -795,3 +795,44 @@ def test_access_log_one_line_per_response_and_per_refusal(running, caplog):
     assert lines[3].endswith('"GET /q\\" HTTP/1.1" 200 5')  # the client cannot forge a line
     assert lines[4].endswith('"-" 400 16')
     assert lines[5].endswith('"GET / HTTP/1.1" 200 5 "http://r/" "probe/1"')
+
+
+def test_clients_that_never_read_a_stream_hold_no_thread(running):
+    """A streamed response whose client does not read parks once its
+    hand-off is full: with both threads' worth of such clients, another
+    request is still answered at once, and closing them closes the
+    application's iterables (PEP 3333)."""
+    closed = threading.Semaphore(0)
+
+    def endless():
+        try:
+            while True:
+                yield b"s" * 65536
+        finally:
+            closed.release()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        if environ["PATH_INFO"] == "/stream":
+            return endless()
+        return [b"hello"]
+
+    server = serve(running, app, validate=False, threads=2, output_buffer_size=64 * 1024)
+    stalled = []
+    for _ in range(3):  # more than the threads
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((server.host, server.port))
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200")  # the stream has begun; no more is read
+        stalled.append(sock)
+    try:
+        connection = client(server)
+        connection.request("GET", "/hello")
+        assert connection.getresponse().read() == b"hello"
+        connection.close()
+    finally:
+        for sock in stalled:
+            sock.close()
+    for _ in stalled:
+        assert closed.acquire(timeout=10), "an iterable was not closed"
