@@ -261,7 +261,7 @@ class ResponseChannel:
 
     __slots__ = ("_closed", "_items", "_lock", "_parked", "_size", "_space", "_waiter", "limit", "resume")
 
-    def __init__(self, limit: int, resume: Optional[Callable[[Callable[[], None]], Any]] = None) -> None:
+    def __init__(self, limit: int, resume: Callable[[Callable[[], None]], Any]) -> None:
         self._lock = threading.Lock()
         # Made by the worker the first time it must wait: most responses never do.
         self._space: Optional[threading.Condition] = None
@@ -350,11 +350,8 @@ class ResponseChannel:
         return items
 
     def _resume(self, continuation: Callable[[], None]) -> None:
-        resume = self.resume
         try:
-            if resume is None:
-                raise RuntimeError("no resume")
-            resume(continuation)
+            self.resume(continuation)
         except RuntimeError:
             # The pool is shut down: the response cannot go on. Run it here
             # to close the application's result (it sees the channel closed).
