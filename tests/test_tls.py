@@ -186,9 +186,14 @@ def test_client_certificates_required(running_loop, tls_files, caplog):
             sock.sendall(b"?")
             if not sock.recv(100):
                 raise EOFError("closed without an answer")
-    # ... which is logged with the client's address, and only that client goes.
-    failures = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
-    assert failures and "127.0.0.1:" in failures[0]
+
+    # ... which is logged with the client's address, and only that client
+    # goes. The client may see the alert before the server has logged it.
+    def failures():
+        return [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+
+    assert wait_on_loop(running_loop, failures)
+    assert "127.0.0.1:" in failures()[0]
     with tls_connect(server, with_cert) as sock:
         sock.sendall(b"?")
         assert recv_all(sock) == tls_files.client_name.encode() + b"\n"
