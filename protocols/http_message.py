@@ -84,19 +84,6 @@ class Request:
         self.route: Optional[str] = None
         self.subpath = path
 
-    @classmethod
-    def from_h11(cls, event: Any, connection: Any = None) -> "Request":
-        """The Request for an ``h11.Request`` event (its body still empty)."""
-        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers]
-        return cls(
-            event.method.decode("ascii"),
-            event.target.decode("latin-1"),
-            headers,
-            event.http_version.decode("ascii"),
-            b"",
-            connection,
-        )
-
     def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
         """The value of header ``name`` (any case); repeated headers are
         joined with ``", "`` (RFC 9110 section 5.3). ``default`` if absent."""

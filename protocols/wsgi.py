@@ -256,7 +256,7 @@ class WSGIHandler(ClientHandler):
             # RFC 9110 section 15.5.9: say why before closing.
             logger.warning("%s: request not complete within %gs; 408", self.peer, seconds)
             reply = closing_error_reply(408, self.server_name)
-            self._log_access(None, 408, reply)
+            self._log_access(None, 408, _body_size(reply))
             self.send(reply)
             self.parser.stop()
             self.close_when_sent()
@@ -472,10 +472,7 @@ class WSGIHandler(ClientHandler):
                     if items[-1] is END:  # the whole body is here: say its length
                         whole = sum(len(piece) for piece in items if type(piece) is bytes)
                     out.append(framer.head(item.status, item.reason, item.headers, whole))
-                    access = self.access_log
-                    if access is not None and access.enabled():
-                        exchange = request or self._exchange
-                        access.log(self, exchange, item.status, framer.announced_length())
+                    self._log_access(request or self._exchange, item.status, framer.announced_length())
                 elif item is END:
                     out.append(framer.end())
                     return out, END
@@ -512,9 +509,7 @@ class WSGIHandler(ClientHandler):
             self._next_cycle()
             return
         lines = "".join(f"{name}: {value}\r\n" for name, value in answer.headers)
-        access = self.access_log
-        if access is not None and access.enabled():
-            access.log(self, request, 101, None)
+        self._log_access(request, 101, None)
         self.send(_encode_head(f"HTTP/1.1 101 Switching Protocols\r\n{lines}\r\n"))
         trailing = self.parser.take_buffered()
         self._response_done = True
@@ -524,11 +519,12 @@ class WSGIHandler(ClientHandler):
 
     # -- errors -------------------------------------------------------------------
 
-    def _log_access(self, request: Any, status: int, reply: bytes) -> None:
-        """The access log's line for a whole ``reply`` the loop wrote."""
+    def _log_access(self, request: Any, status: int, size: Optional[int]) -> None:
+        """The access log's line for ``request`` (None: its head was not
+        read), answered ``status`` with a body of ``size`` bytes."""
         access = self.access_log
         if access is not None and access.enabled():
-            access.log(self, request, status, len(reply.partition(b"\r\n\r\n")[2]))
+            access.log(self, request, status, size)
 
     def _refuse(self, status: int, detail: str) -> None:
         """The peer broke HTTP: answer ``status`` if no response is under way,
@@ -540,8 +536,13 @@ class WSGIHandler(ClientHandler):
         # A response of this cycle is out or on its way: no second one.
         reply = None if exchange is not None else closing_error_reply(status, self.server_name)
         if reply is not None:
-            self._log_access(None, status, reply)
+            self._log_access(None, status, _body_size(reply))
         raise RemoteProtocolError(f"HTTP {status}: {detail}", reply=reply)
+
+
+def _body_size(reply: bytes) -> int:
+    """The body bytes of a whole response."""
+    return len(reply.partition(b"\r\n\r\n")[2])
 
 
 def _encode_head(text: str) -> bytes:
