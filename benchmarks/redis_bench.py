@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "benchmarks-redis.md"
 sys.path.insert(0, str(ROOT))
 from benchmarks import report  # noqa: E402  (run as a script: the repo root on the path)
+from benchmarks.run import task_time  # noqa: E402
 
 TESTS = ["PING_MBULK", "SET", "GET", "INCR", "LPUSH", "LPOP", "SADD", "HSET", "MSET"]
 # Requests per redis-benchmark run: enough for about a second of work each.
@@ -112,9 +113,7 @@ class Server:
         self.process.stdout.close()
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.process.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return task_time(self.process.pid) / CLOCK_TICKS
 
     def stop(self) -> None:
         self.process.terminate()

@@ -37,6 +37,9 @@ from typing import Dict, List, Optional
 __all__ = ["main", "parse_wrk"]
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.run import task_time  # noqa: E402  (run as a script: the repo root on the path)
+
 APP = "benchmarks.wsgi_apps:app"
 PATHS = {"hello": "/", "stream 1 MiB": "/stream"}
 
@@ -133,19 +136,17 @@ def parse_wrk(output: str) -> Dict[str, Optional[float]]:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of process ``pid``, its threads and its living
     descendants (gunicorn's worker), from /proc; 0 where there is none."""
-    total = 0.0
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    ticks = 0
     pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks
+            ticks += task_time(current)
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(child) for child in (task / "children").read_text().split()]
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_wrk(port: int, path: str, args: argparse.Namespace, pid: int) -> Dict[str, Optional[float]]:
